@@ -1,0 +1,2 @@
+"""Probes: measure the host, disk, JPEG decode and accelerator. They decide nothing;
+each returns a frozen :class:`autotune.records.Record` dataclass."""

@@ -1,0 +1,92 @@
+"""Checkpoints with orbax-checkpoint: train state (parameters, optimizer state, batch
+statistics, step), the input iterator's state and the run's progress record.
+
+Orbax writes each checkpoint into a temporary folder and renames it when complete
+(and keeps the previous ones until the new one is committed), so a crash or a full
+disk while saving leaves the last good checkpoint intact. Only the primary process
+writes the metadata, as orbax requires on multi-host runs; the state saved is the
+host copy of the replicated pmap state.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from flax import jax_utils
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint cannot be written or read; names the folder and the reason."""
+
+
+class Checkpointer:
+    """Save / restore ``(state, iterator_state, extra)`` under ``directory``.
+
+    Args:
+      directory: checkpoint folder (created).
+      max_to_keep: newest checkpoints kept.
+    """
+
+    def __init__(self, directory: str | os.PathLike, max_to_keep: int = 2):
+        self.directory = Path(directory).resolve()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                                 enable_async_checkpointing=False))
+
+    def latest_step(self) -> int | None:
+        """The step of the newest complete checkpoint, or None."""
+        return self.manager.latest_step()
+
+    def save(self, step: int, replicated_state, iterator_state: dict, extra: dict) -> None:
+        """Write checkpoint ``step``. ``replicated_state`` is the pmap-replicated state
+        (the first device's copy is saved).
+
+        Raises:
+          CheckpointError: the write failed (disk full, permissions); names the folder
+            and the bytes free there. The previous checkpoint stays intact.
+        """
+        state = jax.device_get(jax_utils.unreplicate(replicated_state))
+        try:
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data_iter=ocp.args.JsonSave(iterator_state),
+                extra=ocp.args.JsonSave(extra)), force=True)
+            self.manager.wait_until_finished()
+        except OSError as exc:
+            free = shutil.disk_usage(self.directory).free
+            raise CheckpointError(
+                f"saving checkpoint {step} to {self.directory} failed: {exc.strerror or exc} "
+                f"({free:,} bytes free there); the previous checkpoint "
+                f"{self.latest_step()} is intact") from exc
+
+    def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict, int]:
+        """Read checkpoint ``step`` (default: the newest) into the structure of
+        ``abstract_state`` (an unreplicated state). Returns ``(state, iterator_state,
+        extra, step)``.
+
+        Raises:
+          CheckpointError: no checkpoint, or it cannot be read.
+        """
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint in {self.directory}")
+        try:
+            got = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state),
+                data_iter=ocp.args.JsonRestore(),
+                extra=ocp.args.JsonRestore()))
+        except Exception as exc:  # noqa: BLE001 - orbax raises many kinds
+            raise CheckpointError(f"cannot read checkpoint {step} in {self.directory}: "
+                                  f"{type(exc).__name__}: {exc}") from exc
+        return got.state, dict(got.data_iter), dict(got.extra), step
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()

@@ -1,0 +1,340 @@
+"""The training and evaluation input pipelines over packed ArrayRecord shards.
+
+Built on Grain: a :class:`grain.MapDataset` whose element ``k`` is training batch
+``k`` of the whole run, turned into an iterator with ``to_iter_dataset(ReadOptions(
+num_threads, prefetch_buffer_size))`` so that ``num_threads`` threads each build
+whole batches ahead of the step. Everything is a function of ``(seed, k)``: the same
+seed gives the same batches whatever the thread count, and resuming at batch ``k``
+continues exactly where an uninterrupted run would be (the iterator state saved in
+checkpoints is Grain's, which records the next batch index).
+
+Read modes (chosen by the planner from the disk probe):
+
+* ``random``: a global permutation of this host's records every epoch; one read per
+  record. Right when random reads at record size are fast enough.
+* ``sequential``: every epoch the host's shards are visited in a shuffled order and
+  each shard front to back; a window of ``shuffle_window`` consecutive records is
+  shuffled in memory (a shuffle buffer that is a pure function of the index, so it
+  checkpoints). Each batch's records are read in file order. Right for hard disks and
+  network volumes.
+
+Per-host partitioning: process ``i`` of ``n`` reads shards ``i, i+n, i+2n, ...`` only.
+Every host runs the same number of steps per epoch (the smallest host's).
+
+Bad records (a damaged shard, a record that does not decode) are named with shard and
+record index; ``on_bad_record='skip'`` replaces them with the next good record of the
+same batch order and counts them, ``'fail'`` raises :class:`BadRecordError`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import grain
+import numpy as np
+
+from trainers import preprocess
+from trainers.preprocess import AugmentConfig, BadImageError
+
+
+class BadRecordError(RuntimeError):
+    """A record that cannot be read or decoded; names the shard file and record."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Input pipeline options.
+
+    Attributes:
+      host_batch: images per batch on this host (local devices x per-device batch).
+      augment: crop/flip settings and the output ``image_size`` (pixels).
+      read_mode: ``random`` or ``sequential``.
+      shuffle_window: records shuffled together in sequential mode.
+      threads: Grain threads building batches.
+      prefetch: batches built ahead (Grain's prefetch buffer), host memory.
+      cache_decoded: keep decoded images (at their stored resolution) in RAM after
+        their first decode, so later epochs only crop and flip.
+      seed: seed of the order and the augmentation.
+      process_index: this host's index; ``process_count`` hosts in all.
+      on_bad_record: ``skip`` (count and replace) or ``fail`` (raise).
+    """
+
+    host_batch: int
+    augment: AugmentConfig = AugmentConfig()
+    read_mode: str = "random"
+    shuffle_window: int = 4096
+    threads: int = 2
+    prefetch: int = 4
+    cache_decoded: bool = False
+    seed: int = 0
+    process_index: int = 0
+    process_count: int = 1
+    on_bad_record: str = "skip"
+
+    def __post_init__(self):
+        if self.host_batch < 1:
+            raise ValueError(f"host_batch ({self.host_batch}) must be >= 1")
+        if self.read_mode not in ("random", "sequential"):
+            raise ValueError(f"read_mode {self.read_mode!r}: expected 'random' or 'sequential'")
+        if self.threads < 1 or self.prefetch < 1:
+            raise ValueError(f"threads ({self.threads}) and prefetch ({self.prefetch}) must be >= 1")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(f"process_index ({self.process_index}) must be in "
+                             f"[0, process_count={self.process_count})")
+        if self.on_bad_record not in ("skip", "fail"):
+            raise ValueError(f"on_bad_record {self.on_bad_record!r}: expected 'skip' or 'fail'")
+
+
+def host_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
+    """Shard indices read by one host: ``process_index::process_count``.
+
+    Raises:
+      ValueError: fewer shards than hosts (a host would read nothing).
+    """
+    if num_shards < process_count:
+        raise ValueError(f"{num_shards} shards cannot feed {process_count} hosts; pack with "
+                         f"at least {process_count} shards")
+    return list(range(process_index, num_shards, process_count))
+
+
+def steps_per_epoch(shard_lengths: Sequence[int], host_batch: int, process_count: int = 1) -> int:
+    """Steps per epoch that every host can run: min over hosts of
+    ``host_records // host_batch``.
+
+    Raises:
+      ValueError: a host has fewer records than one batch.
+    """
+    per_host = [sum(shard_lengths[i] for i in host_shards(len(shard_lengths), p, process_count))
+                for p in range(process_count)]
+    steps = min(per_host) // host_batch
+    if steps < 1:
+        raise ValueError(f"a host has {min(per_host)} records, fewer than one batch of "
+                         f"{host_batch}; use a smaller batch or more data")
+    return steps
+
+
+class _Records:
+    """This host's shards as one indexable record space, with errors that name the
+    shard and record."""
+
+    def __init__(self, paths: Sequence[str], lengths: Sequence[int]):
+        from array_record.python.array_record_data_source import ArrayRecordDataSource
+
+        self.paths = list(paths)
+        self.lengths = list(lengths)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self.source = ArrayRecordDataSource(self.paths)
+        if len(self.source) != int(self.starts[-1]):
+            raise BadRecordError(f"shards {self.paths[0]}...: {len(self.source)} records on "
+                                 f"disk, {int(self.starts[-1])} expected from pack.json")
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def where(self, index: int) -> str:
+        s = bisect.bisect_right(self.starts, index) - 1
+        return f"shard {self.paths[s]} record {index - int(self.starts[s])}"
+
+    def read(self, indices: Sequence[int]) -> list[bytes | Exception]:
+        """Read records in ascending file order, return them in the given order."""
+        order = np.argsort(indices, kind="stable")
+        out: list = [None] * len(indices)
+        try:
+            got = self.source.__getitems__([int(indices[i]) for i in order])
+            for j, i in enumerate(order):
+                out[i] = got[j]
+        except Exception:  # a damaged chunk: read one by one to name the bad record
+            for i in order:
+                try:
+                    out[i] = self.source[int(indices[i])]
+                except Exception as exc:  # noqa: BLE001 - reported with its location
+                    out[i] = exc
+        return out
+
+
+def parse_example(record: bytes) -> tuple[bytes, int]:
+    """A serialized ``tf.train.Example`` from ``trainers.pack`` -> ``(jpeg bytes, label)``.
+
+    Uses tensorflow-datasets' bundled protobuf classes (no TensorFlow needed).
+
+    Raises:
+      ValueError: the record is not such an example.
+    """
+    from tensorflow_datasets.proto import tf_example_pb2
+
+    ex = tf_example_pb2.Example.FromString(record)
+    feats = ex.features.feature
+    if "image" not in feats or "label" not in feats:
+        raise ValueError("record has no image/label features")
+    return feats["image"].bytes_list.value[0], int(feats["label"].int64_list.value[0])
+
+
+class _Order:
+    """The record order of one epoch on this host (cached for the last epoch seen)."""
+
+    def __init__(self, cfg: PipelineConfig, lengths: Sequence[int]):
+        self.cfg = cfg
+        self.lengths = list(lengths)
+        self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
+        self._lock = threading.Lock()
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __call__(self, epoch: int) -> np.ndarray:
+        with self._lock:
+            got = self._cache.get(epoch)
+            if got is None:
+                got = self._make(epoch)
+                self._cache = {epoch: got, **{k: v for k, v in self._cache.items()
+                                              if k == epoch - 1}}
+            return got
+
+    def _make(self, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.cfg.seed, epoch, self.cfg.process_index, 7])
+        n = int(self.starts[-1])
+        if self.cfg.read_mode == "random":
+            return rng.permutation(n)
+        shard_order = rng.permutation(len(self.lengths))
+        seq = np.concatenate([np.arange(self.starts[s], self.starts[s + 1]) for s in shard_order])
+        w = max(1, self.cfg.shuffle_window)
+        for start in range(0, n, w):
+            seq[start:start + w] = rng.permutation(seq[start:start + w])
+        return seq
+
+
+class TrainBatches(grain.MapDataset):
+    """Element ``k``: training batch ``k`` of the run, a dict with
+    ``image: uint8 [host_batch, S, S, 3]``, ``label: int32 [host_batch]`` and
+    ``bad: int32 []`` (records skipped while building it).
+
+    Length = ``epochs x steps_per_epoch``.
+    """
+
+    def __init__(self, paths: Sequence[str], lengths: Sequence[int], cfg: PipelineConfig,
+                 steps_per_epoch: int, epochs: int):
+        super().__init__()
+        self.cfg = cfg
+        self.records = _Records(paths, lengths)
+        self.order = _Order(cfg, lengths)
+        self.steps_per_epoch = steps_per_epoch
+        self.epochs = epochs
+        self._cache: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def __str__(self) -> str:
+        return f"TrainBatches(steps={len(self)}, mode={self.cfg.read_mode})"
+
+    def _augment(self, index: int, rec, rng: np.random.Generator) -> np.ndarray:
+        if isinstance(rec, Exception):
+            raise BadRecordError(f"{self.records.where(index)}: cannot read: {rec}")
+        try:
+            data, label = parse_example(rec)
+        except Exception as exc:  # noqa: BLE001
+            raise BadRecordError(f"{self.records.where(index)}: not a valid example: {exc}") from None
+        try:
+            if self.cfg.cache_decoded:
+                img = self._cache.get(index)
+                if img is None:
+                    img = preprocess.decode_image(data)
+                    self._cache[index] = img
+                return preprocess.augment_decoded(img, rng, self.cfg.augment), label
+            return preprocess.train_preprocess(data, rng, self.cfg.augment), label
+        except BadImageError as exc:
+            raise BadRecordError(f"{self.records.where(index)}: {exc.reason}") from None
+
+    def __getitem__(self, k):
+        if isinstance(k, slice):
+            return self.slice(k)
+        if not 0 <= k < len(self):
+            raise IndexError(f"batch {k} outside [0, {len(self)})")
+        epoch, step = divmod(int(k), self.steps_per_epoch)
+        order = self.order(epoch)
+        b = self.cfg.host_batch
+        idx = order[step * b:(step + 1) * b]
+        rng = np.random.default_rng([self.cfg.seed, int(k), self.cfg.process_index, 11])
+        size = self.cfg.augment.image_size
+        images = np.empty((b, size, size, 3), np.uint8)
+        labels = np.empty((b,), np.int32)
+        recs = self.records.read(idx)
+        bad = 0
+        spare = (step + 1) * b  # replacements come from beyond this batch, in order
+        for i, (index, rec) in enumerate(zip(idx, recs)):
+            while True:
+                try:
+                    images[i], labels[i] = self._augment(int(index), rec, rng)
+                    break
+                except BadRecordError:
+                    if self.cfg.on_bad_record == "fail":
+                        raise
+                    bad += 1
+                    if bad > b:
+                        raise
+                    index = int(order[spare % len(order)])
+                    spare += 1
+                    rec = self.records.read([index])[0]
+        return {"image": images, "label": labels, "bad": np.int32(bad)}
+
+
+def make_train_iterator(paths: Sequence[str], lengths: Sequence[int], cfg: PipelineConfig,
+                        epochs: int, steps_per_epoch: int, *, start_step: int = 0):
+    """A Grain iterator over the run's training batches, starting at batch ``start_step``.
+
+    Args:
+      paths, lengths: this host's shard files and their record counts (see
+        :func:`host_shards`).
+      cfg: pipeline options.
+      epochs: epochs in the run.
+      steps_per_epoch: steps every host runs per epoch (:func:`steps_per_epoch`).
+      start_step: first batch to produce (resume).
+
+    Returns:
+      An iterator of the dicts of :class:`TrainBatches` with ``get_state()`` /
+      ``set_state()`` (Grain's; the state records the next batch index).
+    """
+    ds = TrainBatches(paths, lengths, cfg, steps_per_epoch, epochs)
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads,
+                                                   prefetch_buffer_size=cfg.prefetch)))
+    if start_step:
+        it.set_state({**it.get_state(), "next_index": int(start_step)})
+    return it
+
+
+def eval_batches(paths: Sequence[str], lengths: Sequence[int], *, batch: int, image_size: int,
+                 process_index: int = 0, process_count: int = 1,
+                 threads: int = 2) -> Iterator[dict]:
+    """Evaluation batches: every record of the split exactly once across hosts
+    (host ``i`` takes records ``i, i+n, ...``), centre-cropped, padded to full
+    batches. Yields ``image uint8 [batch, S, S, 3]``, ``label int32 [batch]``,
+    ``mask bool [batch]`` (False on padding) and ``bad int32 []``.
+    """
+    records = _Records(paths, lengths)
+    mine = np.arange(process_index, len(records), process_count)
+
+    def load(chunk):
+        images = np.zeros((batch, image_size, image_size, 3), np.uint8)
+        labels = np.zeros((batch,), np.int32)
+        mask = np.zeros((batch,), bool)
+        bad = 0
+        recs = records.read(chunk) if len(chunk) else []
+        for i, (index, rec) in enumerate(zip(chunk, recs)):
+            try:
+                if isinstance(rec, Exception):
+                    raise rec
+                data, label = parse_example(rec)
+                images[i] = preprocess.eval_preprocess(data, image_size)
+                labels[i], mask[i] = label, True
+            except Exception:  # noqa: BLE001 - counted, evaluation goes on
+                bad += 1
+        return {"image": images, "label": labels, "mask": mask, "bad": np.int32(bad)}
+
+    # Every host runs the same number of eval steps (collectives must match): pad with
+    # empty chunks up to the largest host's count.
+    per_host = -(-len(records) // process_count)
+    n_steps = max(1, -(-per_host // batch))
+    chunks = [mine[i * batch:(i + 1) * batch] for i in range(n_steps)]
+    ds = grain.MapDataset.source(chunks).map(load)
+    yield from ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=4))

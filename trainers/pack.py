@@ -1,0 +1,486 @@
+"""Pack an ImageNet-layout folder of JPEGs into ArrayRecord shards that
+tensorflow-datasets can read.
+
+Input: ``<root>/<wnid>/<file>`` (class index = position of the wnid in sorted order,
+the order tensorflow-datasets ``imagenet2012`` uses). Output: a folder readable with
+``tfds.builder_from_directory(out)`` (``dataset_info.json``, ``features.json`` and
+``autotune_images-<split>.array_record-XXXXX-of-YYYYY`` shards, one serialized
+``tf.train.Example`` per record with ``image`` (JPEG bytes), ``label`` (int64) and
+``file_name``), written without TensorFlow.
+
+Nothing is lost: every input file is either packed or listed, with its path and the
+reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
+``input_images == packed + skipped`` always.
+
+Crash safety: each shard is written to a temporary name and renamed when complete,
+with a sidecar JSON that lists what went into it; the data set's metadata and the
+``pack.json`` summary are written last. A rerun after an interruption keeps the
+complete shards (same inputs and options give the same assignment of images to
+shards) and redoes the rest, so the result is identical to an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from autotune.records import Record, RecordError, write_text_atomic
+from trainers import preprocess
+
+DATASET_NAME = "autotune_images"
+FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
+PACK_SUMMARY = "pack.json"
+FORMAT_VERSION = 1
+#: File names that are never images; they are still counted and listed as skipped.
+SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+
+
+class PackError(RuntimeError):
+    """The input folder cannot be packed (missing, empty, no class folders...)."""
+
+
+@dataclass(frozen=True)
+class BadImage(Record):
+    """One input file that was not packed: its path and why."""
+
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class SplitSummary(Record):
+    """One packed split.
+
+    Attributes:
+      name: ``train`` or ``validation``.
+      num_examples: records written.
+      shard_lengths: records per shard.
+      num_bytes: bytes of the shard files.
+    """
+
+    name: str
+    num_examples: int
+    shard_lengths: tuple[int, ...]
+    num_bytes: int
+
+
+@dataclass(frozen=True)
+class PackOptions(Record):
+    """What to pack and how.
+
+    Attributes:
+      num_shards: shards of the train split (validation gets proportionally fewer,
+        at least 1).
+      val_fraction: fraction of each class held out as the ``validation`` split by a
+        seeded split (0 when a separate validation folder is given).
+      resize_shorter: re-encode images whose shorter side exceeds this many pixels at
+        that size (None: store the original bytes untouched).
+      quality: JPEG quality of re-encoded images (90-95 is the MXNet im2rec / FFCV
+        habit).
+      seed: seed of the shuffle that assigns images to shards and of the held-out
+        split.
+      threads: decode/verify threads.
+    """
+
+    num_shards: int = 16
+    val_fraction: float = 0.0
+    resize_shorter: int | None = None
+    quality: int = 90
+    seed: int = 0
+    threads: int = 2
+
+    def __post_init__(self):
+        if self.num_shards < 1:
+            raise ValueError(f"num_shards ({self.num_shards}) must be at least 1")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction ({self.val_fraction}) must be in [0, 1)")
+        if self.resize_shorter is not None and self.resize_shorter < 8:
+            raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= 8 pixels")
+        if not 1 <= self.quality <= 100:
+            raise ValueError(f"quality ({self.quality}) must be in 1..100")
+
+
+@dataclass(frozen=True)
+class PackResult(Record):
+    """What ``pack_folder`` produced.
+
+    Attributes:
+      out_dir: the packed data set (``tfds.builder_from_directory`` reads it).
+      source: the input folder.
+      class_names: wnids in class-index order.
+      input_images: files found under the class folders.
+      packed: records written, all splits.
+      skipped: files not packed (== len(bad_images)).
+      bad_images: every skipped file with its reason.
+      splits: per split counts and bytes.
+      bytes_in: bytes of the packed input files.
+      bytes_out: bytes of the records' image payloads.
+      resize_shorter: pack-time resize (None: originals stored).
+      seconds: wall time of this call (a resumed pack counts only its own time).
+      resumed_shards: complete shards found and kept from an interrupted run.
+    """
+
+    out_dir: str
+    source: str
+    class_names: tuple[str, ...]
+    input_images: int
+    packed: int
+    skipped: int
+    bad_images: tuple[BadImage, ...]
+    splits: tuple[SplitSummary, ...]
+    bytes_in: int
+    bytes_out: int
+    resize_shorter: int | None
+    options: PackOptions
+    seconds: float
+    resumed_shards: int = 0
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split(self, name: str) -> SplitSummary:
+        for s in self.splits:
+            if s.name == name:
+                return s
+        raise KeyError(f"packed data set {self.out_dir} has no split {name!r}; "
+                       f"it has {[s.name for s in self.splits]}")
+
+
+def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
+    """List ``<root>/<class>/<file>`` as ``(class_names, [(path, label), ...])``.
+
+    Class index = position in sorted class-folder names (tensorflow-datasets
+    ``imagenet2012`` order). Every regular file in a class folder is returned, images
+    or not, so that nothing is dropped silently; files directly under ``root`` are
+    ignored. Order: by class, then by file name.
+
+    Raises:
+      PackError: ``root`` is missing, is not a folder, has no class folders, or a
+        class folder is empty.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise PackError(f"data folder {root} does not exist")
+    if not root.is_dir():
+        raise PackError(f"data path {root} is not a folder (expected <root>/<wnid>/*.JPEG)")
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not classes:
+        raise PackError(f"data folder {root} has no class folders (expected <root>/<wnid>/*.JPEG)")
+    items: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.is_file() or p.is_symlink())
+        if not files:
+            raise PackError(f"class folder {root / name} is empty")
+        items.extend((str(p), label) for p in files)
+    return tuple(classes), items
+
+
+def _features(class_names: Sequence[str]):
+    import tensorflow_datasets as tfds
+
+    return tfds.features.FeaturesDict({
+        "image": tfds.features.Image(encoding_format="jpeg"),
+        "label": tfds.features.ClassLabel(names=list(class_names)),
+        "file_name": tfds.features.Text(),
+    })
+
+
+def _prepare(path: str, resize_shorter: int | None, quality: int) -> tuple[bytes | None, str | None, int]:
+    """Read and verify one file. Returns (jpeg bytes to store, reason if bad, bytes in)."""
+    name = os.path.basename(path)
+    if name in SYSTEM_FILES or name.startswith("._"):
+        return None, "not an image (system file)", 0
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return None, f"unreadable: {exc.strerror or exc}", 0
+    try:
+        h, w = preprocess.image_header(data)
+        is_jpeg = data[:3] == b"\xff\xd8\xff"
+        if resize_shorter is not None and min(h, w) > resize_shorter:
+            factor = resize_shorter / min(h, w)
+            img = preprocess.decode_image(data, min_height=int(h * factor) + 1,
+                                          min_width=int(w * factor) + 1)
+            return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
+                                          quality), None, len(data)
+        img = preprocess.decode_image(data)  # full decode: catches truncation
+        if is_jpeg and _simplejpeg_ok(data):
+            return data, None, len(data)
+        # CMYK, PNG named .JPEG, ...: converted once here, so readers never need Pillow.
+        return preprocess.encode_jpeg(img, quality), None, len(data)
+    except preprocess.BadImageError as exc:
+        return None, exc.reason, len(data)
+
+
+def _simplejpeg_ok(data: bytes) -> bool:
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8)
+        return True
+    except (ValueError, RuntimeError):
+        return False
+
+
+def _assign(items: list[tuple[str, int]], options: PackOptions, has_val_folder: bool):
+    """Seeded, stratified hold-out and shuffled assignment to shards (deterministic)."""
+    rng = random.Random(options.seed)
+    train, val = [], []
+    if options.val_fraction > 0 and not has_val_folder:
+        by_class: dict[int, list] = {}
+        for it in items:
+            by_class.setdefault(it[1], []).append(it)
+        for label in sorted(by_class):
+            group = by_class[label][:]
+            rng.shuffle(group)
+            n_val = int(round(len(group) * options.val_fraction))
+            val.extend(group[:n_val])
+            train.extend(group[n_val:])
+    else:
+        train = items[:]
+    rng.shuffle(train)
+    rng.shuffle(val)
+    return train, val
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    n = max(1, min(n, len(items))) if items else 1
+    base, extra = divmod(len(items), n)
+    out, start = [], 0
+    for i in range(n):
+        size = base + (1 if i < extra else 0)
+        out.append(items[start:start + size])
+        start += size
+    return out
+
+
+def _fingerprint(source: str, items, val_items, options: PackOptions) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps([FORMAT_VERSION, source, options.to_dict()]).encode())
+    for path, label in list(items) + list(val_items or []):
+        try:
+            st = os.stat(path)
+            h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            h.update(f"{path}\0{label}\0missing\n".encode())
+    return h.hexdigest()[:16]
+
+
+def is_packed(out_dir: str | os.PathLike) -> bool:
+    """True when ``out_dir`` holds a complete packed data set (its ``pack.json`` is
+    written last, after every shard and the metadata)."""
+    return (Path(out_dir) / PACK_SUMMARY).is_file()
+
+
+def load_pack_result(out_dir: str | os.PathLike) -> PackResult:
+    """Read the ``pack.json`` of a complete packed data set.
+
+    Raises:
+      PackError: ``out_dir`` is not a complete packed data set.
+    """
+    path = Path(out_dir) / PACK_SUMMARY
+    if not path.is_file():
+        raise PackError(f"{out_dir} is not a complete packed data set (no {PACK_SUMMARY}); "
+                        f"run `autotune pack` to (re)build it")
+    try:
+        return PackResult.load(path)
+    except RecordError as exc:
+        raise PackError(f"{path} is damaged: {exc}") from exc
+
+
+def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
+                options: PackOptions = PackOptions(), *,
+                val_source: str | os.PathLike | None = None,
+                progress: Callable[[int, int, int], None] | None = None) -> PackResult:
+    """Pack ``source`` (``<root>/<wnid>/*``) into ArrayRecord shards in ``out_dir``.
+
+    Args:
+      source: ImageNet-layout training folder.
+      out_dir: output folder; created; an existing complete pack with the same inputs
+        and options is returned as is, an interrupted one is resumed.
+      options: shards, resize, hold-out fraction, threads.
+      val_source: optional separate validation folder in the same layout (its
+        classes must be a subset of the train classes).
+      progress: ``progress(done, total, bad_so_far)`` after each image.
+
+    Returns:
+      PackResult (also saved as ``out_dir/pack.json``; skipped files also in
+      ``out_dir/bad_images.json``).
+
+    Raises:
+      PackError: bad input folder, or no image could be packed.
+      OSError: writing failed (for example the disk is full); the message names the
+        path and the bytes written so far. Complete shards survive for the rerun.
+    """
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    t0 = time.perf_counter()
+    source = str(Path(source).resolve())
+    out = Path(out_dir)
+    class_names, items = scan_image_folder(source)
+    val_items: list[tuple[str, int]] = []
+    if val_source is not None:
+        from trainers.validation import scan_validation
+
+        val_items = scan_validation(val_source, class_names)
+    fp = _fingerprint(source, items, val_items, options)
+    if is_packed(out):
+        prev = load_pack_result(out)
+        if _read_fingerprint(out) == fp:
+            return prev
+        raise PackError(f"{out} already holds a different packed data set (from "
+                        f"{prev.source}); choose another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    if _read_fingerprint(out) not in (None, fp):
+        # Leftovers of an interrupted pack with other inputs/options: start over.
+        for p in out.iterdir():
+            if p.is_file():
+                p.unlink()
+    write_text_atomic(out / "fingerprint.txt", fp + "\n")
+
+    train, val = _assign(items, options, has_val_folder=val_source is not None)
+    if val_source is not None:
+        val = val_items
+    n_val_shards = max(1, round(options.num_shards * len(val) / max(1, len(train)))) if val else 0
+    plan = [("train", c) for c in _chunks(train, options.num_shards)]
+    plan += [("validation", c) for c in _chunks(val, n_val_shards)] if val else []
+    total = len(items) + (len(val_items) if val_source is not None else 0)
+    feats = _features(class_names)
+
+    counters = {"done": 0, "bad": 0}
+    bad_all: list[BadImage] = []
+    shard_info: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "validation": []}
+    resumed = 0
+    split_counts = {"train": 0, "validation": 0}
+    pool = cf.ThreadPoolExecutor(max(1, options.threads))
+    try:
+        for split, chunk in plan:
+            idx = split_counts[split]
+            split_counts[split] += 1
+            n_split = sum(1 for s, _ in plan if s == split)
+            final = out / f"{DATASET_NAME}-{split}.array_record-{idx:05d}-of-{n_split:05d}"
+            sidecar = final.with_name(final.name + ".json")
+            if final.exists() and sidecar.exists():
+                info = json.loads(sidecar.read_text())
+                if info.get("fingerprint") == fp:
+                    bad_all.extend(BadImage(**b) for b in info["bad"])
+                    shard_info[split].append((info["records"], info["num_bytes"],
+                                              info["bytes_in"], info["bytes_out"]))
+                    counters["done"] += len(chunk)
+                    counters["bad"] += len(info["bad"])
+                    resumed += 1
+                    if progress:
+                        progress(counters["done"], total, counters["bad"])
+                    continue
+            tmp = final.with_name(final.name + ".tmp")
+            writer = ArrayRecordWriter(str(tmp), "group_size:1")
+            records = bytes_in = bytes_out = 0
+            bad: list[BadImage] = []
+            try:
+                results = pool.map(lambda it: _prepare(it[0], options.resize_shorter,
+                                                       options.quality), chunk)
+                for (path, label), (data, reason, nbytes) in zip(chunk, results):
+                    counters["done"] += 1
+                    if data is None:
+                        bad.append(BadImage(path=path, reason=reason or "unknown"))
+                        counters["bad"] += 1
+                    else:
+                        writer.write(feats.serialize_example({
+                            "image": io.BytesIO(data), "label": label,
+                            "file_name": os.path.basename(path)}))
+                        records += 1
+                        bytes_in += nbytes
+                        bytes_out += len(data)
+                    if progress:
+                        progress(counters["done"], total, counters["bad"])
+                writer.close()
+            except OSError as exc:
+                raise OSError(exc.errno, f"writing shard {tmp} failed after {bytes_out:,} "
+                                         f"bytes: {exc.strerror or exc}") from exc
+            num_bytes = tmp.stat().st_size
+            os.replace(tmp, final)
+            write_text_atomic(sidecar, json.dumps({
+                "fingerprint": fp, "records": records, "num_bytes": num_bytes,
+                "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "bad": [b.to_dict() for b in bad]}))
+            bad_all.extend(bad)
+            shard_info[split].append((records, num_bytes, bytes_in, bytes_out))
+    finally:
+        pool.shutdown(wait=True)
+
+    packed = sum(r for v in shard_info.values() for r, *_ in v)
+    if packed == 0:
+        raise PackError(f"no image in {source} could be packed; {len(bad_all)} files skipped, "
+                        f"first: {bad_all[0].path}: {bad_all[0].reason}" if bad_all else
+                        f"no image in {source} could be packed")
+    splits = tuple(SplitSummary(name=s, num_examples=sum(r for r, *_ in v),
+                                shard_lengths=tuple(r for r, *_ in v),
+                                num_bytes=sum(b for _, b, *_ in v))
+                   for s, v in shard_info.items() if v)
+    _write_tfds_metadata(out, feats, splits)
+    result = PackResult(
+        out_dir=str(out), source=source, class_names=class_names, input_images=total,
+        packed=packed, skipped=len(bad_all), bad_images=tuple(bad_all), splits=splits,
+        bytes_in=sum(x[2] for v in shard_info.values() for x in v),
+        bytes_out=sum(x[3] for v in shard_info.values() for x in v),
+        resize_shorter=options.resize_shorter, options=options,
+        seconds=time.perf_counter() - t0, resumed_shards=resumed)
+    assert result.input_images == result.packed + result.skipped, result
+    write_text_atomic(out / "bad_images.json",
+                      json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
+    result.save(out / PACK_SUMMARY)
+    return result
+
+
+def _read_fingerprint(out: Path) -> str | None:
+    try:
+        return (out / "fingerprint.txt").read_text().strip()
+    except FileNotFoundError:
+        return None
+
+
+def _write_tfds_metadata(out: Path, feats, splits: Iterable[SplitSummary]) -> None:
+    import tensorflow_datasets as tfds
+
+    split_infos = []
+    for s in splits:
+        template = tfds.core.ShardedFileTemplate(
+            data_dir=out, template=FILENAME_TEMPLATE, dataset_name=DATASET_NAME,
+            split=s.name, filetype_suffix="array_record")
+        split_infos.append(tfds.core.SplitInfo(name=s.name, shard_lengths=list(s.shard_lengths),
+                                               num_bytes=s.num_bytes, filename_template=template))
+    tfds.folder_dataset.write_metadata(
+        data_dir=out, features=feats, split_infos=split_infos,
+        filename_template=FILENAME_TEMPLATE, check_data=False,
+        description="Packed by autotune from an ImageNet-layout JPEG folder.")
+
+
+def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
+    """The shard files of ``split`` in a packed data set, in shard order."""
+    result = load_pack_result(out_dir)
+    s = result.split(split)
+    n = len(s.shard_lengths)
+    return [str(Path(out_dir) / f"{DATASET_NAME}-{split}.array_record-{i:05d}-of-{n:05d}")
+            for i in range(n)]
+
+
+def remove_packed(out_dir: str | os.PathLike) -> None:
+    """Delete a packed data set folder (used by tests and ``--repack``)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+
+
+__all__ = [n for n in dir() if not n.startswith("_") and n not in
+           ("annotations", "cf", "dataclasses", "hashlib", "io", "json", "os", "random",
+            "shutil", "time")]

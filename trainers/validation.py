@@ -1,0 +1,135 @@
+"""Validation folders in the layouts people have.
+
+* Class folders: ``<val>/<wnid>/*.JPEG`` (the layout of the train folder).
+* One flat folder of ``ILSVRC2012_val_XXXXXXXX.JPEG`` files plus a label file:
+  - Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` where the
+    prediction string starts with the wnid), found in the folder or its parent;
+  - the ILSVRC-2012 devkit ground truth ``ILSVRC2012_validation_ground_truth.txt``
+    (one ILSVRC2012_ID per line, in file-name order) together with the devkit's
+    ``meta.mat`` that maps ILSVRC2012_ID to wnid;
+  - a text file with one wnid per line in sorted file-name order (the
+    tensorflow-datasets ``imagenet2012_validation_labels.txt`` format).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Sequence
+
+
+class ValidationLayoutError(ValueError):
+    """The validation folder or its label file cannot be read; names the file."""
+
+
+LABEL_FILE_NAMES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt",
+                    "imagenet2012_validation_labels.txt", "val_labels.txt")
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file()
+                  and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
+
+
+def read_kaggle_solution(csv_path: str | os.PathLike) -> dict[str, str]:
+    """``LOC_val_solution.csv`` -> ``{image_id: wnid}``.
+
+    Raises:
+      ValidationLayoutError: missing columns or an empty prediction string (names the
+        file and the line).
+    """
+    out = {}
+    with open(csv_path, newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"ImageId", "PredictionString"} <= set(reader.fieldnames):
+            raise ValidationLayoutError(f"{csv_path}: expected columns ImageId,PredictionString, "
+                                        f"got {reader.fieldnames}")
+        for i, row in enumerate(reader, start=2):
+            parts = row["PredictionString"].split()
+            if not parts:
+                raise ValidationLayoutError(f"{csv_path}:{i}: empty PredictionString")
+            out[row["ImageId"]] = parts[0]
+    return out
+
+
+def read_devkit_ground_truth(gt_path: str | os.PathLike, meta_mat: str | os.PathLike) -> list[str]:
+    """Devkit ground truth (ILSVRC2012_IDs, 1-based, in file order) -> wnids in file order.
+
+    Raises:
+      ValidationLayoutError: ``meta.mat`` missing or an ID outside it (names the file).
+    """
+    try:
+        from scipy.io import loadmat
+    except ImportError as exc:  # pragma: no cover - scipy ships with jax
+        raise ValidationLayoutError("reading meta.mat needs scipy") from exc
+    if not Path(meta_mat).is_file():
+        raise ValidationLayoutError(f"{gt_path}: the devkit ground truth needs meta.mat "
+                                    f"(looked at {meta_mat})")
+    synsets = loadmat(str(meta_mat), squeeze_me=True)["synsets"]
+    id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
+    out = []
+    for i, line in enumerate(Path(gt_path).read_text().split(), start=1):
+        try:
+            out.append(id_to_wnid[int(line)])
+        except (KeyError, ValueError):
+            raise ValidationLayoutError(f"{gt_path}:{i}: {line!r} is not an ILSVRC2012_ID "
+                                        f"in {meta_mat}") from None
+    return out
+
+
+def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
+                    label_file: str | os.PathLike | None = None) -> list[tuple[str, int]]:
+    """List a validation folder as ``[(path, label), ...]`` with labels indexing
+    ``class_names`` (the train classes).
+
+    Raises:
+      ValidationLayoutError: no images, no label file for a flat folder, a label file
+        that does not cover every image, or a wnid not among the train classes.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValidationLayoutError(f"validation folder {folder} does not exist")
+    index = {c: i for i, c in enumerate(class_names)}
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        items = []
+        for d in subdirs:
+            if d.name not in index:
+                raise ValidationLayoutError(f"validation class folder {d} is not a train class")
+            items.extend((str(p), index[d.name]) for p in sorted(d.iterdir()) if p.is_file())
+        return items
+    images = _images(folder)
+    if not images:
+        raise ValidationLayoutError(f"validation folder {folder} has no class folders and no images")
+    if label_file is None:
+        for cand in [folder / n for n in LABEL_FILE_NAMES] + [folder.parent / n for n in LABEL_FILE_NAMES]:
+            if cand.is_file():
+                label_file = cand
+                break
+        else:
+            raise ValidationLayoutError(
+                f"validation folder {folder} is flat but has no label file; expected one of "
+                f"{', '.join(LABEL_FILE_NAMES)} in it or beside it")
+    label_file = Path(label_file)
+    if label_file.suffix == ".csv":
+        sol = read_kaggle_solution(label_file)
+        wnids = []
+        for p in images:
+            if p.stem not in sol:
+                raise ValidationLayoutError(f"{label_file}: no label for image {p.name}")
+            wnids.append(sol[p.stem])
+    else:
+        if label_file.name == "ILSVRC2012_validation_ground_truth.txt":
+            wnids = read_devkit_ground_truth(label_file, label_file.parent / "meta.mat")
+        else:
+            wnids = label_file.read_text().split()
+        if len(wnids) != len(images):
+            raise ValidationLayoutError(f"{label_file}: {len(wnids)} labels for {len(images)} "
+                                        f"images in {folder}")
+    items = []
+    for p, w in zip(images, wnids):
+        if w not in index:
+            raise ValidationLayoutError(f"{label_file}: label {w!r} of {p.name} is not a train class")
+        items.append((str(p), index[w]))
+    return items
