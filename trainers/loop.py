@@ -341,6 +341,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
             end_of_epoch = step % spe == 0
             if end_of_epoch and options.eval_every_epochs and \
                     (step // spe) % options.eval_every_epochs == 0 and step != total_steps:
+                jax.block_until_ready(state)  # steps in flight belong to the window
                 t_e = time.perf_counter()
                 last_eval = _evaluate(p_eval, state, packed_dir, config, n_local,
                                       options.threads, step, step / spe)

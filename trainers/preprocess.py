@@ -7,6 +7,7 @@ is measured is what is run.
   or 1/8 when the crop allows it, the trick DALI and FFCV use), falling back to
   Pillow for what libjpeg-turbo rejects (CMYK JPEGs, PNG files named ``.JPEG``;
   ImageNet's train set has 22 CMYK files and one PNG). Greyscale becomes RGB.
+* Resize: OpenCV bilinear (``cv2.resize``), which releases the GIL.
 * Train: Inception-style random-resized crop (Szegedy et al. 2015; the
   torchvision ``RandomResizedCrop`` algorithm: area scale in ``scale``, log-uniform
   aspect ratio in (3/4, 4/3), 10 tries, then a centre crop), bilinear resize to
@@ -24,9 +25,13 @@ import io
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
+
+# Our own threads parallelise over images; OpenCV must not spawn more per call.
+cv2.setNumThreads(1)
 
 #: Largest image accepted, in pixels (width x height). Pillow's own bomb limit is
 #: 89.5 MPix; the largest ImageNet training image is about 20 MPix.
@@ -159,10 +164,14 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, *
 
 
 def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    if img.shape[0] == height and img.shape[1] == width:
+    """Bilinear resize (OpenCV ``INTER_LINEAR``, about 5x faster than Pillow's here).
+    Downscales of more than 2x use ``INTER_AREA`` so they do not alias; the DCT-scaled
+    decode keeps the usual factor below 2."""
+    h, w = img.shape[:2]
+    if h == height and w == width:
         return img
-    return np.asarray(Image.fromarray(img).resize((width, height), Image.BILINEAR,
-                                                  reducing_gap=None))
+    interp = cv2.INTER_AREA if (h > 2 * height or w > 2 * width) else cv2.INTER_LINEAR
+    return cv2.resize(img, (width, height), interpolation=interp)
 
 
 def augment_decoded(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -12,29 +12,41 @@ order is the class index, as in ``torchvision.datasets.ImageFolder`` and TFDS.
 
 The images are built to cost what photographs cost, and to be learnable:
 
-* **Sizes like ImageNet's**: the shorter side is 300-400 px and the aspect ratio
-  between 1:1 and 4:3, a quarter of them portrait (ImageNet train's median is
-  500x375); JPEG quality 90 (``simplejpeg.encode_jpeg``), 4:2:0 chroma subsampling,
-  so files are about 50-150 KB, as real ImageNet JPEGs are (median about 110 KB).
+* **Sizes like ImageNet's**: the shorter side is 330-400 px and the aspect ratio
+  between 1.2 and 4:3, a quarter of them portrait (ImageNet train's median is
+  500x375; mean here about 170 kpx per image); JPEG quality 90
+  (``simplejpeg.encode_jpeg``), 4:2:0 chroma subsampling. Files are 58-114 KB
+  (5-95%; median 84 KB), 0.50 bytes/pixel, and decode at about 6 ns/pixel with
+  simplejpeg; 1,000 real ImageNet JPEGs (/work/shared/data/imagenet-samples):
+  16-212 KB, median 107 KB, 0.54 bytes/pixel, about 7 ns/pixel.
 * **Natural-image statistics**: the background is pink noise with a ``1/f**alpha``
-  amplitude spectrum, ``alpha`` drawn in [1.0, 2.0] per image (natural images have
-  ``alpha`` near 1-2: van der Schaaf & van Hateren, "Modelling the power spectra of
+  amplitude spectrum, ``alpha`` drawn in [0.7, 1.3] per image (photographs have an
+  amplitude-spectrum slope of about 0.94 +- 0.21, i.e. power-spectrum slope
+  1.88 +- 0.43: van der Schaaf & van Hateren, "Modelling the power spectra of
   natural images", Vision Research 36(17), 1996; Field, JOSA A 4(12), 1987). The
-  three colour channels are correlated: one luminance field carries most of the
-  variance and two weaker chroma fields the rest, as in photographs. Filled
-  ellipses and polygons add hard edges.
+  three colour channels are correlated: one full-resolution luminance field carries
+  most of the variance, two weaker half-resolution chroma fields the rest, as in
+  photographs; a little luminance grain stands in for sensor noise. Filled,
+  semi-transparent ellipses and polygons add hard edges.
 * **Learnable classes**: every class has its own three-colour palette and its own
   dominant texture (band-pass noise around one orientation and spatial frequency,
   squashed into stripes that alternate between two palette colours). Orientations
-  are spaced evenly over 180 degrees (kept apart under horizontal flips), so a
-  class stays recognisable after a random-resized crop (scale 0.25-1), a flip and
-  a downscale to 32x32. Each image jitters the palette, orientation, frequency,
-  contrast and brightness, so classes overlap somewhat: not trivially separable.
+  are spaced evenly over 180 degrees (a horizontal flip maps ``theta`` to
+  ``pi - theta``, which may land near another class's orientation; the palettes
+  still differ), so a class stays recognisable after a random-resized crop
+  (scale 0.25-1), a flip and a downscale to 32x32. Hues are drawn at random, and
+  each image jitters the palette, orientation, frequency, contrast and brightness,
+  so classes overlap: on the default 10 x 100 set, split 80/20 per class into
+  train/held-out images, with random-resized-crop (scale 0.25-1) + flip views at
+  32x32, a nearest-class-mean classifier on raw pixels scores 73% (chance 10%),
+  and ``resnet_tiny`` (width 16, AdamW) trained on 4 views per train image scores
+  79% held-out after one pass over them and 94% after six.
 
 Generation is deterministic: the same ``seed`` gives the same bytes on the same
 numpy/Pillow/libjpeg-turbo install (each image draws from its own
 ``numpy.random.SeedSequence([seed, class, index])``, so the order or the number of
-processes does not matter). About 15-25 ms per image on one core.
+processes does not matter). About 10 ms per image on one core to generate and
+encode; the default 1,000 images take about 12 s of CPU and 84 MB.
 
 Public API: :func:`default_cache_dir`, :func:`class_names`,
 :func:`synthetic_dataset_name`, :func:`generate_image`, :func:`encode_image`,
@@ -62,12 +74,12 @@ GENERATOR_VERSION = 1
 #: JPEG quality passed to ``simplejpeg.encode_jpeg`` (ImageNet's own JPEGs are ~q90).
 JPEG_QUALITY = 90
 #: Shorter image side, inclusive range in pixels.
-SHORT_SIDE_RANGE = (300, 400)
+SHORT_SIDE_RANGE = (330, 400)
 #: Aspect ratio (longer side / shorter side) range.
-ASPECT_RANGE = (1.0, 4.0 / 3.0)
+ASPECT_RANGE = (1.2, 4.0 / 3.0)
 #: Fraction of images that are portrait (taller than wide).
 PORTRAIT_FRACTION = 0.25
-#: Pink-noise spectral exponent range: amplitude ~ 1 / f**alpha.
+#: Pink-noise exponent range: amplitude ~ 1 / f**alpha (van der Schaaf & van Hateren 1996).
 ALPHA_RANGE = (0.7, 1.3)
 #: Class-texture wavelength range in pixels of the full-size image.
 WAVELENGTH_RANGE = (40.0, 110.0)
@@ -120,8 +132,8 @@ def _hsv(h: float, s: float, v: float) -> np.ndarray:
 def _class_style(seed: int, c: int, num_classes: int) -> _ClassStyle:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 1, c]))
     # Orientations evenly spaced over [0, pi) with a random global offset. A
-    # horizontal flip maps theta to pi - theta; only classes k and K - k are mapped
-    # onto each other, and their palettes differ.
+    # horizontal flip maps theta to pi - theta, which may land near another class's
+    # orientation; the palettes still tell such classes apart.
     offset = np.random.default_rng(np.random.SeedSequence([seed, 2])).uniform(0.0, math.pi)
     theta = (offset + math.pi * c / num_classes) % math.pi
     # Hues: random, so some classes share a colour family and need the texture too.
@@ -224,17 +236,19 @@ def generate_image(
 ) -> np.ndarray:
     """One synthetic image of class ``class_index``: uint8 RGB array [height, width, 3].
 
-    ``height, width`` are ImageNet-like (shorter side 300-400 px, aspect 1 to 4/3,
+    ``height, width`` are ImageNet-like (shorter side 330-400 px, aspect 1.2 to 4/3,
     a quarter portrait). Deterministic in ``(seed, num_classes, class_index,
     image_index)``. Raises ``ValueError`` if ``class_index`` is not in
-    ``[0, num_classes)`` or ``image_index < 0``.
+    ``[0, num_classes)``, or ``image_index`` or ``seed`` is negative.
     """
     if not 0 <= class_index < num_classes:
         raise ValueError(
             f"trainers/synthetic.py: class_index ({class_index}) must be in [0, {num_classes})"
         )
-    if image_index < 0:
-        raise ValueError(f"trainers/synthetic.py: image_index ({image_index}) must be >= 0")
+    if image_index < 0 or seed < 0:
+        raise ValueError(
+            f"trainers/synthetic.py: image_index ({image_index}) and seed ({seed}) must be >= 0"
+        )
     style = _class_style(seed, class_index, num_classes)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3, class_index, image_index]))
     height, width = _image_size(rng)
@@ -306,6 +320,16 @@ def encode_image(image: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
     )
 
 
+def _check_args(num_classes: int, images_per_class: int, seed: int) -> None:
+    if num_classes < 1 or images_per_class < 1:
+        raise ValueError(
+            f"trainers/synthetic.py: num_classes ({num_classes}) and images_per_class "
+            f"({images_per_class}) must be >= 1"
+        )
+    if seed < 0:
+        raise ValueError(f"trainers/synthetic.py: seed ({seed}) must be >= 0 (numpy SeedSequence)")
+
+
 def write_synthetic_dataset(
     dest: Path,
     *,
@@ -319,12 +343,10 @@ def write_synthetic_dataset(
     Writes ``num_classes * images_per_class`` files ``dest/<wnid>/<wnid>_<i>.JPEG``.
     Not atomic: use :func:`ensure_synthetic_dataset` for the cached copy.
     ``progress(done, total)`` is called after each image (and once with ``0``).
-    Raises ``ValueError`` for ``num_classes < 1`` or ``images_per_class < 1``.
+    Raises ``ValueError`` for ``num_classes < 1``, ``images_per_class < 1`` or
+    ``seed < 0``.
     """
-    if images_per_class < 1:
-        raise ValueError(
-            f"trainers/synthetic.py: images_per_class ({images_per_class}) must be >= 1"
-        )
+    _check_args(num_classes, images_per_class, seed)
     names = class_names(num_classes)
     total = num_classes * images_per_class
     done = 0
@@ -381,7 +403,7 @@ def ensure_synthetic_dataset(
       root: the cache folder (created if missing); default :func:`default_cache_dir`.
         The data set lives in ``root / synthetic_dataset_name(...)``.
       num_classes, images_per_class, seed: what to generate (defaults: 10 x 100 =
-        1,000 images, about 100 MB, about 20 s on one core).
+        1,000 images, about 84 MB, about 12-20 s on one core).
       progress: optional ``callable(done: int, total: int)``, called while generating.
 
     The images are written into a temporary sibling folder
@@ -392,18 +414,25 @@ def ensure_synthetic_dataset(
     call returns at once without touching it. If another process finishes first,
     its copy is kept and ours discarded.
 
-    Raises ``ValueError`` for invalid counts and ``OSError`` if the cache is not
-    writable.
+    Raises:
+      ValueError: ``num_classes`` or ``images_per_class`` < 1, or ``seed`` < 0.
+      RuntimeError: the final folder exists but lacks some class folders (it was not
+        made here; delete it to regenerate).
+      OSError: the cache folder is not writable.
     """
-    if num_classes < 1 or images_per_class < 1:
-        raise ValueError(
-            f"trainers/synthetic.py: num_classes ({num_classes}) and images_per_class "
-            f"({images_per_class}) must be >= 1"
-        )
+    _check_args(num_classes, images_per_class, seed)
     cache = Path(root) if root is not None else default_cache_dir()
     name = synthetic_dataset_name(num_classes, images_per_class, seed)
     final = cache / name
     if final.is_dir():
+        present = {p.name for p in final.iterdir()}
+        missing = [n for n in class_names(num_classes) if n not in present]
+        if missing:
+            raise RuntimeError(
+                f"trainers/synthetic.py: {final} exists but lacks {len(missing)} of "
+                f"{num_classes} class folders (first: {missing[0]}); it was not made by "
+                "ensure_synthetic_dataset. Delete it to regenerate."
+            )
         return final
     cache.mkdir(parents=True, exist_ok=True)
     _clean_stale_partials(cache, name)

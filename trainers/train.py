@@ -331,14 +331,11 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     model = create_model(config)
     lr_fn = create_learning_rate_fn(config, 1000)
     state = create_train_state(jax.random.PRNGKey(config.seed), config, model, lr_fn)
-    state = jax.device_put_replicated(state, devices)
+    state = jax_utils.replicate(state, devices)
     step = jax.pmap(functools.partial(train_step, learning_rate_fn=lr_fn, config=config),
                     axis_name="batch", donate_argnums=(0,), devices=devices)
-    batch = jax.device_put_sharded(
-        list(shard_batch(next(synthetic_batches(config, n)), n).values().__iter__().__next__()),
-        devices) if False else None
     host = shard_batch(next(synthetic_batches(config, n)), n)
-    batch = {k: jax.device_put_sharded(list(v), devices) for k, v in host.items()}
+    batch = next(jax_utils.prefetch_to_device(iter([host]), 1, devices))
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)

@@ -1,0 +1,682 @@
+"""The largest per-device batch that fits in device memory: the pure search logic.
+
+Nothing here imports JAX or touches a device. The caller hands in a callable that
+does the measuring:
+
+* :func:`find_max_batch` takes ``memory_bytes(b)``, the bytes XLA says the compiled
+  train step needs at per-device batch ``b``. In the real tool that is
+  ``jax.jit(step).lower(...).compile().memory_analysis()``:
+  ``argument_size_in_bytes + output_size_in_bytes + temp_size_in_bytes -
+  alias_size_in_bytes`` (the peak estimate used in jax-ml/jax#31292). Each call is
+  one XLA compilation (about 10-60 s for a ResNet-50 on a GPU), so the search counts
+  them and keeps them few: memory is close to affine in the batch (parameters,
+  gradients and optimizer state are fixed; activations grow per image), so it
+  measures two small batches, fits the line, jumps to the predicted maximum, and then
+  verifies it (the next multiple must fail), refining by secant (regula falsi) steps
+  with safeguards for curved memory. On an affine memory model it needs at most 4
+  compilations.
+* :func:`find_max_batch_by_trial` is the fallback when the memory analysis is
+  unavailable (``memory_analysis()`` returns ``None`` or all zeros on some JAX GPU
+  and TPU versions: jax-ml/jax#18954, jax-ml/jax#12848): it drives a predicate
+  ``fits(b)`` that runs real steps in a child process (an out-of-memory error kills
+  only the child), doubling then bisecting, and counts the trials.
+* :func:`next_smaller_batch` is the step-down rule after an out-of-memory error at
+  run time; :func:`parse_memory_budget` reads the CPU ``--memory-budget`` option.
+
+Safety: a batch is returned only if it was measured (or trialled) and fit; the
+maximality claim assumes memory does not decrease as the batch grows.
+
+Budget: pass the bytes XLA can actually hand out (e.g. ``bytes_limit`` from
+``device.memory_stats()``), not the card's total: by default JAX preallocates 75% of
+GPU memory (JAX docs, "GPU memory allocation").
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Callable
+
+from autotune.records import Record
+
+__all__ = [
+    "BatchEvaluation",
+    "BatchSearchError",
+    "BatchSearchResult",
+    "DEFAULT_MARGIN",
+    "MARGIN_REASON",
+    "METHOD_MEMORY_ANALYSIS",
+    "METHOD_TRIAL",
+    "METHOD_UNAVAILABLE",
+    "MemoryAnalysisUnavailable",
+    "NoBatchFits",
+    "STEP_DOWN_FRACTION",
+    "find_max_batch",
+    "find_max_batch_by_trial",
+    "format_bytes",
+    "next_smaller_batch",
+    "parse_memory_budget",
+]
+
+_FILE = "autotune/batch_search.py"
+
+#: Fraction of the memory budget held back (see :data:`MARGIN_REASON`).
+DEFAULT_MARGIN = 0.10
+
+#: Why :data:`DEFAULT_MARGIN` exists; copied into every result.
+MARGIN_REASON = (
+    "10% of the budget is held back because XLA's compile-time memory analysis counts "
+    "buffers, not the GPU BFC allocator's fragmentation and bookkeeping (JAX docs, "
+    "'GPU memory allocation': a program using most of the memory can OOM through "
+    "fragmentation), and because a batch that only just fits OOMs later; PyTorch "
+    "Lightning's BatchSizeFinder hit exactly that (Lightning-AI/pytorch-lightning "
+    "#9625, #20447, #21154) and PR #21163 adds a `margin` argument for it"
+)
+
+#: ``method`` of a result found with ``memory_analysis()`` (:func:`find_max_batch`).
+METHOD_MEMORY_ANALYSIS = "memory-analysis-bisection"
+#: ``method`` of a result found by running real steps (:func:`find_max_batch_by_trial`).
+METHOD_TRIAL = "trial-bisection"
+#: ``method`` for a caller that could search neither way and kept a fixed batch.
+METHOD_UNAVAILABLE = "unavailable"
+
+#: :func:`next_smaller_batch` keeps this fraction of the batch after an OOM.
+STEP_DOWN_FRACTION = 7 / 8
+
+
+class BatchSearchError(RuntimeError):
+    """Base class of the errors raised by the batch search."""
+
+
+class MemoryAnalysisUnavailable(BatchSearchError):
+    """``memory_bytes(b)`` returned ``None``, 0 or a negative number: XLA's memory
+    analysis is not available on this backend/version (jax-ml/jax#18954 reports all
+    zeros on GPU with jax 0.4.20; jax-ml/jax#12848 reports 0/-1 on TPU). The caller
+    should fall back to :func:`find_max_batch_by_trial`.
+
+    Attributes: ``batch`` (the per-device batch asked for), ``value`` (what came back).
+    """
+
+    def __init__(self, batch: int, value: object):
+        self.batch = batch
+        self.value = value
+        super().__init__(
+            f"{_FILE}: memory analysis unavailable: memory_bytes({batch}) returned "
+            f"{value!r} (None or <= 0); fall back to find_max_batch_by_trial, which runs "
+            "real steps in a child process")
+
+
+class NoBatchFits(BatchSearchError):
+    """Not even the smallest allowed per-device batch fits (or the OOM step-down cannot
+    go lower). Attributes: ``batch`` (the smallest batch tried), ``detail``."""
+
+    def __init__(self, batch: int, detail: str):
+        self.batch = batch
+        self.detail = detail
+        super().__init__(f"{_FILE}: no per-device batch fits: {detail}")
+
+
+@dataclass(frozen=True)
+class BatchEvaluation(Record):
+    """One measured batch: per-device ``batch`` (images), the ``bytes`` the compiled
+    train step needs per device (``None`` for a real-step trial, which reports only
+    success), ``total_bytes`` = ``bytes`` + input prefetch bytes at that batch (``None``
+    for a trial), and whether it ``fits``."""
+
+    batch: int
+    bytes: int | None
+    total_bytes: int | None
+    fits: bool
+
+
+@dataclass(frozen=True)
+class BatchSearchResult(Record):
+    """The chosen per-device batch and how it was found.
+
+    Fields (bytes are per device):
+      per_device_batch: images per device per step; a multiple of ``multiple``.
+      device_count: devices the step is replicated on (pmap).
+      global_batch: ``per_device_batch * device_count``; divisible by the device
+        count by construction (the search works on the per-device batch), and a
+        multiple of ``multiple * device_count``.
+      multiple: the rounding unit (8: tensor-core friendly shapes).
+      predicted_bytes: bytes XLA's memory analysis says the step needs at the chosen
+        batch (``None`` for a trial search).
+      prefetch_bytes: on-device input prefetch buffers at the chosen batch
+        (``prefetch_bytes_per_image * per_device_batch``).
+      prefetch_bytes_per_image: prefetch depth x bytes of one device-side image.
+      usable_budget_bytes: ``budget_bytes * (1 - margin) - prefetch_bytes``, the bytes
+        the step may use at the chosen batch (``None`` for a trial search).
+      budget_bytes: device memory the search was given (``None`` for a trial search).
+      margin: fraction held back (memory for the analysis search; batch for a trial).
+      margin_reason: why the margin exists.
+      compilations: calls to the measuring callable (each compiles the step; for a
+        trial search, each runs real steps in a child process).
+      evaluations: every measured batch, in call order.
+      fixed_bytes: intercept of the line through the two measurements nearest the
+        boundary (params + optimizer state + workspace), ``None`` with one measurement.
+      bytes_per_image: slope of that line less the prefetch bytes per image (the step's
+        activations per image), ``None`` with one measurement.
+      limited_by: ``"memory"`` (the next multiple does not fit) or ``"max_batch"``
+        (the search cap was reached and still fit).
+      method: :data:`METHOD_MEMORY_ANALYSIS`, :data:`METHOD_TRIAL` or
+        :data:`METHOD_UNAVAILABLE`.
+      reason: one sentence with the numbers, for the report.
+    """
+
+    per_device_batch: int
+    device_count: int
+    global_batch: int
+    multiple: int
+    predicted_bytes: int | None
+    prefetch_bytes: int
+    prefetch_bytes_per_image: int
+    usable_budget_bytes: int | None
+    budget_bytes: int | None
+    margin: float
+    margin_reason: str
+    compilations: int
+    evaluations: tuple[BatchEvaluation, ...]
+    fixed_bytes: float | None
+    bytes_per_image: float | None
+    limited_by: str
+    method: str
+    reason: str
+
+
+def format_bytes(n: float | int) -> str:
+    """``n`` bytes as a short binary-unit string: ``"61.20 GiB"``, ``"300.00 MiB"``,
+    ``"512 B"``."""
+    n = float(n)
+    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:.2f} {unit}"
+    return f"{n:.0f} B"
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{_FILE}: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{_FILE}: {name} ({value}) must be >= {minimum}")
+    return value
+
+
+def _check_margin(margin: float) -> float:
+    if not (0.0 <= float(margin) < 1.0):
+        raise ValueError(f"{_FILE}: margin ({margin}) must be in [0, 1)")
+    return float(margin)
+
+
+def _round_down(value: float, multiple: int) -> int:
+    return int(math.floor(value / multiple)) * multiple
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def find_max_batch(
+    memory_bytes: Callable[[int], int | None],
+    budget_bytes: int,
+    *,
+    multiple: int = 8,
+    lo: int | None = None,
+    hi: int | None = None,
+    max_batch: int = 65536,
+    margin: float = DEFAULT_MARGIN,
+    prefetch_bytes_per_image: int = 0,
+    device_count: int = 1,
+) -> BatchSearchResult:
+    """The largest per-device batch (a multiple of ``multiple``) whose train step fits.
+
+    A batch ``b`` fits when ``memory_bytes(b) + prefetch_bytes_per_image * b <=
+    floor(budget_bytes * (1 - margin))``. The search:
+
+    1. measures ``b1 = lo`` (rounded up to ``multiple``; default ``multiple``) and
+       ``b2 = 4 * b1`` (capped);
+    2. while no batch has failed: fits the line ``bytes = fixed + per_image * b``
+       through the two largest fitting batches and measures the largest multiple it
+       says fits (or, when that is a batch already known to fit, the next multiple, to
+       prove it fails); if two such extrapolations in a row still fit, or the line is
+       flat, it doubles instead;
+    3. once a batch has failed: the parabola through the bracket ends (largest
+       fitting, smallest failing batch) and the largest batch below them predicts the
+       crossing (Brent-style quadratic interpolation, for curved memory), else regula
+       falsi (the secant through the ends), rounded down to a multiple; with the
+       Illinois modification (the end that has not moved for two steps gets its
+       excess halved) and a gallop (after k >= 3 moves of the same end, step away from
+       it by at least 2**(k-2) multiples, never past the midpoint), so curved or
+       staircase memory curves still converge in a few steps;
+    4. stops when the next multiple above the best fitting batch is known to fail, or
+       the best fitting batch is the cap.
+
+    Every batch is measured at most once. On an affine model the answer costs at most 4
+    compilations (two to fit, one at the prediction, one just above it).
+
+    Args:
+      memory_bytes: per-device batch -> bytes the compiled step needs per device
+        (argument + output + temp - alias from ``Compiled.memory_analysis()``), or
+        ``None``/0 when the analysis is unavailable. Each call is a compilation.
+      budget_bytes: device memory available to XLA, bytes (> 0).
+      multiple: per-device batch granularity (8 for tensor cores; 1 to disable).
+      lo: smallest per-device batch to consider (default ``multiple``).
+      hi: largest per-device batch to consider (default: ``max_batch``).
+      max_batch: hard cap on the per-device batch.
+      margin: fraction of ``budget_bytes`` held back (default 0.10, see
+        :data:`MARGIN_REASON`).
+      prefetch_bytes_per_image: bytes the input pipeline keeps on the device per image
+        of the batch = prefetch depth x bytes of one device-side image (e.g. 2 x
+        224*224*3 uint8 = 301,056). It grows with the batch, so it is charged per image.
+      device_count: devices per step; only used for ``global_batch`` (the per-device
+        batch is what must fit, and ``global_batch`` is then divisible by the device
+        count automatically).
+
+    Returns:
+      :class:`BatchSearchResult` with ``method == METHOD_MEMORY_ANALYSIS``.
+
+    Raises:
+      MemoryAnalysisUnavailable: ``memory_bytes`` returned ``None`` or a value <= 0.
+      NoBatchFits: even the smallest batch ``b1`` exceeds the usable budget.
+      ValueError / TypeError: invalid arguments (non-positive budget, ``lo`` above the
+        cap, margin outside [0, 1), ...).
+    """
+    budget_bytes = _check_int("budget_bytes", budget_bytes, 1)
+    multiple = _check_int("multiple", multiple, 1)
+    max_batch = _check_int("max_batch", max_batch, 1)
+    device_count = _check_int("device_count", device_count, 1)
+    prefetch = _check_int("prefetch_bytes_per_image", prefetch_bytes_per_image, 0)
+    margin = _check_margin(margin)
+    cap_raw = max_batch if hi is None else min(_check_int("hi", hi, 1), max_batch)
+    cap = _round_down(cap_raw, multiple)
+    if cap < multiple:
+        raise ValueError(
+            f"{_FILE}: the batch cap (min(hi={hi}, max_batch={max_batch}) = {cap_raw}) is "
+            f"below one multiple of {multiple}")
+    start = multiple if lo is None else _round_up(_check_int("lo", lo, 1), multiple)
+    if start > cap:
+        raise ValueError(f"{_FILE}: lo ({lo}, rounded up to {start}) exceeds the batch cap ({cap})")
+
+    usable_total = int(math.floor(budget_bytes * (1.0 - margin)))
+    evals: dict[int, int] = {}
+    order: list[int] = []
+
+    def measure(b: int) -> None:
+        value = memory_bytes(b)
+        if value is None or isinstance(value, bool) or value <= 0:
+            raise MemoryAnalysisUnavailable(b, value)
+        evals[b] = int(value)
+        order.append(b)
+
+    def need(b: int) -> int:
+        return evals[b] + prefetch * b
+
+    def fits(b: int) -> bool:
+        return need(b) <= usable_total
+
+    measure(start)
+    if not fits(start):
+        raise NoBatchFits(
+            start,
+            f"per-device batch {start} needs {format_bytes(evals[start])} + "
+            f"{format_bytes(prefetch * start)} prefetch, more than the "
+            f"{format_bytes(usable_total)} usable ({format_bytes(budget_bytes)} x "
+            f"{1 - margin:.2f}); lower `multiple`, the image size or the model")
+
+    best = start          # largest batch measured to fit
+    fail: int | None = None  # smallest batch measured not to fit
+
+    def line(x0: int, x1: int) -> tuple[float, float]:
+        """(intercept, slope) in bytes and bytes/image of the total need through x0, x1."""
+        slope = (need(x1) - need(x0)) / (x1 - x0)
+        return need(x0) - slope * x0, slope
+
+    def record(b: int) -> None:
+        nonlocal best, fail
+        if fits(b):
+            best = max(best, b)
+        elif fail is None or b < fail:
+            fail = b
+
+    if start < cap:
+        b2 = min(4 * start, cap)
+        measure(b2)
+        record(b2)
+
+    # Once bracketed: regula falsi with Illinois weights (Dowell & Jarratt 1971): when
+    # the same bracket end moves twice in a row, the other end's excess bytes are
+    # halved, so the secant does not creep in from one side of a curved memory line.
+    # Plus a gallop: after a run of k >= 3 moves of the same end, the next step from
+    # that end is at least 2**(k-2) multiples (never past the bracket's midpoint), so a
+    # staircase-shaped memory curve costs O(log) compilations, not one per multiple.
+    weight_best = weight_fail = 1.0
+    last_side, side_run = "", 0
+    extrap_fits = 0   # consecutive extrapolations that still fit (unbracketed phase)
+    while True:
+        upper = cap if fail is None else min(cap, fail - multiple)
+        if best >= upper:
+            break
+        extrapolated = False
+        if fail is None:
+            # Extrapolate the line through the two largest fitting batches (the widest
+            # pair if that one is flat); double when the line keeps under-predicting.
+            fitting = sorted(b for b in evals if fits(b))
+            fixed, slope = line(fitting[-2], fitting[-1])
+            if slope <= 0:
+                fixed, slope = line(fitting[0], fitting[-1])
+            if slope > 0 and extrap_fits < 2:
+                predicted = _round_down((usable_total - fixed) / slope, multiple)
+                cand = predicted if predicted > best else best + multiple
+                extrapolated = True
+            else:
+                cand = 2 * best
+        else:
+            g_best = (need(best) - usable_total) * weight_best   # <= 0
+            g_fail = (need(fail) - usable_total) * weight_fail   # > 0
+            root = best + (fail - best) * (-g_best) / (g_fail - g_best)
+            below = [b for b in evals if b < best]
+            if below and weight_best == 1.0 and weight_fail == 1.0:
+                # Curvature: the parabola through a third point below the bracket
+                # (Brent-style; used only while the ends alternate, i.e. no stall).
+                third = max(below)
+                quad = _quadratic_root(
+                    [(x, need(x)) for x in (third, best, fail)], usable_total, best, fail)
+                if quad is not None:
+                    root = quad
+            predicted = _round_down(root, multiple)
+            cand = predicted if predicted > best else best + multiple
+            if side_run >= 3:
+                step = multiple * 2 ** (side_run - 2)
+                mid = best + ((fail - best) // multiple // 2) * multiple
+                if last_side == "best":
+                    cand = max(cand, min(best + step, mid))
+                else:
+                    cand = min(cand, max(fail - step, mid))
+        cand = max(best + multiple, min(cand, upper))
+        if cand in evals:  # cannot happen with a consistent bracket; guard anyway
+            break
+        measure(cand)
+        record(cand)
+        side = "best" if fits(cand) else "fail"
+        if side == "best":
+            weight_best = 1.0
+            weight_fail = weight_fail * 0.5 if last_side == "best" else 1.0
+        else:
+            weight_fail = 1.0
+            weight_best = weight_best * 0.5 if last_side == "fail" else 1.0
+        side_run = side_run + 1 if side == last_side else 1
+        last_side = side
+        extrap_fits = extrap_fits + 1 if (extrapolated and side == "best") else 0
+
+    limited_by = "memory" if fail is not None and fail - multiple <= best else "max_batch"
+    chosen = best
+    step_bytes = evals[chosen]
+    prefetch_at = prefetch * chosen
+    usable_at = usable_total - prefetch_at
+    global_batch = chosen * device_count
+    # The line through the two points nearest the boundary, for the report.
+    if fail is not None:
+        fixed_bytes, per_image = line(best, fail)
+    elif len(evals) >= 2:
+        top = sorted(evals)[-2:]
+        fixed_bytes, per_image = line(top[0], top[1])
+    else:
+        fixed_bytes, per_image = None, None
+    per_image_step = None if per_image is None else per_image - prefetch
+
+    pre = (f" - {format_bytes(prefetch_at)} input prefetch" if prefetch else "")
+    if limited_by == "memory":
+        assert fail is not None
+        beyond = (f"; batch {fail} would need {format_bytes(evals[fail])}"
+                  + (f" + {format_bytes(prefetch * fail)} prefetch" if prefetch else ""))
+    else:
+        beyond = f"; capped at max batch {cap}"
+    reason = (
+        f"per-device batch {chosen}: {format_bytes(step_bytes)} of "
+        f"{format_bytes(usable_at)} usable ({format_bytes(budget_bytes)} x "
+        f"{1 - margin:.2f}{pre}){beyond}; {len(order)} compilations; global batch "
+        f"{global_batch} = {chosen} x {device_count} device(s), divisible by the device "
+        f"count because the search is per device; {margin:.0%} margin for allocator "
+        "fragmentation")
+    return BatchSearchResult(
+        per_device_batch=chosen,
+        device_count=device_count,
+        global_batch=global_batch,
+        multiple=multiple,
+        predicted_bytes=step_bytes,
+        prefetch_bytes=prefetch_at,
+        prefetch_bytes_per_image=prefetch,
+        usable_budget_bytes=usable_at,
+        budget_bytes=budget_bytes,
+        margin=margin,
+        margin_reason=MARGIN_REASON,
+        compilations=len(order),
+        evaluations=tuple(
+            BatchEvaluation(batch=b, bytes=evals[b], total_bytes=need(b), fits=fits(b))
+            for b in order),
+        fixed_bytes=None if fixed_bytes is None else float(fixed_bytes),
+        bytes_per_image=None if per_image_step is None else float(per_image_step),
+        limited_by=limited_by,
+        method=METHOD_MEMORY_ANALYSIS,
+        reason=reason,
+    )
+
+
+def _quadratic_root(points: list[tuple[int, int]], target: int, lo: int, hi: int) -> float | None:
+    """The x in [lo, hi] where the parabola through three (batch, bytes) points equals
+    ``target``; ``None`` when the points are (nearly) collinear or no single root lies
+    in [lo, hi] (the caller then uses the secant)."""
+    (x0, y0), (x1, y1), (x2, y2) = points
+    d01 = (y1 - y0) / (x1 - x0)           # Newton divided differences
+    d12 = (y2 - y1) / (x2 - x1)
+    d012 = (d12 - d01) / (x2 - x0)
+    a = d012                               # y = a x^2 + b x + c
+    b = d01 - d012 * (x0 + x1)
+    c = y0 - d01 * x0 + d012 * x0 * x1 - target
+    if abs(a) * (hi - lo) <= 1e-9 * max(1.0, abs(b)):
+        return None
+    disc = b * b - 4 * a * c
+    if disc < 0:
+        return None
+    roots = [(-b + sign * math.sqrt(disc)) / (2 * a) for sign in (1.0, -1.0)]
+    inside = [r for r in roots if lo <= r <= hi]
+    return inside[0] if len(inside) == 1 else None
+
+
+def find_max_batch_by_trial(
+    fits: Callable[[int], bool],
+    *,
+    start: int,
+    multiple: int = 8,
+    max_batch: int = 65536,
+    margin: float = DEFAULT_MARGIN,
+    device_count: int = 1,
+) -> BatchSearchResult:
+    """The largest per-device batch for which ``fits(b)`` is true, by real trials.
+
+    The fallback for :class:`MemoryAnalysisUnavailable`: ``fits(b)`` runs a few real
+    train steps at per-device batch ``b`` in a child process and reports whether they
+    finished without running out of memory (the out-of-memory error kills only the
+    child). Search: start at ``start`` (rounded up to ``multiple``); if it fits, double
+    until a batch fails or ``max_batch`` is reached; if it fails, halve until one fits;
+    then bisect on multiples between the last fit and the first failure. Each batch is
+    tried at most once. ``margin`` is then taken off the batch found, as PyTorch
+    Lightning's ``margin`` does (``int(found * (1 - margin))``), rounded down to
+    ``multiple`` but not below it: real steps include the allocator's fragmentation,
+    but later allocations (evaluation, checkpointing, a larger prefetch) do not.
+
+    Args:
+      fits: per-device batch -> True if real steps ran at that batch.
+      start: first per-device batch to try (e.g. a previous answer, or 64).
+      multiple: per-device batch granularity.
+      max_batch: hard cap on the per-device batch.
+      margin: fraction of the batch found that is given up, in [0, 1).
+      device_count: devices per step; only used for ``global_batch``.
+
+    Returns:
+      :class:`BatchSearchResult` with ``method == METHOD_TRIAL``, ``compilations`` =
+      number of trials, ``predicted_bytes``/``budget_bytes``/``usable_budget_bytes``
+      ``None``.
+
+    Raises:
+      NoBatchFits: not even ``multiple`` fits.
+      ValueError / TypeError: invalid arguments.
+    """
+    multiple = _check_int("multiple", multiple, 1)
+    max_batch = _check_int("max_batch", max_batch, 1)
+    device_count = _check_int("device_count", device_count, 1)
+    margin = _check_margin(margin)
+    cap = _round_down(max_batch, multiple)
+    if cap < multiple:
+        raise ValueError(f"{_FILE}: max_batch ({max_batch}) is below one multiple of {multiple}")
+    first = min(_round_up(_check_int("start", start, 1), multiple), cap)
+
+    results: dict[int, bool] = {}
+    order: list[int] = []
+
+    def trial(b: int) -> bool:
+        ok = bool(fits(b))
+        results[b] = ok
+        order.append(b)
+        return ok
+
+    if trial(first):
+        best, fail = first, None
+        while best < cap:
+            b = min(2 * best, cap)
+            if trial(b):
+                best = b
+            else:
+                fail = b
+                break
+    else:
+        fail, best = first, None
+        b = first
+        while best is None:
+            if b <= multiple:
+                raise NoBatchFits(
+                    b, f"real steps at per-device batch {b} (the smallest multiple of "
+                    f"{multiple}) ran out of memory; tried {order}")
+            b = max(multiple, _round_down(b // 2, multiple))
+            if trial(b):
+                best = b
+            else:
+                fail = b
+    while fail is not None and fail - best > multiple:
+        mid = best + ((fail - best) // multiple // 2) * multiple
+        if trial(mid):
+            best = mid
+        else:
+            fail = mid
+
+    found = best
+    chosen = max(multiple, _round_down(found * (1.0 - margin), multiple))
+    limited_by = "memory" if fail is not None else "max_batch"
+    global_batch = chosen * device_count
+    beyond = f"batch {fail} ran out of memory" if fail is not None else f"capped at {cap}"
+    reason = (
+        f"per-device batch {chosen}: largest batch whose real steps ran was {found} "
+        f"({beyond}), minus {margin:.0%} margin, rounded down to a multiple of "
+        f"{multiple}; {len(order)} trials; global batch {global_batch} = {chosen} x "
+        f"{device_count} device(s)")
+    return BatchSearchResult(
+        per_device_batch=chosen,
+        device_count=device_count,
+        global_batch=global_batch,
+        multiple=multiple,
+        predicted_bytes=None,
+        prefetch_bytes=0,
+        prefetch_bytes_per_image=0,
+        usable_budget_bytes=None,
+        budget_bytes=None,
+        margin=margin,
+        margin_reason=MARGIN_REASON,
+        compilations=len(order),
+        evaluations=tuple(
+            BatchEvaluation(batch=b, bytes=None, total_bytes=None, fits=results[b])
+            for b in order),
+        fixed_bytes=None,
+        bytes_per_image=None,
+        limited_by=limited_by,
+        method=METHOD_TRIAL,
+        reason=reason,
+    )
+
+
+def next_smaller_batch(per_device_batch: int, multiple: int = 8) -> int:
+    """The per-device batch to retry with after an out-of-memory error.
+
+    Rule: keep 7/8 of the batch, rounded down to ``multiple``, but at least
+    ``multiple`` and always strictly smaller: ``max(multiple, floor(b * 7/8 /
+    multiple) * multiple)``, and ``b - multiple`` when rounding would not shrink it.
+    E.g. 256 -> 224 -> 192 -> 168 -> 144 -> 120 -> 104 -> 88 -> 72 -> 56 -> 48 -> 40
+    -> 32 -> 24 -> 16 -> 8. A 12.5% step (rather than halving, as HF Accelerate's
+    ``find_executable_batch_size`` does) suits a batch that the search already put
+    just under the budget: a run-time OOM there is an overrun of a few percent, so
+    one or two steps recover it without giving up half the throughput.
+
+    Args:
+      per_device_batch: the batch that ran out of memory (images per device).
+      multiple: granularity of the per-device batch.
+
+    Returns:
+      A smaller per-device batch, a multiple of ``multiple``.
+
+    Raises:
+      NoBatchFits: ``per_device_batch <= multiple``: it cannot go lower.
+      ValueError / TypeError: non-positive or non-integer arguments.
+    """
+    b = _check_int("per_device_batch", per_device_batch, 1)
+    m = _check_int("multiple", multiple, 1)
+    if b <= m:
+        raise NoBatchFits(
+            b, f"per-device batch {b} ran out of memory and cannot step down below the "
+            f"multiple {m}")
+    new = _round_down(b * STEP_DOWN_FRACTION, m)
+    if new >= b:
+        new = _round_down(b - 1, m)
+    return max(m, new)
+
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+    "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40,
+}
+_BUDGET_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE]([+-]?[0-9]+))?\s*([A-Za-z]*)\s*$")
+
+
+def parse_memory_budget(text: str | int) -> int:
+    """Bytes in a memory size such as ``"8GiB"``, ``"512 MiB"``, ``"1.5GB"``, ``"4096"``.
+
+    Units (case-insensitive): B, KB/MB/GB/TB (powers of 1000), KiB/MiB/GiB/TiB (powers
+    of 1024); no unit means bytes. Fractions are rounded to the nearest byte. An
+    ``int`` is taken as bytes.
+
+    Raises:
+      ValueError: not a positive number followed by one of those units (e.g. "8G" is
+        refused as ambiguous between GB and GiB); the message quotes the input.
+    """
+    if isinstance(text, int) and not isinstance(text, bool):
+        if text <= 0:
+            raise ValueError(f"{_FILE}: memory budget ({text}) must be positive")
+        return text
+    if not isinstance(text, str):
+        raise ValueError(f"{_FILE}: memory budget must be a string like '8GiB', got {text!r}")
+    match = _BUDGET_RE.match(text)
+    units = ", ".join(["B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"])
+    if not match:
+        raise ValueError(
+            f"{_FILE}: cannot read memory budget {text!r}: expected a number and a unit "
+            f"({units}), e.g. '8GiB'")
+    number, exponent, unit = match.groups()
+    factor = _UNITS.get(unit.lower() if unit else "b")
+    if factor is None:
+        raise ValueError(
+            f"{_FILE}: unknown unit {unit!r} in memory budget {text!r}; use one of {units}")
+    value = float(number) * (10.0 ** int(exponent) if exponent else 1.0) * factor
+    result = int(round(value))
+    if result <= 0:
+        raise ValueError(f"{_FILE}: memory budget {text!r} must be at least 1 byte")
+    return result

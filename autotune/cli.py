@@ -1,0 +1,400 @@
+"""``autotune``: probe the machine, plan, pack, train, report.
+
+The CLI is thin: it parses, calls library functions, renders. Bad arguments end in
+one line naming the value and what is expected, exit code 2, no traceback.
+
+    autotune probe [--data DIR]                 measure this machine on this data
+    autotune plan  [--probe FILE]               show the plan for a probe report
+    autotune pack  --data DIR --out DIR         pack a folder into ArrayRecord shards
+    autotune train --auto [--data DIR]          probe (or reuse one), plan, pack, train
+    autotune report RUN [RUN2]                  render a saved run, or compare two
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit code 2."""
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", help="ImageNet-layout training folder <root>/<wnid>/*.JPEG "
+                                  "(default: a built-in synthetic JPEG data set)")
+    p.add_argument("--preset", help="training recipe (default: resnet50 on GPU, cpu-small on CPU)")
+    p.add_argument("--memory-budget", help="per-device memory budget, e.g. 8GiB (default: the "
+                                           "device's limit; on CPU half the free RAM)")
+    p.add_argument("--results", help="results folder (default: ./results or $AUTOTUNE_RESULTS)")
+    p.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autotune", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("probe", help="measure disk, decode, memory and step rate")
+    _add_common(p)
+    p.add_argument("--quick", action="store_true", help="shorter measurements")
+    p.add_argument("--no-disk", action="store_true", help="skip the disk probe")
+
+    p = sub.add_parser("plan", help="show the plan for a saved probe report")
+    p.add_argument("--probe", required=True, help="probe.json (or a run folder holding one)")
+    p.add_argument("--preset")
+    p.add_argument("--hosts", type=int, default=1)
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("pack", help="pack an ImageNet-layout folder into ArrayRecord shards")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--val-data", help="separate validation folder (class folders, or flat with a label file)")
+    p.add_argument("--shards", type=int, default=16)
+    p.add_argument("--resize", type=int, default=0, help="store with this shorter side (0: originals)")
+    p.add_argument("--val-fraction", type=float, default=0.0)
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("train", help="train a ResNet (with --auto: probe, plan and pack first)")
+    _add_common(p)
+    p.add_argument("--auto", action="store_true", help="probe (or reuse a fresh probe), plan, pack, train")
+    p.add_argument("--val-data", help="validation folder (default: a seeded hold-out of --data)")
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch", type=int, help="per-device batch (overrides the plan)")
+    p.add_argument("--threads", type=int, help="decode threads (overrides the plan)")
+    p.add_argument("--read-mode", choices=("random", "sequential"))
+    p.add_argument("--shards", type=int)
+    p.add_argument("--max-steps", type=int, help="stop after this many steps")
+    p.add_argument("--resume", help="a results/<run> folder to continue")
+    p.add_argument("--reprobe", action="store_true", help="probe even if a fresh probe exists")
+    p.add_argument("--on-bad-record", choices=("skip", "fail"), default="skip")
+    p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
+    p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
+    p.add_argument("--num-processes", type=int)
+    p.add_argument("--process-id", type=int)
+
+    p = sub.add_parser("report", help="render a saved run, or compare two")
+    p.add_argument("runs", nargs="+")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--markdown", action="store_true")
+    return parser
+
+
+# ---------------------------------------------------------------- helpers
+
+def _resolve_data(args, console) -> str:
+    if args.data:
+        path = Path(args.data).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+        return str(path.resolve())
+    from trainers.synthetic import ensure_synthetic_dataset
+
+    with _progress(console, "synthetic data set", args.quiet) as bar:
+        path = ensure_synthetic_dataset(progress=bar)
+    return str(path)
+
+
+class _progress:
+    """A rich progress bar usable as ``progress(done, total[, bad])``."""
+
+    def __init__(self, console, label: str, quiet: bool = False):
+        self.console, self.label, self.quiet = console, label, quiet
+        self.bar = None
+
+    def __enter__(self):
+        if not self.quiet and self.console.is_terminal:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeRemainingColumn)
+            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[extra]}"), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.bar.__enter__()
+            self.task = self.bar.add_task(self.label, total=None, extra="")
+        return self
+
+    def __call__(self, done, total, bad=None):
+        if self.bar is not None:
+            self.bar.update(self.task, completed=done, total=total,
+                            extra=f"{bad} bad" if bad else "")
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+def _preset(args):
+    from autotune.presets import UnknownPresetError, default_preset_name, get_preset
+    import jax
+
+    name = getattr(args, "preset", None) or default_preset_name(jax.default_backend())
+    try:
+        return get_preset(name)
+    except UnknownPresetError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _budget(args) -> int | None:
+    from autotune.batch_search import parse_memory_budget
+
+    if not getattr(args, "memory_budget", None):
+        return None
+    try:
+        return parse_memory_budget(args.memory_budget)
+    except ValueError as exc:
+        raise UsageError(f"--memory-budget {args.memory_budget}: {exc}") from None
+
+
+def _say(console, quiet):
+    return (lambda s: None) if quiet else (lambda s: console.print(f"[dim]probe:[/] {s}"))
+
+
+def packed_dir_for(data: str, plan, val_data: str | None) -> Path:
+    """Cache folder of the packed form of ``data`` under the plan's pack options."""
+    from trainers.synthetic import default_cache_dir
+
+    key = json.dumps([data, val_data, plan.num_shards, plan.pack_resize, plan.val_fraction])
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    return default_cache_dir() / "packed" / f"{Path(data).name}-{digest}"
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_probe(args, console) -> int:
+    from autotune import render, results
+    from autotune.probe_report import run_probe
+
+    data = _resolve_data(args, console)
+    preset = _preset(args)
+    report = run_probe(data, preset, budget_bytes=_budget(args), quick=args.quick,
+                       skip_disk=args.no_disk, progress=_say(console, args.quiet))
+    run = results.new_run_dir(args.results, kind="probe")
+    report.save(run / results.PROBE)
+    console.print(render.render_probe(report))
+    console.print(f"probe report: {run / results.PROBE}")
+    return 0
+
+
+def cmd_plan(args, console) -> int:
+    from autotune import render
+    from autotune.planner import PlanRequest, make_plan
+    from autotune.presets import get_preset
+    from autotune.probe_report import ProbeReport
+
+    path = Path(args.probe)
+    if path.is_dir():
+        path = path / "probe.json"
+    if not path.is_file():
+        raise UsageError(f"--probe {args.probe}: no probe.json there")
+    report = ProbeReport.load(path)
+    plan = make_plan(report, get_preset(args.preset or report.preset),
+                     PlanRequest(num_hosts=args.hosts))
+    if args.json:
+        print(plan.to_json())
+    else:
+        console.print(render.render_plan(plan))
+    return 0
+
+
+def cmd_pack(args, console) -> int:
+    from autotune import render
+    from trainers.pack import PackOptions, pack_folder
+
+    if not Path(args.data).is_dir():
+        raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+    try:
+        opts = PackOptions(num_shards=args.shards, val_fraction=args.val_fraction,
+                           resize_shorter=args.resize or None, threads=args.threads)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    with _progress(console, "packing", args.quiet) as bar:
+        result = pack_folder(args.data, args.out, opts, val_source=args.val_data, progress=bar)
+    console.print(render.render_pack(result))
+    return 0
+
+
+def _init_distributed(args) -> None:
+    from trainers.distributed import initialize
+
+    try:
+        initialize(coordinator=args.coordinator, num_processes=args.num_processes,
+                   process_id=args.process_id)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def cmd_train(args, console) -> int:
+    _init_distributed(args)
+    import jax
+
+    from autotune import render, results
+    from autotune.planner import Plan, PlanRequest, make_plan
+    from autotune.probe_report import ProbeReport, run_probe
+    from trainers import train as tr
+    from trainers.loop import LoopOptions, train_and_evaluate
+    from trainers.pack import PackOptions, pack_folder
+
+    primary = jax.process_index() == 0
+    quiet = args.quiet or not primary
+    if args.resume:
+        run = Path(args.resume)
+        if not (run / results.PLAN).is_file():
+            raise UsageError(f"--resume {args.resume}: not a run folder (no {results.PLAN})")
+        plan = Plan.load(run / results.PLAN)
+        meta = json.loads((run / results.RUN).read_text())
+        data, packed = meta["data"], meta["packed"]
+        config = tr.TrainConfig.from_dict(meta["config"])
+        options = LoopOptions.from_dict(meta["options"])
+    else:
+        if not args.auto:
+            raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
+        for name in ("epochs", "batch", "threads", "shards", "max_steps"):
+            v = getattr(args, name)
+            if v is not None and v <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
+        data = _resolve_data(args, console)
+        preset = _preset(args)
+        root = Path(args.results) if args.results else results.default_results_root()
+        run = results.new_run_dir(root) if primary else Path(root) / "_secondary"
+        fresh = None if args.reprobe else results.find_fresh_probe(root, data, preset.name)
+        if fresh is not None:
+            report = ProbeReport.load(fresh)
+            if not quiet:
+                console.print(f"reusing the probe of {fresh.parent.name} (under 24 h old; "
+                              f"--reprobe to measure again)")
+        else:
+            report = run_probe(data, preset, budget_bytes=_budget(args), quick=True,
+                               read_threads=2, progress=_say(console, quiet))
+        if primary:
+            report.save(run / results.PROBE)
+        n_local = jax.local_device_count()
+        if args.batch and args.batch % 1:
+            raise UsageError(f"--batch {args.batch}: must be an integer")
+        try:
+            plan = make_plan(report, preset, PlanRequest(
+                num_hosts=jax.process_count(), epochs=args.epochs, per_device_batch=args.batch,
+                threads=args.threads, read_mode=args.read_mode, num_shards=args.shards))
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        if plan.local_devices != n_local:
+            plan = dataclasses.replace(plan, local_devices=n_local,
+                                       global_batch=plan.per_device_batch * jax.device_count())
+        if primary:
+            plan.save(run / results.PLAN)
+        if not quiet:
+            console.print(render.render_plan(plan))
+        packed = str(packed_dir_for(data, plan, args.val_data))
+        with _progress(console, "packing", quiet) as bar:
+            pack_result = pack_folder(
+                data, packed,
+                PackOptions(num_shards=plan.num_shards,
+                            val_fraction=0.0 if args.val_data else plan.val_fraction,
+                            resize_shorter=plan.pack_resize,
+                            threads=max(1, report.decode.usable_cores)),
+                val_source=args.val_data, progress=bar)
+        if primary:
+            pack_result.save(run / results.PACK)
+            results.save_json(run / results.BAD_IMAGES,
+                              [b.to_dict() for b in pack_result.bad_images])
+        if not quiet:
+            console.print(render.render_pack(pack_result))
+        config = tr.TrainConfig(
+            arch=preset.arch, width=preset.width, small_images=preset.small_images,
+            image_size=preset.image_size, num_classes=pack_result.num_classes,
+            per_device_batch=plan.per_device_batch, epochs=plan.epochs,
+            optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
+            warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
+            label_smoothing=preset.label_smoothing, dtype=preset.dtype,
+            min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
+            momentum=preset.momentum, nesterov=preset.nesterov)
+        options = LoopOptions(
+            threads=plan.decode_threads, prefetch=plan.prefetch_batches,
+            device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
+            shuffle_window=plan.shuffle_window or 4096, cache_decoded=plan.cache_decoded,
+            on_bad_record=args.on_bad_record, checkpoint_every_secs=args.checkpoint_every,
+            max_steps=args.max_steps)
+        if primary:
+            results.save_json(run / results.RUN, {"data": data, "packed": packed,
+                                                  "config": config.to_dict(),
+                                                  "options": options.to_dict(),
+                                                  "argv": sys.argv[1:]})
+    writer = results.MetricsWriter(run / results.METRICS) if primary else None
+    view = render.TrainView(console, quiet=quiet, plan=plan,
+                            title=f"autotune train: {plan.preset} on {Path(data).name}")
+
+    def callback(record):
+        if writer:
+            writer.write(record)
+        view(record)
+
+    with view:
+        summary = train_and_evaluate(config, packed, str(run), options, callback=callback)
+    if writer:
+        writer.close()
+        summary.save(run / results.SUMMARY)
+    if primary:
+        console.print(render.render_summary(summary, plan))
+        console.print(f"run folder: {run}")
+    return 0 if summary.status in ("completed", "max_steps") else 3
+
+
+def cmd_report(args, console) -> int:
+    from autotune import render
+    from autotune.report import load_run, render_comparison, render_run, to_markdown
+
+    runs = []
+    for r in args.runs:
+        if not Path(r).is_dir():
+            raise UsageError(f"{r}: no such run folder")
+        runs.append(load_run(r))
+    if args.json:
+        print(json.dumps([r.to_dict() for r in runs] if len(runs) > 1 else runs[0].to_dict(),
+                         indent=2))
+    elif args.markdown:
+        print(to_markdown(runs))
+    elif len(runs) == 1:
+        console.print(render_run(runs[0]))
+    else:
+        console.print(render_comparison(runs[0], runs[1]))
+    return 0
+
+
+COMMANDS = {"probe": cmd_probe, "plan": cmd_plan, "pack": cmd_pack, "train": cmd_train,
+            "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``autotune`` command. Returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from autotune.render import make_console
+
+    console = make_console(quiet=False)
+    try:
+        return COMMANDS[args.command](args, console)
+    except UsageError as exc:
+        print(f"autotune {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"autotune {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - known input errors become one line
+        from trainers.pack import PackError
+        from trainers.validation import ValidationLayoutError
+        from autotune.records import RecordError
+
+        if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError)):
+            print(f"autotune {args.command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""The accelerator side: memory the compiled train step needs, memory available, and
+the images/s the train step consumes on synthetic input.
+
+* Step memory: ``trainers.train.compiled_step_memory`` (XLA's
+  ``compile().memory_analysis()``: arguments + outputs + temporaries - aliased bytes)
+  at a given per-device batch, with nothing executed or allocated.
+* Memory available: the device's ``memory_stats()['bytes_limit']`` (what XLA's
+  allocator may use: JAX preallocates 75% of the GPU by default, and this is the limit
+  the step must fit in); on CPU, where there is none, a budget in bytes (a fraction of
+  free RAM, or ``--memory-budget``).
+* Step rate: ``trainers.train.measure_step_rate`` on all local devices (compile and
+  warm-up steps excluded, clock read after ``block_until_ready``): the rate the input
+  pipeline must sustain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import psutil
+
+from autotune.records import Record
+from trainers import train as tr
+
+
+@dataclass(frozen=True)
+class StepMemory(Record):
+    """Compiled train-step memory at one per-device batch (bytes).
+
+    ``total = argument + output + temp - alias``.
+    """
+
+    per_device_batch: int
+    argument: int
+    output: int
+    temp: int
+    alias: int
+    total: int
+    compile_seconds: float
+
+
+@dataclass(frozen=True)
+class StepRate(Record):
+    """Measured train-step throughput on synthetic input.
+
+    Attributes:
+      per_device_batch: batch per device.
+      global_batch: per_device_batch x local devices.
+      images_per_s: global images/s of this host's devices.
+      images_per_s_per_device: the same per device.
+      step_seconds: mean seconds per step.
+      compile_seconds: first call (compilation) wall time.
+      steps: steps timed.
+    """
+
+    per_device_batch: int
+    global_batch: int
+    images_per_s: float
+    images_per_s_per_device: float
+    step_seconds: float
+    compile_seconds: float
+    steps: int
+
+
+@dataclass(frozen=True)
+class AcceleratorReport(Record):
+    """What the probe measured on this host's accelerators.
+
+    Attributes:
+      backend: ``gpu``, ``tpu`` or ``cpu``.
+      device_kind: e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu``.
+      local_devices: devices on this host.
+      memory_limit_bytes: bytes the step may use per device.
+      memory_source: where that figure comes from (``bytes_limit`` /
+        ``cpu-ram-budget`` / ``user-budget``).
+      model: ``arch/width/image_size/dtype`` the figures are for.
+      step_memory: compiled memory at the batches evaluated (may be empty).
+      step_rate: measured step throughput (None when skipped).
+    """
+
+    backend: str
+    device_kind: str
+    local_devices: int
+    memory_limit_bytes: int
+    memory_source: str
+    model: str
+    step_memory: tuple[StepMemory, ...]
+    step_rate: StepRate | None
+
+
+def device_memory_limit(budget_bytes: int | None = None, *, ram_fraction: float = 0.5) -> tuple[int, str]:
+    """Bytes one device may use and where the figure comes from.
+
+    ``budget_bytes`` (the user's ``--memory-budget``) wins; else the first local
+    device's ``memory_stats()['bytes_limit']``; else (CPU) ``ram_fraction`` of the
+    available RAM divided by the local device count (fake CPU devices share RAM).
+    """
+    import jax
+
+    if budget_bytes:
+        return int(budget_bytes), "user-budget"
+    dev = jax.local_devices()[0]
+    stats = None
+    try:
+        stats = dev.memory_stats()
+    except Exception:  # noqa: BLE001 - backends without stats
+        stats = None
+    if stats and stats.get("bytes_limit"):
+        return int(stats["bytes_limit"]), "bytes_limit"
+    avail = psutil.virtual_memory().available
+    return int(avail * ram_fraction / jax.local_device_count()), "cpu-ram-budget"
+
+
+def step_memory(config: tr.TrainConfig, per_device_batch: int) -> StepMemory | None:
+    """Compiled memory of the train step at ``per_device_batch`` (None when the
+    backend gives no analysis)."""
+    t0 = time.perf_counter()
+    got = tr.compiled_step_memory(config, per_device_batch)
+    if got is None:
+        return None
+    return StepMemory(per_device_batch=per_device_batch, argument=got["argument"],
+                      output=got["output"], temp=got["temp"], alias=got["alias"],
+                      total=got["total"], compile_seconds=time.perf_counter() - t0)
+
+
+def step_rate(config: tr.TrainConfig, *, steps: int = 10, warmup: int = 2) -> StepRate:
+    """Measure the train step's images/s on synthetic input on all local devices."""
+    import jax
+
+    got = tr.measure_step_rate(config, steps=steps, warmup=warmup)
+    n = jax.local_device_count()
+    return StepRate(per_device_batch=config.per_device_batch,
+                    global_batch=int(got["global_batch"]), images_per_s=got["images_per_s"],
+                    images_per_s_per_device=got["images_per_s"] / n,
+                    step_seconds=got["step_seconds"], compile_seconds=got["compile_seconds"],
+                    steps=steps)
+
+
+def probe_accelerator(config: tr.TrainConfig, *, budget_bytes: int | None = None,
+                      memory_batches: tuple[int, ...] = (), rate_steps: int = 10,
+                      measure_rate: bool = True) -> AcceleratorReport:
+    """Measure the accelerator for ``config`` (its ``per_device_batch`` is the batch
+    whose step rate is measured).
+
+    Args:
+      config: the model and batch to measure.
+      budget_bytes: per-device memory budget overriding the device's own limit.
+      memory_batches: per-device batches whose compiled memory is recorded.
+      rate_steps: steps timed for the step rate.
+      measure_rate: False to skip the step-rate measurement.
+    """
+    import jax
+
+    limit, source = device_memory_limit(budget_bytes)
+    mems = tuple(m for m in (step_memory(config, b) for b in memory_batches) if m is not None)
+    rate = step_rate(config, steps=rate_steps) if measure_rate else None
+    dev = jax.local_devices()[0]
+    return AcceleratorReport(
+        backend=jax.default_backend(), device_kind=dev.device_kind,
+        local_devices=jax.local_device_count(), memory_limit_bytes=limit,
+        memory_source=source,
+        model=f"{config.arch}/w{config.width}/{config.image_size}px/{config.dtype}",
+        step_memory=mems, step_rate=rate)
+
+
+def with_batch(config: tr.TrainConfig, per_device_batch: int) -> tr.TrainConfig:
+    """``config`` with another per-device batch."""
+    return dataclasses.replace(config, per_device_batch=per_device_batch)

@@ -1,0 +1,46 @@
+"""Test set-up: 8 fake CPU devices (set before JAX is imported anywhere), the shared
+real-image folder, and builders of hand-made probe reports for the planner tests."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("AUTOTUNE_RESULTS", os.path.join(os.path.dirname(__file__), "..", "results", "_tests"))
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """``../shared/data`` beside the checkout (skips when absent; CI has it)."""
+    if not (SHARED / "imagenette" / "train").is_dir():
+        pytest.skip(f"real images not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Packed data and the synthetic set go to a per-session temporary cache."""
+    cache = tmp_path_factory.getbasetemp() / "autotune-cache"
+    monkeypatch.setenv("AUTOTUNE_CACHE", str(cache))
+
+
+def write_jpeg_folder(root: Path, classes: int = 3, per_class: int = 8, size=(64, 48),
+                      seed: int = 0) -> Path:
+    """A small ImageNet-layout folder of class-coloured JPEGs ``root/<wnid>/<i>.JPEG``."""
+    import simplejpeg
+
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        d = root / f"n{c:08d}"
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            img = np.zeros((size[1], size[0], 3), np.uint8)
+            img[..., c % 3] = 200
+            img = np.clip(img + rng.integers(0, 50, img.shape), 0, 255).astype(np.uint8)
+            (d / f"n{c:08d}_{i}.JPEG").write_bytes(simplejpeg.encode_jpeg(img, quality=90))
+    return root

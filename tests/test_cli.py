@@ -1,0 +1,72 @@
+"""The CLI's commands end to end on a tiny preset and a generated folder, and its
+one-line errors for bad arguments (exit code 2, no traceback)."""
+
+import json
+
+import pytest
+
+from autotune import cli, results
+from autotune.planner import Plan
+from autotune.probe_report import ProbeReport
+from conftest import write_jpeg_folder
+from trainers.loop import TrainSummary
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli") / "imgs"
+    write_jpeg_folder(root, classes=4, per_class=24, size=(80, 60))
+    (root / "n00000001" / "truncated.JPEG").write_bytes(
+        (root / "n00000001" / "n00000001_0.JPEG").read_bytes()[:200])
+    return root
+
+
+def test_probe_writes_probe_json(images, tmp_path, capsys):
+    rc = cli.main(["probe", "--data", str(images), "--preset", "cpu-tiny", "--quick",
+                   "--results", str(tmp_path)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "Decode + augment" in out and "Accelerator" in out and "img/s" in out
+    (probe,) = tmp_path.glob("*/probe.json")
+    rep = ProbeReport.load(probe)
+    assert rep.dataset.num_images == 4 * 24 + 1 and rep.dataset.num_classes == 4
+    assert rep.accelerator.local_devices == 8
+    assert rep.accelerator.step_rate.per_device_batch == 4  # global 32 / 8 devices
+    assert rep.disk is not None and rep.disk.sequential.bytes_read > 0
+
+
+def test_train_auto_runs_the_whole_path(images, tmp_path, capsys):
+    rc = cli.main(["train", "--auto", "--data", str(images), "--preset", "cpu-tiny",
+                   "--results", str(tmp_path), "--epochs", "2"])
+    assert rc == 0
+    (run,) = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
+    for name in (results.PROBE, results.PLAN, results.PACK, results.METRICS, results.SUMMARY,
+                 results.BAD_IMAGES):
+        assert (run / name).is_file(), name
+    plan = Plan.load(run / results.PLAN)
+    summary = TrainSummary.load(run / results.SUMMARY)
+    assert summary.status == "completed" and summary.num_devices == 8
+    assert summary.global_batch == 32 == plan.global_batch
+    assert summary.final_eval is not None and summary.final_eval.count > 0
+    bad = json.loads((run / results.BAD_IMAGES).read_text())
+    assert [b["path"].endswith("truncated.JPEG") for b in bad] == [True]
+    kinds = {json.loads(l)["kind"] for l in (run / results.METRICS).read_text().splitlines()}
+    assert kinds == {"StepReport", "EvalReport"}
+    out = capsys.readouterr().out
+    assert "Training summary" in out and "held-out top-1" in out
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["train", "--auto", "--data", "/nonexistent/folder"], "no such folder"),
+    (["train", "--auto", "--preset", "resnet9000", "--data", "."], "unknown preset"),
+    (["train", "--data", "."], "needs --auto"),
+    (["train", "--auto", "--epochs", "-1", "--data", "."], "--epochs -1"),
+    (["probe", "--memory-budget", "lots", "--data", "."], "--memory-budget lots"),
+    (["report", "/nonexistent/run"], "no such run folder"),
+])
+def test_bad_arguments_are_one_line_errors(argv, needle, capsys):
+    rc = cli.main(argv)
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert needle in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
