@@ -52,6 +52,8 @@ class Checkpointer:
           CheckpointError: the write failed (disk full, permissions); names the folder
             and the bytes free there. The previous checkpoint stays intact.
         """
+        if step in self.manager.all_steps():
+            return  # already written (a timer checkpoint at the final step)
         state = jax.device_get(jax_utils.unreplicate(replicated_state))
         try:
             self.manager.save(step, args=ocp.args.Composite(

@@ -114,6 +114,44 @@ class EvalReport(Record):
 
 
 @dataclass(frozen=True)
+class OomEvent(Record):
+    """The run ran out of device memory and continued at a smaller batch.
+
+    Attributes:
+      step: step at which the error surfaced.
+      resumed_step: step the run continued from (the last checkpoint, converted to the
+        new batch by images seen).
+      old_per_device_batch / new_per_device_batch: the step-down.
+      old_learning_rate / new_learning_rate: the rescaled peak learning rate.
+      message: the first line of the allocator's error.
+    """
+
+    step: int
+    resumed_step: int
+    old_per_device_batch: int
+    new_per_device_batch: int
+    old_learning_rate: float
+    new_learning_rate: float
+    message: str
+
+
+class DeviceOutOfMemory(RuntimeError):
+    """The train step could not allocate device memory (XLA ``RESOURCE_EXHAUSTED``)."""
+
+    def __init__(self, step: int, message: str):
+        super().__init__(f"out of device memory at step {step}: {message}")
+        self.step = step
+        self.message = message
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """True for XLA's out-of-memory errors (``RESOURCE_EXHAUSTED`` / "Out of memory")."""
+    text = str(exc)
+    return isinstance(exc, DeviceOutOfMemory) or (
+        "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text)
+
+
+@dataclass(frozen=True)
 class TrainSummary(Record):
     """The end of a run.
 
@@ -129,7 +167,12 @@ class TrainSummary(Record):
       data_stall_pct: mean over the run after compilation.
       final_eval: the last evaluation (None when there is no held-out split).
       bad_records: records skipped while training on this host.
-      num_devices, num_hosts, global_batch: the layout.
+      num_devices, num_hosts, global_batch: the layout (after any OOM step-down).
+      per_device_batch: the batch the run ended with.
+      peak_bytes_in_use: device 0's ``memory_stats()['peak_bytes_in_use']`` after the
+        first measured window (None where the backend has no stats), to compare with
+        the compiled memory analysis the batch was chosen by.
+      oom_events: out-of-memory step-downs the run survived.
     """
 
     status: str
@@ -148,6 +191,10 @@ class TrainSummary(Record):
     global_batch: int
     steps_per_epoch: int
     checkpoint_step: int | None
+    per_device_batch: int = 0
+    learning_rate: float = 0.0
+    peak_bytes_in_use: int | None = None
+    oom_events: tuple[OomEvent, ...] = ()
 
 
 class _StopFlag:
@@ -202,7 +249,9 @@ def _evaluate(p_eval, state, packed_dir: str, config: tr.TrainConfig, n_local: i
 
 def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
                        options: LoopOptions = LoopOptions(), *,
-                       callback: Callable[[Record], None] | None = None) -> TrainSummary:
+                       callback: Callable[[Record], None] | None = None,
+                       on_oom: Callable[[tr.TrainConfig], tr.TrainConfig | None] | None = None,
+                       step_hook: Callable[[int], None] | None = None) -> TrainSummary:
     """Train ``config`` on the packed data set in ``packed_dir``; checkpoints go to
     ``workdir/checkpoints`` and a rerun with the same ``workdir`` resumes.
 
@@ -212,21 +261,60 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
         ``validation``).
       workdir: run folder.
       options: input pipeline and bookkeeping.
-      callback: receives each :class:`StepReport` and :class:`EvalReport`.
+      callback: receives each :class:`StepReport`, :class:`EvalReport` and
+        :class:`OomEvent`.
+      on_oom: called with the config when the step runs out of device memory; returns
+        the config to continue with (smaller batch, rescaled learning rate: the
+        planner's rule) or None to give up. The run then continues from the last
+        checkpoint, its step converted to the new batch by images seen, recompiled.
+      step_hook: called with the step number before each step (fault injection in
+        tests).
 
     Returns:
-      TrainSummary.
+      TrainSummary (with the OOM step-downs it survived).
 
     Raises:
       ValueError: the batch does not fit the data (fewer records than one batch per
         host) or the shards cannot feed the hosts.
+      DeviceOutOfMemory: out of memory and ``on_oom`` gave no smaller config.
       trainers.input_pipeline.BadRecordError: a damaged record with
         ``on_bad_record='fail'``.
     """
-    from trainers.checkpoint import Checkpointer
-
     emit = callback or (lambda r: None)
     t_start = time.perf_counter()
+    events: list[OomEvent] = []
+    while True:
+        try:
+            summary = _train_once(config, packed_dir, workdir, options, emit, step_hook, t_start)
+            return dataclasses.replace(summary, oom_events=tuple(events))
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
+            if not is_out_of_memory(exc):
+                raise
+            step = getattr(exc, "step", -1)
+            new = on_oom(config) if on_oom else None
+            if new is None:
+                raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
+            from trainers.checkpoint import Checkpointer
+
+            last = Checkpointer(Path(workdir) / "checkpoints").latest_step() or 0
+            resumed = last * config.per_device_batch // new.per_device_batch
+            event = OomEvent(step=step, resumed_step=resumed,
+                             old_per_device_batch=config.per_device_batch,
+                             new_per_device_batch=new.per_device_batch,
+                             old_learning_rate=config.learning_rate,
+                             new_learning_rate=new.learning_rate,
+                             message=str(exc).splitlines()[0][:300])
+            events.append(event)
+            emit(event)
+            config = new
+
+
+def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: LoopOptions,
+                emit, step_hook, t_start: float) -> TrainSummary:
+    """One attempt of the run (see :func:`train_and_evaluate`); raises
+    :class:`DeviceOutOfMemory` when the step cannot allocate."""
+    from trainers.checkpoint import Checkpointer
+
     result = pack_lib.load_pack_result(packed_dir)
     if result.num_classes != config.num_classes:
         raise ValueError(f"config has {config.num_classes} classes, the packed data set "
@@ -252,6 +340,10 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
     if ckpt.latest_step() is not None:
         state, iter_state, extra, start_step = ckpt.restore(state)
         bad_total = int(extra.get("bad_records", 0))
+        saved_gb = int(extra.get("global_batch", global_batch))
+        if saved_gb != global_batch:  # after an OOM step-down: same images seen
+            start_step = start_step * saved_gb // global_batch
+            state = state.replace(step=start_step)
     state = jax_utils.replicate(state)
 
     cfg = ip.PipelineConfig(
@@ -287,6 +379,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
     last_ckpt_t = time.perf_counter()
     last_ckpt_step = start_step if start_step else None
     bad_lock = [bad_total]
+    peak = None
 
     def bad_counter(it):
         for b, bad in it:
@@ -298,8 +391,11 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
 
     def save(step_now):
         nonlocal last_ckpt_step
+        if step_now == last_ckpt_step:
+            return
         ckpt.save(step_now, state, {"next_batch": int(step_now)},
-                  {"bad_records": int(bad_lock[0]), "config": config.to_dict()})
+                  {"bad_records": int(bad_lock[0]), "global_batch": global_batch,
+                   "config": config.to_dict()})
         last_ckpt_step = step_now
 
     with _StopFlag() as stop:
@@ -310,10 +406,18 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
             except StopIteration:
                 break
             t_got = time.perf_counter()
-            state, metrics = p_train(state, batch)
+            try:
+                if step_hook is not None:
+                    step_hook(step)
+                state, metrics = p_train(state, batch)
+                if step == start_step:
+                    jax.block_until_ready(metrics)
+            except Exception as exc:  # noqa: BLE001
+                if is_out_of_memory(exc):
+                    raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
+                raise
             step += 1
             if step == start_step + 1:
-                jax.block_until_ready(metrics)
                 compile_s = time.perf_counter() - t_wait
                 window_t0 = time.perf_counter()
                 window_wait, window_steps = 0.0, 0
@@ -322,7 +426,14 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
                 window_steps += 1
             log_now = (step % config.log_every_steps == 0 or step == last_stop) and window_steps
             if log_now:
-                m = jax.device_get(jax_utils.unreplicate(metrics))  # blocks on the device
+                try:
+                    m = jax.device_get(jax_utils.unreplicate(metrics))  # blocks on the device
+                except Exception as exc:  # noqa: BLE001 - async errors surface here
+                    if is_out_of_memory(exc):
+                        raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
+                    raise
+                if peak is None:
+                    peak = _peak_bytes()
                 now = time.perf_counter()
                 wall = now - window_t0
                 run_wait += window_wait
@@ -377,4 +488,14 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
         data_stall_pct=100.0 * run_wait / run_time if run_time else float("nan"),
         final_eval=last_eval, bad_records=bad_lock[0], num_devices=n_global,
         num_hosts=n_hosts, global_batch=global_batch, steps_per_epoch=spe,
-        checkpoint_step=last_ckpt_step)
+        checkpoint_step=last_ckpt_step, per_device_batch=config.per_device_batch,
+        learning_rate=config.learning_rate, peak_bytes_in_use=peak)
+
+
+def _peak_bytes() -> int | None:
+    """Device 0's peak bytes in use, where the backend keeps statistics."""
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        return None
+    return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
