@@ -45,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     p.add_argument("--quick", action="store_true", help="shorter measurements")
     p.add_argument("--no-disk", action="store_true", help="skip the disk probe")
+    p.add_argument("--stall", action="store_true",
+                   help="also time a short training run three ways (synthetic, cached, cold "
+                        "input) and attribute the data stall (DS-Analyzer)")
+    p.add_argument("--stall-steps", type=int, default=30)
 
     p = sub.add_parser("plan", help="show the plan for a saved probe report")
     p.add_argument("--probe", required=True, help="probe.json (or a run folder holding one)")
@@ -84,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+")
     p.add_argument("--json", action="store_true")
     p.add_argument("--markdown", action="store_true")
+    p.add_argument("--gpu-hour-price",
+                   help="US$ per GPU-hour, or an example list price: H100, H100:spot, H200, "
+                        "A100, A100:spot, L4 (default: the probed GPU's example prices)")
     return parser
 
 
@@ -165,6 +172,47 @@ def packed_dir_for(data: str, plan, val_data: str | None) -> Path:
     return default_cache_dir() / "packed" / f"{Path(data).name}-{digest}"
 
 
+def train_config(preset, plan, num_classes: int):
+    """The ``trainers.train.TrainConfig`` a plan asks for."""
+    from trainers import train as tr
+
+    return tr.TrainConfig(
+        arch=preset.arch, width=preset.width, small_images=preset.small_images,
+        image_size=preset.image_size, num_classes=num_classes,
+        per_device_batch=plan.per_device_batch, epochs=plan.epochs,
+        optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
+        warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
+        label_smoothing=preset.label_smoothing, dtype=preset.dtype,
+        min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
+        momentum=preset.momentum, nesterov=preset.nesterov)
+
+
+def loop_options(plan, **kw):
+    """The ``trainers.loop.LoopOptions`` a plan asks for (``kw`` overrides)."""
+    from trainers.loop import LoopOptions
+
+    return LoopOptions(threads=plan.decode_threads, prefetch=plan.prefetch_batches,
+                       device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
+                       shuffle_window=plan.shuffle_window or 4096,
+                       cache_decoded=plan.cache_decoded, **kw)
+
+
+def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):
+    """Pack ``data`` as the plan says into the cache (resumes / reuses)."""
+    from trainers.pack import PackOptions, pack_folder
+
+    packed = str(packed_dir_for(data, plan, val_data))
+    with _progress(console, "packing", quiet) as bar:
+        result = pack_folder(
+            data, packed,
+            PackOptions(num_shards=plan.num_shards,
+                        val_fraction=0.0 if val_data else plan.val_fraction,
+                        resize_shorter=plan.pack_resize,
+                        threads=max(1, report.decode.usable_cores)),
+            val_source=val_data, progress=bar)
+    return packed, result
+
+
 # ---------------------------------------------------------------- commands
 
 def cmd_probe(args, console) -> int:
@@ -175,11 +223,36 @@ def cmd_probe(args, console) -> int:
     preset = _preset(args)
     report = run_probe(data, preset, budget_bytes=_budget(args), quick=args.quick,
                        skip_disk=args.no_disk, progress=_say(console, args.quiet))
+    if args.stall:
+        from autotune.planner import make_plan
+        from probes.stall import measure_stall
+
+        plan = make_plan(report, preset)
+        packed, pack_result = pack_for_plan(data, plan, report, console, args.quiet)
+        _say(console, args.quiet)(f"stall: {args.stall_steps} steps each with synthetic, "
+                                  f"cached and cold input")
+        stall = measure_stall(train_config(preset, plan, pack_result.num_classes), packed,
+                              loop_options(plan), steps=args.stall_steps)
+        report = dataclasses.replace(report, stall=stall)
     run = results.new_run_dir(args.results, kind="probe")
     report.save(run / results.PROBE)
     console.print(render.render_probe(report))
     console.print(f"probe report: {run / results.PROBE}")
+    _plots(run, console)
     return 0
+
+
+def _plots(run, console) -> None:
+    """PNG plots beside the JSON; a plotting error never fails the run."""
+    try:
+        from autotune.plots import write_plots
+
+        paths = write_plots(run)
+    except Exception as exc:  # noqa: BLE001
+        console.print(f"[yellow]plots not written: {type(exc).__name__}: {exc}[/]")
+        return
+    if paths:
+        console.print("plots: " + ", ".join(str(p) for p in paths))
 
 
 def cmd_plan(args, console) -> int:
@@ -220,6 +293,32 @@ def cmd_pack(args, console) -> int:
     return 0
 
 
+def oom_policy(plan, console=None):
+    """What to do when the step runs out of memory mid-run: the next smaller per-device
+    batch (``autotune.batch_search.next_smaller_batch``: 7/8, multiple of 8, or of 1
+    below 8) and the learning rate rescaled by the plan's rule
+    (``autotune.lr_rules.rescale_after_batch_change``). Returns the ``on_oom`` callable
+    for ``trainers.loop.train_and_evaluate``."""
+    from autotune.batch_search import NoBatchFits, next_smaller_batch
+    from autotune.lr_rules import rescale_after_batch_change
+
+    devices = max(1, plan.global_batch // max(1, plan.per_device_batch))
+
+    def on_oom(cfg):
+        b = cfg.per_device_batch
+        try:
+            new_b = next_smaller_batch(b, multiple=8 if b > 8 else 1)
+        except NoBatchFits:
+            return None
+        lr = rescale_after_batch_change(cfg.learning_rate, b * devices, new_b * devices,
+                                        plan.lr.rule)
+        if console is not None:
+            console.print(f"[yellow]out of device memory at per-device batch {b}: continuing "
+                          f"at {new_b}, learning rate {cfg.learning_rate:.4g} -> {lr:.4g}[/]")
+        return dataclasses.replace(cfg, per_device_batch=new_b, learning_rate=lr)
+    return on_oom
+
+
 def _init_distributed(args) -> None:
     from trainers.distributed import initialize
 
@@ -239,7 +338,6 @@ def cmd_train(args, console) -> int:
     from autotune.probe_report import ProbeReport, run_probe
     from trainers import train as tr
     from trainers.loop import LoopOptions, train_and_evaluate
-    from trainers.pack import PackOptions, pack_folder
 
     primary = jax.process_index() == 0
     quiet = args.quiet or not primary
@@ -290,43 +388,25 @@ def cmd_train(args, console) -> int:
             plan.save(run / results.PLAN)
         if not quiet:
             console.print(render.render_plan(plan))
-        packed = str(packed_dir_for(data, plan, args.val_data))
-        with _progress(console, "packing", quiet) as bar:
-            pack_result = pack_folder(
-                data, packed,
-                PackOptions(num_shards=plan.num_shards,
-                            val_fraction=0.0 if args.val_data else plan.val_fraction,
-                            resize_shorter=plan.pack_resize,
-                            threads=max(1, report.decode.usable_cores)),
-                val_source=args.val_data, progress=bar)
+        packed, pack_result = pack_for_plan(data, plan, report, console, quiet, args.val_data)
         if primary:
             pack_result.save(run / results.PACK)
             results.save_json(run / results.BAD_IMAGES,
                               [b.to_dict() for b in pack_result.bad_images])
         if not quiet:
             console.print(render.render_pack(pack_result))
-        config = tr.TrainConfig(
-            arch=preset.arch, width=preset.width, small_images=preset.small_images,
-            image_size=preset.image_size, num_classes=pack_result.num_classes,
-            per_device_batch=plan.per_device_batch, epochs=plan.epochs,
-            optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
-            warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
-            label_smoothing=preset.label_smoothing, dtype=preset.dtype,
-            min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
-            momentum=preset.momentum, nesterov=preset.nesterov)
-        options = LoopOptions(
-            threads=plan.decode_threads, prefetch=plan.prefetch_batches,
-            device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
-            shuffle_window=plan.shuffle_window or 4096, cache_decoded=plan.cache_decoded,
-            on_bad_record=args.on_bad_record, checkpoint_every_secs=args.checkpoint_every,
-            max_steps=args.max_steps)
+        config = train_config(preset, plan, pack_result.num_classes)
+        options = loop_options(plan, on_bad_record=args.on_bad_record,
+                               checkpoint_every_secs=args.checkpoint_every,
+                               max_steps=args.max_steps)
         if primary:
             results.save_json(run / results.RUN, {"data": data, "packed": packed,
                                                   "config": config.to_dict(),
                                                   "options": options.to_dict(),
                                                   "argv": sys.argv[1:]})
     writer = results.MetricsWriter(run / results.METRICS) if primary else None
-    view = render.TrainView(console, quiet=quiet, plan=plan,
+    probe = ProbeReport.load(run / results.PROBE) if (run / results.PROBE).is_file() else None
+    view = render.TrainView(console, quiet=quiet, plan=plan, probe=probe,
                             title=f"autotune train: {plan.preset} on {Path(data).name}")
 
     def callback(record):
@@ -335,12 +415,14 @@ def cmd_train(args, console) -> int:
         view(record)
 
     with view:
-        summary = train_and_evaluate(config, packed, str(run), options, callback=callback)
+        summary = train_and_evaluate(config, packed, str(run), options, callback=callback,
+                                     on_oom=oom_policy(plan, None if quiet else console))
     if writer:
         writer.close()
         summary.save(run / results.SUMMARY)
     if primary:
         console.print(render.render_summary(summary, plan))
+        _plots(run, console)
         console.print(f"run folder: {run}")
     return 0 if summary.status in ("completed", "max_steps") else 3
 
@@ -353,7 +435,10 @@ def cmd_report(args, console) -> int:
     for r in args.runs:
         if not Path(r).is_dir():
             raise UsageError(f"{r}: no such run folder")
-        runs.append(load_run(r))
+        try:
+            runs.append(load_run(r, price=args.gpu_hour_price))
+        except ValueError as exc:
+            raise UsageError(f"--gpu-hour-price {args.gpu_hour_price}: {exc}") from None
     if args.json:
         print(json.dumps([r.to_dict() for r in runs] if len(runs) > 1 else runs[0].to_dict(),
                          indent=2))

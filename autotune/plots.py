@@ -138,11 +138,15 @@ _DISK = (("sequential\n1 MiB", "sequential"), ("random\n4 KiB", "random_4k"),
          ("buffered\nrandom", "buffered_random_record"))
 
 
-def plot_disk(disk, path: str | os.PathLike, *, title: str = "") -> Path:
+def plot_disk(disk, path: str | os.PathLike, *, plan=None, title: str = "") -> Path:
     """MB/s and IOPS of each read of a ``probes.disk.DiskReport``, random against
-    sequential (log scale)."""
-    fig = _figure(8, 4.2)
-    a0, a1 = fig.subplots(1, 2)
+    sequential (log scale); given a ``Plan``, a third panel with the images/s the
+    plan says random and sequential reads deliver, against the train step rate."""
+    with_plan = plan is not None and (_ok(plan.random_read_images_per_s)
+                                      or _ok(plan.sequential_read_images_per_s))
+    fig = _figure(11 if with_plan else 8, 4.2)
+    axes = fig.subplots(1, 3 if with_plan else 2)
+    a0, a1 = axes[0], axes[1]
     labels, mbs, iops, colors = [], [], [], []
     for label, field in _DISK:
         s = getattr(disk, field)
@@ -161,6 +165,24 @@ def plot_disk(disk, path: str | os.PathLike, *, title: str = "") -> Path:
             ax.set_yscale("log")
         ax.set_ylabel(unit)
         ax.grid(alpha=0.3, axis="y")
+    if with_plan:
+        a2 = axes[2]
+        names = [f"random\n(depth {disk.queue_depth})", "sequential"]
+        vals = [plan.random_read_images_per_s or 0.0, plan.sequential_read_images_per_s or 0.0]
+        bars = a2.bar(range(2), vals, color=["tab:orange", "tab:blue"])
+        for b, v in zip(bars, vals):
+            a2.annotate(f"{v:,.0f}", (b.get_x() + b.get_width() / 2, v), ha="center",
+                        va="bottom", fontsize=7)
+        if _ok(plan.step_images_per_s):
+            a2.axhline(plan.step_images_per_s, color="tab:red", ls="--",
+                       label=f"train step rate {plan.step_images_per_s:,.0f} img/s")
+            a2.legend(fontsize=7, loc="lower right")
+        a2.set_xticks(range(2), names, fontsize=7)
+        if any(v > 0 for v in vals):
+            a2.set_yscale("log")
+        a2.set_ylabel("images/s the reads deliver (plan)")
+        a2.set_title(f"read mode chosen: {plan.read_mode}", fontsize=9)
+        a2.grid(alpha=0.3, axis="y")
     fig.suptitle(title or f"Disk reads ({disk.method}, {disk.source}; record "
                           f"{disk.record_bytes:,} B; grey = through the page cache)")
     return _save(fig, Path(path))
@@ -186,7 +208,7 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         written.append(plot_decode(run.probe.decode, out / DECODE_PNG,
                                    step_images_per_s=step_rate, plan=run.plan))
         if run.probe.disk is not None:
-            written.append(plot_disk(run.probe.disk, out / DISK_PNG))
+            written.append(plot_disk(run.probe.disk, out / DISK_PNG, plan=run.plan))
     if run.steps:
         written.append(plot_throughput(run.steps, out / THROUGHPUT_PNG,
                                        predicted=run.figures.predicted_images_per_s,

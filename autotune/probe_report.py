@@ -24,6 +24,7 @@ from probes.accelerator import AcceleratorReport
 from probes.decode import DecodeReport
 from probes.disk import DiskReport
 from probes.host import HostReport
+from probes.stall import StallReport
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,7 @@ class ProbeReport(Record):
       batch_search: the largest per-device batch found (None when the preset fixes it
         and it fits).
       seconds: wall time of the probe.
+      stall: data-stall attribution (``autotune probe --stall``), else None.
     """
 
     created_utc: str
@@ -74,6 +76,7 @@ class ProbeReport(Record):
     accelerator: AcceleratorReport
     batch_search: BatchSearchResult | None
     seconds: float
+    stall: StallReport | None = None
 
 
 def dataset_stats(root: str | os.PathLike, *, sample: int = 2000, seed: int = 0) -> DatasetStats:

@@ -251,7 +251,8 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
                        options: LoopOptions = LoopOptions(), *,
                        callback: Callable[[Record], None] | None = None,
                        on_oom: Callable[[tr.TrainConfig], tr.TrainConfig | None] | None = None,
-                       step_hook: Callable[[int], None] | None = None) -> TrainSummary:
+                       step_hook: Callable[[int], None] | None = None,
+                       eval_at_end: bool = True) -> TrainSummary:
     """Train ``config`` on the packed data set in ``packed_dir``; checkpoints go to
     ``workdir/checkpoints`` and a rerun with the same ``workdir`` resumes.
 
@@ -269,6 +270,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
         checkpoint, its step converted to the new batch by images seen, recompiled.
       step_hook: called with the step number before each step (fault injection in
         tests).
+      eval_at_end: evaluate on the held-out split when the run ends (probes skip it).
 
     Returns:
       TrainSummary (with the OOM step-downs it survived).
@@ -285,7 +287,8 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
     events: list[OomEvent] = []
     while True:
         try:
-            summary = _train_once(config, packed_dir, workdir, options, emit, step_hook, t_start)
+            summary = _train_once(config, packed_dir, workdir, options, emit, step_hook, t_start,
+                                  eval_at_end)
             return dataclasses.replace(summary, oom_events=tuple(events))
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
             if not is_out_of_memory(exc):
@@ -310,7 +313,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
 
 
 def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: LoopOptions,
-                emit, step_hook, t_start: float) -> TrainSummary:
+                emit, step_hook, t_start: float, eval_at_end: bool = True) -> TrainSummary:
     """One attempt of the run (see :func:`train_and_evaluate`); raises
     :class:`DeviceOutOfMemory` when the step cannot allocate."""
     from trainers.checkpoint import Checkpointer
@@ -474,7 +477,7 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
     if status == "completed" and step < total_steps:
         status = "max_steps"
     save(step)
-    if step >= total_steps or status == "max_steps":
+    if eval_at_end and (step >= total_steps or status == "max_steps"):
         last_eval = _evaluate(p_eval, state, packed_dir, config, n_local, options.threads,
                               step, step / spe) or last_eval
         if last_eval:

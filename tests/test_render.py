@@ -1,0 +1,221 @@
+"""Tests for autotune/render.py: number formatting, the text charts, the record
+tables, and the live training view (its plain-line fallback off a terminal, its panel
+in a terminal, quiet mode, failing samplers)."""
+
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from autotune import render
+from autotune.render import HostSample, TrainView
+from probes.gpu import GpuSample
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_report import (GiB, make_eval, make_pack, make_plan, make_probe, make_steps,  # noqa: E402
+                         make_summary, to_text)
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def test_formatters_carry_units():
+    assert render.fmt_bytes(1536) == "1.5 KiB"
+    assert render.fmt_bytes(3 * GiB) == "3.0 GiB"
+    assert render.fmt_bytes(None) == "-"
+    assert render.fmt_num(1234.4, "img/s") == "1,234 img/s"
+    assert render.fmt_num(12.34, "ms") == "12.3 ms"
+    assert render.fmt_num(1.234, "s") == "1.23 s"
+    assert render.fmt_num(4.56, "%", 1) == "4.6%"
+    assert render.fmt_num(float("nan"), "img/s") == "-"
+    assert render.fmt_secs(3723) == "1h02m03s"
+    assert render.fmt_secs(65) == "1m05s"
+    assert render.fmt_secs(float("inf")) == "-"
+    assert render.fmt_pct(0.4567) == "45.7%"
+
+
+# ---------------------------------------------------------------- charts
+
+
+def test_hbar_chart_scales_bars_and_draws_the_marker():
+    text = render.hbar_chart([("a", 50.0, "50 img/s"), ("bb", 100.0, "100 img/s")], width=20,
+                             marker=25.0, marker_label="step rate 25 img/s").plain
+    lines = text.splitlines()
+    # 50 of 100 over 20 cells = 10 cells; the marker at 25/100 x 20 = column 5.
+    assert lines[0].startswith(" a █████┃████ ")
+    assert lines[1].startswith("bb █████┃██████████████ ")
+    assert lines[0].endswith("50 img/s") and lines[1].endswith("100 img/s")
+    assert lines[2] == " " * 8 + "┗ step rate 25 img/s"
+
+
+def test_hbar_chart_partial_blocks_and_no_marker():
+    text = render.hbar_chart([("x", 10.0, ""), ("y", 1.0, ""), ("z", 0.0, "")], width=8).plain
+    lines = text.splitlines()
+    assert lines[0].startswith("x ████████")
+    assert lines[1].startswith("y ▊")  # 1/10 x 8 = 0.8 cell
+    assert lines[2].strip() == "z"
+    assert "┃" not in text
+
+
+def test_column_chart_reference_line_labels_and_clipping():
+    values = [100.0] * 9 + [1000.0]  # one outlier
+    text = render.column_chart(values, height=4, width=10, ref=120.0, ref_label="plan 120 img/s",
+                               unit="img/s", x_labels=("step 1", "step 10")).plain
+    lines = text.splitlines()
+    # Scaled to 1.5 x max(p90 = 100, ref = 120) = 180, the outlier clipped with an arrow.
+    assert lines[0].startswith("180 ┤") and lines[0].endswith("↑ img/s (↑ 1 above, up to 1,000 img/s)")
+    assert any(ln.endswith("╌ plan 120 img/s") for ln in lines)
+    assert lines[3].startswith("  0 ┤")
+    assert lines[-1].strip().startswith("step 1") and lines[-1].endswith("step 10")
+    assert render.column_chart([], ref=1.0).plain.strip() == "(no data)"
+
+
+def test_column_chart_averages_long_series_into_columns():
+    text = render.column_chart([0.0, 10.0] * 50, height=2, width=10, vmax=10.0).plain
+    bars = text.splitlines()[-1].split("┤")[1]
+    assert len(bars) == 10  # 100 values averaged into 10 columns (5 each, half height)
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_render_probe_plan_pack_summary():
+    text = to_text(render.render_probe(make_probe()))
+    for needle in ("NVML ok: 8 GPU(s)", "GPU 7", "80.0 GiB", "sequential 1 MiB", "3,040 MB/s",
+                   "random record x8", "5,200 img/s", "train step rate 12,000 img/s",
+                   "12,000 img/s at per-device batch 256"):
+        assert needle in text, needle
+    text = to_text(render.render_plan(make_plan()))
+    assert "Plan (resnet50): predicted 12,000 img/s, bottleneck compute" in text
+    assert "decode_threads" in text and "covers the step" in text  # value and reason
+    text = to_text(render.render_pack(make_pack()))
+    assert "1,281,034 in = 1,281,024 packed + 10 skipped" in text
+    text = to_text(render.render_summary(make_summary(), make_plan()))
+    assert "10,000 img/s (1,250 img/s per device, 8 devices, 1 hosts)" in text
+    assert "10.0% of wall time waiting for input" in text
+    assert "plan predicted   12,000 img/s (bottleneck compute)" in text
+    assert "held-out top-1   70.00%" in text
+
+
+# ---------------------------------------------------------------- live view
+
+
+def _gpus():
+    return (GpuSample(index=0, gpu_utilisation_percent=95, memory_used_bytes=60 * GiB),
+            GpuSample(index=1, gpu_utilisation_percent=None, memory_used_bytes=None))
+
+
+def _host():
+    return HostSample(cpu_percent=50.0, process_cpu_percent=120.0, cores=32,
+                      ram_used_bytes=100 * GiB, ram_total_bytes=256 * GiB,
+                      process_rss_bytes=20 * GiB)
+
+
+def _plain_console() -> tuple[Console, io.StringIO]:
+    buf = io.StringIO()
+    return Console(file=buf, width=100, color_system=None), buf
+
+
+def test_trainview_plain_lines_when_not_a_terminal():
+    console, buf = _plain_console()
+    assert not console.is_terminal
+    view = TrainView(console, plan=make_plan(), gpu_sampler=_gpus, host_sampler=_host)
+    steps = make_steps(2, ips=10_000.0, stall=10.0)
+    with view:
+        assert view.live is None
+        for r in steps:
+            view(r)
+        view(make_eval(200, 0.32, 0.25, 0.5))
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 3
+    first = lines[0]
+    assert first.startswith("step 100/56250 epoch 0.16 | 10,000 img/s, avg 10,000 (plan 12,000)")
+    assert "step 205 ms = compute 184 + input wait 20.5 ms, stall 10.0%" in first
+    assert "loss 6.800 lr 0.8" in first and "ETA 3h11m40s" in first
+    assert "GPU 95% -" in first and "CPU 50% RAM 100.0 GiB/256.0 GiB" in first
+    assert lines[2].startswith("eval epoch 0.32: top-1 25.00% top-5 50.00% loss 1.250")
+
+
+def test_trainview_quiet_prints_nothing():
+    console, buf = _plain_console()
+    view = TrainView(console, quiet=True, gpu_sampler=_gpus, host_sampler=_host)
+    with view:
+        for r in make_steps(3):
+            view(r)
+    assert buf.getvalue() == ""
+    assert view.last_step.step == 300  # still tracks the run
+
+
+def test_trainview_panel_in_a_terminal():
+    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
+    view = TrainView(console, plan=make_plan(), probe=make_probe(), gpu_sampler=_gpus,
+                     host_sampler=_host, title="autotune train: resnet50 on train")
+    assert view.interactive
+    assert "waiting for the first step (compiling the train step" in to_text(view._render(), 120)
+    steps = make_steps(3, ips=9_000.0, stall=20.0)
+    for r in steps:
+        view(r)
+    view(make_eval(300, 0.48, 0.31, 0.6))
+    text = to_text(view._render(), 120)
+    for needle in ("autotune train: resnet50 on train",
+                   "step 300/56,250 · epoch 0.48/90 · elapsed",
+                   "9,000 img/s now, 9,000 img/s average",
+                   "plan 12,000 img/s (bottleneck compute) = 75% of plan",
+                   "228 ms = compute 182 ms + input wait 45.5 ms",
+                   "20.0% now, 20.0% average",
+                   "loss / lr", "6.6000 / 0.8",
+                   "top-1 31.00%, top-5 60.00%",
+                   "GPU 0", "95% busy, 60.0 GiB used of 80.0 GiB",
+                   "GPU 1", "- busy, - used of 80.0 GiB",
+                   "CPU 50% of 32 cores (this process 1.2 cores) · RAM 100.0 GiB of 256.0 GiB",
+                   "batch 256 x 8 devices x 1 hosts = 2048, 8 decode threads, random reads"):
+        assert needle in text, needle
+
+
+def test_trainview_live_context_draws_the_last_state():
+    buf = io.StringIO()
+    console = Console(file=buf, width=120, force_terminal=True, color_system=None)
+    view = TrainView(console, plan=make_plan(), gpu_sampler=lambda: (), host_sampler=_host,
+                     refresh_per_second=1)
+    import threading
+
+    main_calls = []
+    draw = view._render
+
+    def counting():
+        if threading.current_thread() is threading.main_thread():
+            main_calls.append(1)
+        return draw()
+
+    view._render = counting
+    with view:
+        assert view.live is not None
+        before = len(main_calls)
+        for r in make_steps(2):
+            view(r)  # hands the record over; rich's thread draws
+        assert len(main_calls) == before
+    assert view.live is None
+    out = buf.getvalue()
+    assert "10,000 img/s now" in out and "step 200/56,250 ·" in out
+
+
+def test_trainview_survives_failing_samplers():
+    def broken():
+        raise RuntimeError("NVML gone")
+
+    console, buf = _plain_console()
+    view = TrainView(console, gpu_sampler=broken, host_sampler=broken)
+    with view:
+        view(make_steps(1)[0])
+    line = buf.getvalue()
+    assert "img/s" in line and "GPU" not in line and "CPU" not in line
+    text = to_text(view._render())
+    assert "10,000 img/s now" in text and "GPU 0" not in text
+
+
+def test_make_console_width_off_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
+    assert render.make_console().width == 120
