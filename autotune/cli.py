@@ -369,7 +369,7 @@ def cmd_train(args, console) -> int:
                               f"--reprobe to measure again)")
         else:
             report = run_probe(data, preset, budget_bytes=_budget(args), quick=True,
-                               read_threads=2, progress=_say(console, quiet))
+                               progress=_say(console, quiet))
         if primary:
             report.save(run / results.PROBE)
         n_local = jax.local_device_count()

@@ -112,7 +112,7 @@ def utc_now() -> str:
 
 
 def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None,
-              quick: bool = False, skip_disk: bool = False, read_threads: int = 4,
+              quick: bool = False, skip_disk: bool = False, read_threads: int | None = None,
               decode_seconds: float | None = None,
               progress: Callable[[str], None] | None = None) -> ProbeReport:
     """Run every probe on ``data_path`` for ``preset``.
@@ -124,7 +124,8 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
         (``--memory-budget``; on CPU the default is half the free RAM).
       quick: shorter measurements (used by ``train --auto``).
       skip_disk: leave the disk probe out.
-      read_threads: queue depth of the disk's parallel random-read figure.
+      read_threads: queue depth of the disk's parallel random-read figure (default:
+        the decode knee, the threads the pipeline will really read with).
       decode_seconds: measuring time per decode thread count.
       progress: called with a line before each stage.
 
@@ -141,19 +142,20 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
     host_report = host.probe_host(data_path, jax_in_child=False)
     say("dataset: counting images")
     stats = dataset_stats(data_path)
-    disk_report = None
-    if not skip_disk:
-        say("disk: sequential and random reads, page cache bypassed")
-        disk_report = disk.probe_disk(
-            data_path, record_bytes=max(4096, stats.median_bytes),
-            dataset_bytes=stats.total_bytes, queue_depth=read_threads,
-            duration_s=0.5 if quick else 2.0,
-            file_bytes=(64 << 20) if quick else None)
     say("decode: JPEG decode + augmentation vs threads")
     decode_report = decode.probe_decode(
         data_path, image_size=preset.image_size, min_crop_scale=preset.min_crop_scale,
         sample=100 if quick else 200,
         seconds_per_point=decode_seconds or (0.5 if quick else 1.5))
+    disk_report = None
+    if not skip_disk:
+        say("disk: sequential and random reads, page cache bypassed")
+        disk_report = disk.probe_disk(
+            data_path, record_bytes=max(4096, stats.median_bytes),
+            dataset_bytes=stats.total_bytes,
+            queue_depth=read_threads or max(1, decode_report.knee_threads),
+            duration_s=0.5 if quick else 2.0,
+            file_bytes=(64 << 20) if quick else None)
     config = tr.TrainConfig(arch=preset.arch, width=preset.width,
                             small_images=preset.small_images, image_size=preset.image_size,
                             num_classes=stats.num_classes,
@@ -173,7 +175,17 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
                 prefetch_bytes_per_image=2 * image_bytes)
             batch = search.per_device_batch
         except bs.MemoryAnalysisUnavailable:
-            batch = 32
+            # Known on some JAX GPU versions: fall back to real steps in child
+            # processes, so an out-of-memory kills only the child.
+            from probes.step_child import fits_in_child
+
+            say("accelerator: memory analysis unavailable; bisecting over real steps in "
+                "child processes")
+            cpu_budget = limit if jax.default_backend() == "cpu" else None
+            search = bs.find_max_batch_by_trial(
+                lambda b: fits_in_child(config, b, budget_bytes=cpu_budget), start=32,
+                multiple=8, max_batch=preset.max_per_device_batch)
+            batch = search.per_device_batch
     else:
         batch = fixed
     config = dataclasses.replace(config, per_device_batch=batch)

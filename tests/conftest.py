@@ -4,6 +4,12 @@ real-image folder, and builders of hand-made probe reports for the planner tests
 import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# One persistent XLA compilation cache for the session and its child processes: the
+# tests compile the same tiny models many times.
+_CACHE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "jax")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 os.environ.setdefault("AUTOTUNE_RESULTS", os.path.join(os.path.dirname(__file__), "..", "results", "_tests"))
 
 from pathlib import Path

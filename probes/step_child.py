@@ -1,0 +1,137 @@
+"""Run a few real train steps at a given per-device batch in a child process, so an
+out-of-memory kills only the child.
+
+Used when the compiled memory analysis is unavailable (the fallback search of
+``autotune.batch_search.find_max_batch_by_trial``), by the batch-search benchmark's
+brute force, and to verify a chosen batch against the device's
+``peak_bytes_in_use``.
+
+On backends with memory statistics (GPU, TPU) the child reports
+``peak_bytes_in_use`` of device 0; on CPU, where there are none, it reports the
+growth of the process's peak resident memory (``ru_maxrss``) over the steps, and a
+``budget_bytes`` turns that into a fit / no-fit answer.
+
+Child protocol: ``python -m probes.step_child '<json config>' BATCH STEPS`` prints one
+line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_seconds``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from autotune.records import Record
+
+MARK = "STEP_CHILD "
+
+
+@dataclass(frozen=True)
+class ChildStepResult(Record):
+    """What the child saw.
+
+    Attributes:
+      per_device_batch: the batch run.
+      ok: the steps ran.
+      oom: the child ran out of memory (allocator error, or killed by the kernel).
+      peak_bytes: device peak bytes in use (GPU) or peak RSS growth (CPU); None if
+        unknown.
+      peak_source: ``peak_bytes_in_use`` or ``ru_maxrss``.
+      step_seconds: mean seconds per step after the first.
+      error: the last line of the child's error output when not ok.
+    """
+
+    per_device_batch: int
+    ok: bool
+    oom: bool
+    peak_bytes: int | None
+    peak_source: str
+    step_seconds: float | None
+    error: str
+
+
+def _child(config_json: str, batch: int, steps: int) -> dict:
+    import time
+
+    import jax
+
+    from trainers import train as tr
+
+    config = tr.TrainConfig.from_json(config_json)
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    try:
+        import dataclasses
+
+        cfg = dataclasses.replace(config, per_device_batch=batch)
+        got = tr.measure_step_rate(cfg, steps=steps, warmup=0, devices=jax.local_devices()[:1])
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        text = str(exc)
+        oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
+        return {"ok": False, "oom": oom, "peak_bytes": None, "peak_source": "",
+                "step_seconds": None, "error": text.splitlines()[0][:500] if text else type(exc).__name__}
+    stats = None
+    try:
+        stats = jax.local_devices()[0].memory_stats()
+    except Exception:  # noqa: BLE001
+        stats = None
+    if stats and "peak_bytes_in_use" in stats:
+        peak, source = int(stats["peak_bytes_in_use"]), "peak_bytes_in_use"
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        source = "ru_maxrss"
+    return {"ok": True, "oom": False, "peak_bytes": peak, "peak_source": source,
+            "step_seconds": got["step_seconds"], "error": ""}
+
+
+def run_steps_in_child(config, per_device_batch: int, *, steps: int = 3,
+                       timeout_s: float = 900.0, env: dict | None = None) -> ChildStepResult:
+    """Run ``steps`` real train steps of ``config`` (a ``trainers.train.TrainConfig``)
+    at ``per_device_batch`` on one device in a child process.
+
+    A child killed by a signal (the kernel's OOM killer) counts as out of memory.
+    """
+    child_env = dict(os.environ)
+    child_env.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    child_env["PYTHONPATH"] = os.pathsep.join(
+        [str(Path(__file__).resolve().parents[1])] + [p for p in [child_env.get("PYTHONPATH")] if p])
+    if env:
+        child_env.update(env)
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "probes.step_child", config.to_json(None), str(per_device_batch),
+             str(steps)], capture_output=True, text=True, timeout=timeout_s, env=child_env)
+    except subprocess.TimeoutExpired:
+        return ChildStepResult(per_device_batch=per_device_batch, ok=False, oom=False,
+                               peak_bytes=None, peak_source="", step_seconds=None,
+                               error=f"timed out after {timeout_s:.0f} s")
+    for line in proc.stdout.splitlines():
+        if line.startswith(MARK):
+            d = json.loads(line[len(MARK):])
+            return ChildStepResult(per_device_batch=per_device_batch, **d)
+    killed = proc.returncode < 0
+    tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+    return ChildStepResult(per_device_batch=per_device_batch, ok=False,
+                           oom=killed or "RESOURCE_EXHAUSTED" in proc.stderr,
+                           peak_bytes=None, peak_source="", step_seconds=None,
+                           error=f"child {'killed by signal ' + str(-proc.returncode) if killed else 'failed'}: {tail[:300]}")
+
+
+def fits_in_child(config, per_device_batch: int, *, budget_bytes: int | None = None,
+                  steps: int = 3) -> bool:
+    """True when real steps at ``per_device_batch`` run without running out of memory
+    (and, with ``budget_bytes``, their measured peak stays within it)."""
+    r = run_steps_in_child(config, per_device_batch, steps=steps)
+    if not r.ok:
+        return False
+    if budget_bytes is not None and r.peak_bytes is not None:
+        return r.peak_bytes <= budget_bytes
+    return True
+
+
+if __name__ == "__main__":
+    out = _child(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))
+    print(MARK + json.dumps(out), flush=True)
