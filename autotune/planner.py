@@ -124,6 +124,7 @@ class Plan(Record):
     predicted_global_images_per_s: float
     bottleneck: str
     decisions: tuple[Decision, ...]
+    step_bytes: int | None = None
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -225,6 +226,12 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
             raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
                              f"the {acc.memory_limit_bytes:,} available; use a smaller batch")
     global_batch = batch * devices * hosts
+    # Bytes the compiled step needs at this batch (compared with the measured peak).
+    step_bytes = None
+    if report.batch_search is not None and report.batch_search.per_device_batch == batch:
+        step_bytes = report.batch_search.predicted_bytes
+    else:
+        step_bytes = next((m.total for m in acc.step_memory if m.per_device_batch == batch), None)
     dec.append(Decision("global_batch", str(global_batch),
                         f"{batch} per device x {devices} devices x {hosts} hosts"))
     lr = scale_learning_rate(preset.optimizer, global_batch, base_lr=preset.base_lr,
@@ -404,4 +411,4 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         step_images_per_s=step_ips, decode_images_per_s=decode_rate,
         random_read_images_per_s=rand_ips, sequential_read_images_per_s=seq_ips,
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
-        bottleneck=bottleneck, decisions=tuple(dec))
+        bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes)

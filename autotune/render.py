@@ -383,6 +383,18 @@ def render_summary(summary, plan=None) -> Table:
     if plan is not None:
         rows.append(("plan predicted", f"{fmt_num(plan.predicted_global_images_per_s, 'img/s')} "
                                        f"(bottleneck {plan.bottleneck})"))
+    if plan is not None and (plan.step_bytes or summary.peak_bytes_in_use):
+        rows.append(("device memory", f"{fmt_bytes(plan.step_bytes)} predicted (compiled memory "
+                                      f"analysis) vs {fmt_bytes(summary.peak_bytes_in_use)} "
+                                      f"measured peak"
+                     + ("" if summary.peak_bytes_in_use else " (no device memory statistics "
+                                                             "on this backend)")))
+    for ev in getattr(summary, "oom_events", ()):
+        rows.append(("out of memory", f"at step {ev.step:,}: per-device batch "
+                                      f"{ev.old_per_device_batch} -> {ev.new_per_device_batch}, "
+                                      f"learning rate {ev.old_learning_rate:.4g} -> "
+                                      f"{ev.new_learning_rate:.4g}, continued from step "
+                                      f"{ev.resumed_step:,}"))
     if summary.resumed_from_step:
         rows.append(("resumed from", f"step {summary.resumed_from_step:,}"))
     if summary.final_eval is not None:
