@@ -20,6 +20,8 @@ import os
 import sys
 from pathlib import Path
 
+from autotune import results
+
 EXIT_USAGE = 2
 
 
@@ -101,6 +103,12 @@ def _resolve_data(args, console) -> str:
         path = Path(args.data).expanduser()
         if not path.is_dir():
             raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+        from trainers.pack import PackError, scan_image_folder
+
+        try:  # class folders present, none empty: fail before minutes of probing
+            scan_image_folder(path)
+        except PackError as exc:
+            raise UsageError(f"--data {args.data}: {exc}") from None
         return str(path.resolve())
     from trainers.synthetic import ensure_synthetic_dataset
 
@@ -143,9 +151,14 @@ def _preset(args):
 
     name = getattr(args, "preset", None) or default_preset_name(jax.default_backend())
     try:
-        return get_preset(name)
+        preset = get_preset(name)
     except UnknownPresetError as exc:
         raise UsageError(str(exc)) from None
+    try:  # a preset's fixed global batch must split over this run's devices
+        preset.per_device_for(jax.device_count())
+    except ValueError as exc:
+        raise UsageError(f"--preset {name}: {exc}") from None
+    return preset
 
 
 def _budget(args) -> int | None:
@@ -216,7 +229,7 @@ def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str |
 # ---------------------------------------------------------------- commands
 
 def cmd_probe(args, console) -> int:
-    from autotune import render, results
+    from autotune import render
     from autotune.probe_report import run_probe
 
     data = _resolve_data(args, console)
@@ -329,11 +342,36 @@ def _init_distributed(args) -> None:
         raise UsageError(str(exc)) from None
 
 
+def broadcast_text(text: str, max_bytes: int = 1 << 20) -> str:
+    """Process 0's ``text`` on every process (identity on a single process)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return text
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    raw = text.encode()
+    if len(raw) > max_bytes:
+        raise ValueError(f"text of {len(raw):,} bytes is too long to broadcast ({max_bytes:,})")
+    buf = np.zeros(max_bytes, np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(got[got != 0].astype(np.uint8)).decode()
+
+
+def _shared_run_dir(root: Path, primary: bool) -> Path:
+    """The run folder, created by process 0 and its name broadcast to every process
+    (orbax needs one checkpoint folder on a file system all hosts see)."""
+    name = results.new_run_dir(root).name if primary else ""
+    return Path(root) / broadcast_text(name, 512)
+
+
 def cmd_train(args, console) -> int:
     _init_distributed(args)
     import jax
 
-    from autotune import render, results
+    from autotune import render
     from autotune.planner import Plan, PlanRequest, make_plan
     from autotune.probe_report import ProbeReport, run_probe
     from trainers import train as tr
@@ -360,7 +398,7 @@ def cmd_train(args, console) -> int:
         data = _resolve_data(args, console)
         preset = _preset(args)
         root = Path(args.results) if args.results else results.default_results_root()
-        run = results.new_run_dir(root) if primary else Path(root) / "_secondary"
+        run = _shared_run_dir(root, primary)
         fresh = None if args.reprobe else results.find_fresh_probe(root, data, preset.name)
         if fresh is not None:
             report = ProbeReport.load(fresh)
@@ -384,11 +422,28 @@ def cmd_train(args, console) -> int:
         if plan.local_devices != n_local:
             plan = dataclasses.replace(plan, local_devices=n_local,
                                        global_batch=plan.per_device_batch * jax.device_count())
+        # Every host runs process 0's plan (hosts may measure slightly differently, and
+        # the batch and shards must agree).
+        plan = Plan.from_json(broadcast_text(plan.to_json(None)))
         if primary:
             plan.save(run / results.PLAN)
         if not quiet:
             console.print(render.render_plan(plan))
-        packed, pack_result = pack_for_plan(data, plan, report, console, quiet, args.val_data)
+        if jax.process_count() > 1:
+            # Process 0 packs first; on a shared file system the others then find it
+            # finished, on node-local disks each packs the same shards itself.
+            from jax.experimental import multihost_utils
+
+            if primary:
+                packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
+                                                    args.val_data)
+            multihost_utils.sync_global_devices("autotune: packed")
+            if not primary:
+                packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
+                                                    args.val_data)
+        else:
+            packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
+                                                args.val_data)
         if primary:
             pack_result.save(run / results.PACK)
             results.save_json(run / results.BAD_IMAGES,

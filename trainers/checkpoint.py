@@ -10,6 +10,7 @@ host copy of the replicated pmap state.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -61,11 +62,26 @@ class Checkpointer:
                 data_iter=ocp.args.JsonSave(iterator_state),
                 extra=ocp.args.JsonSave(extra)), force=True)
             self.manager.wait_until_finished()
-        except OSError as exc:
+        except Exception as exc:  # noqa: BLE001 - see below
+            # A full disk surfaces as OSError from orbax's Python writers and as
+            # ValueError("RESOURCE_EXHAUSTED: ... No space left on device") from
+            # tensorstore. Let the save's other threads finish, then delete the partial
+            # "<step>.orbax-checkpoint-tmp" folder: it frees the space it took, and a
+            # rerun saving the same step would race its removal otherwise.
+            with contextlib.suppress(Exception):
+                self.manager.wait_until_finished()
+            if jax.process_index() == 0:
+                shutil.rmtree(self.directory / f"{step}.orbax-checkpoint-tmp",
+                              ignore_errors=True)
+            need = sum(int(getattr(x, "nbytes", 0)) for x in jax.tree_util.tree_leaves(state))
             free = shutil.disk_usage(self.directory).free
+            text = " ".join(str(exc).split())
+            reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror else
+                      "No space left on device" if "No space left on device" in text else
+                      f"{type(exc).__name__}: {text[:400]}")
             raise CheckpointError(
-                f"saving checkpoint {step} to {self.directory} failed: {exc.strerror or exc} "
-                f"({free:,} bytes free there); the previous checkpoint "
+                f"saving checkpoint {step} to {self.directory} failed: {reason} (the state "
+                f"is {need:,} bytes; {free:,} bytes free there); the previous checkpoint "
                 f"{self.latest_step()} is intact") from exc
 
     def restore(self, abstract_state, step: int | None = None) -> tuple[Any, dict, dict, int]:

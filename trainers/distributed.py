@@ -100,3 +100,38 @@ def _cpu_collectives(jax) -> None:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except Exception:  # noqa: BLE001 - older/newer JAX without the option
         pass
+
+
+class PeerLostError(RuntimeError):
+    """A collective failed because another process of the run stopped responding;
+    names the lost process(es)."""
+
+
+def lost_processes(timeout_s: float = 5.0) -> list[int] | None:
+    """Which processes do not reach a barrier within ``timeout_s`` seconds.
+
+    Returns ``[]`` when every process arrives, the lost process ids when the
+    coordination service names them, and None when it cannot tell (single process,
+    or the message has an unknown form). Uses JAX's distributed client
+    (``jax._src.distributed.global_state.client.wait_at_barrier``); its timeout error
+    lists the missing tasks after "timed out task names:".
+    """
+    import re
+
+    import jax
+
+    if jax.process_count() == 1:
+        return None
+    try:
+        from jax._src import distributed as _dist
+
+        client = _dist.global_state.client
+        if client is None:
+            return None
+        client.wait_at_barrier("autotune-peer-check", int(timeout_s * 1000))
+        return []
+    except Exception as exc:  # noqa: BLE001 - the error text is what we parse
+        m = re.search(r"timed out task names:\s*([\d\s,]+)", str(exc))
+        if not m:
+            return None
+        return sorted({int(t) for t in re.findall(r"\d+", m.group(1))})

@@ -23,12 +23,17 @@ Every host runs the same number of steps per epoch (the smallest host's).
 
 Bad records (a damaged shard, a record that does not decode) are named with shard and
 record index; ``on_bad_record='skip'`` replaces them with the next good record of the
-same batch order and counts them, ``'fail'`` raises :class:`BadRecordError`.
+same batch order and counts them, ``'fail'`` raises :class:`BadRecordError`. Flipped
+bytes are caught by the Riegeli chunk hashes ArrayRecord stores with every record
+("chunk data hash mismatch"); a truncated, missing or replaced shard (it cannot be
+opened, or holds another record count than ``pack.json``) makes each of its records
+bad, each named when read.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import threading
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -116,38 +121,92 @@ def steps_per_epoch(shard_lengths: Sequence[int], host_batch: int, process_count
     return steps
 
 
+def check_shard(path: str, expected_records: int) -> str | None:
+    """Why the ArrayRecord shard ``path`` cannot serve ``expected_records`` records,
+    or None when it can. Opens it (reads its footer and index), nothing more.
+
+    Returns a reason such as ``"is damaged or truncated (65,600 bytes on disk):
+    Invalid postscript"``, ``"is missing or unreadable: No such file or directory"``
+    or ``"holds 7 records, pack.json lists 8"``.
+    """
+    from array_record.python.array_record_module import ArrayRecordReader
+
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        return f"is missing or unreadable: {exc.strerror or exc}"
+    try:
+        reader = ArrayRecordReader(str(path))
+        try:
+            got = reader.num_records()
+        finally:
+            reader.close()
+    except Exception as exc:  # noqa: BLE001 - array_record raises RuntimeError / others
+        text = " ".join(str(exc).split())  # absl statuses span several lines
+        return f"is damaged or truncated ({size:,} bytes on disk): {text}"
+    if got != expected_records:
+        return f"holds {got} records, pack.json lists {expected_records}"
+    return None
+
+
 class _Records:
     """This host's shards as one indexable record space, with errors that name the
-    shard and record."""
+    shard and record.
+
+    Every shard is checked when this is built (:func:`check_shard`); the records of
+    one that fails are read as errors (so ``skip`` drops and counts them, ``fail``
+    stops at the first), the others are read through one lazily opened
+    ``ArrayRecordDataSource`` over exactly the records ``pack.json`` lists.
+    """
 
     def __init__(self, paths: Sequence[str], lengths: Sequence[int]):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-        self.paths = list(paths)
-        self.lengths = list(lengths)
+        self.paths = [str(p) for p in paths]
+        self.lengths = [int(n) for n in lengths]
+        if len(self.paths) != len(self.lengths):
+            raise ValueError(f"{len(self.paths)} shard paths but {len(self.lengths)} lengths")
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-        self.source = ArrayRecordDataSource(self.paths)
-        if len(self.source) != int(self.starts[-1]):
-            raise BadRecordError(f"shards {self.paths[0]}...: {len(self.source)} records on "
-                                 f"disk, {int(self.starts[-1])} expected from pack.json")
+        self.broken: dict[int, str] = {}
+        for s, (path, n) in enumerate(zip(self.paths, self.lengths)):
+            reason = check_shard(path, n)
+            if reason is not None:
+                self.broken[s] = reason
+        # "path[start:end]" read instructions: no file is opened here, a broken shard
+        # never is (ArrayRecordDataSource opens readers on first use).
+        self.source = ArrayRecordDataSource([f"{p}[0:{n}]" for p, n in
+                                             zip(self.paths, self.lengths)])
 
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def _shard(self, index: int) -> int:
+        return bisect.bisect_right(self.starts, index) - 1
+
     def where(self, index: int) -> str:
-        s = bisect.bisect_right(self.starts, index) - 1
+        s = self._shard(index)
         return f"shard {self.paths[s]} record {index - int(self.starts[s])}"
 
     def read(self, indices: Sequence[int]) -> list[bytes | Exception]:
-        """Read records in ascending file order, return them in the given order."""
-        order = np.argsort(indices, kind="stable")
+        """Read records in ascending file order, return them in the given order;
+        a record that cannot be read is returned as the exception saying why."""
         out: list = [None] * len(indices)
+        good = []
+        for i, index in enumerate(indices):
+            s = self._shard(int(index))
+            if s in self.broken:
+                out[i] = OSError(f"the shard {self.broken[s]}")
+            else:
+                good.append(i)
+        good.sort(key=lambda i: int(indices[i]))
+        if not good:
+            return out
         try:
-            got = self.source.__getitems__([int(indices[i]) for i in order])
-            for j, i in enumerate(order):
+            got = self.source.__getitems__([int(indices[i]) for i in good])
+            for j, i in enumerate(good):
                 out[i] = got[j]
         except Exception:  # a damaged chunk: read one by one to name the bad record
-            for i in order:
+            for i in good:
                 try:
                     out[i] = self.source[int(indices[i])]
                 except Exception as exc:  # noqa: BLE001 - reported with its location
@@ -202,6 +261,11 @@ class _Order:
         for start in range(0, n, w):
             seq[start:start + w] = rng.permutation(seq[start:start + w])
         return seq
+
+
+#: In ``skip`` mode a batch gives up after this many bad records (or the batch size,
+#: if larger): a data set that bad is damaged beyond skipping.
+_MAX_BAD_PER_BATCH = 64
 
 
 class TrainBatches(grain.MapDataset):
@@ -261,18 +325,22 @@ class TrainBatches(grain.MapDataset):
         labels = np.empty((b,), np.int32)
         recs = self.records.read(idx)
         bad = 0
+        limit = max(b, _MAX_BAD_PER_BATCH)
         spare = (step + 1) * b  # replacements come from beyond this batch, in order
         for i, (index, rec) in enumerate(zip(idx, recs)):
             while True:
                 try:
                     images[i], labels[i] = self._augment(int(index), rec, rng)
                     break
-                except BadRecordError:
+                except BadRecordError as exc:
                     if self.cfg.on_bad_record == "fail":
                         raise
                     bad += 1
-                    if bad > b:
-                        raise
+                    if bad > limit:
+                        raise BadRecordError(
+                            f"batch {k}: {bad} bad records while building it (more than "
+                            f"{limit}); the data set is badly damaged, repack it. "
+                            f"Last: {exc}") from None
                     index = int(order[spare % len(order)])
                     spare += 1
                     rec = self.records.read([index])[0]

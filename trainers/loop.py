@@ -292,6 +292,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
             return dataclasses.replace(summary, oom_events=tuple(events))
         except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled here
             if not is_out_of_memory(exc):
+                _raise_if_peer_lost(exc)
                 raise
             step = getattr(exc, "step", -1)
             new = on_oom(config) if on_oom else None
@@ -310,6 +311,22 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
             events.append(event)
             emit(event)
             config = new
+
+
+def _raise_if_peer_lost(exc: BaseException) -> None:
+    """On a multi-host run, turn a failed collective into an error that names the
+    process that stopped responding (instead of an opaque transport error)."""
+    from trainers.input_pipeline import BadRecordError
+    from trainers.distributed import PeerLostError, lost_processes
+
+    if jax.process_count() == 1 or isinstance(exc, (BadRecordError, ValueError)):
+        return
+    lost = lost_processes()
+    if lost:
+        raise PeerLostError(
+            f"process {jax.process_index()} of {jax.process_count()}: a collective failed "
+            f"({str(exc).splitlines()[0][:200]}); process(es) {lost} stopped responding; "
+            f"rerun the same command to continue from the last checkpoint") from exc
 
 
 def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: LoopOptions,

@@ -12,6 +12,9 @@ Nothing is lost: every input file is either packed or listed, with its path and 
 reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
 ``input_images == packed + skipped`` always.
 
+Records are serialized deterministically (sorted protobuf map keys), so the same
+inputs and options give byte-identical shards in any process.
+
 Crash safety: each shard is written to a temporary name and renamed when complete,
 with a sidecar JSON that lists what went into it; the data set's metadata and the
 ``pack.json`` summary are written last. A rerun after an interruption keeps the
@@ -22,13 +25,17 @@ shards) and redoes the rest, so the result is identical to an uninterrupted run.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import dataclasses
+import errno
 import hashlib
 import io
 import json
 import os
 import random
+import re
 import shutil
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +50,14 @@ PACK_SUMMARY = "pack.json"
 FORMAT_VERSION = 1
 #: File names that are never images; they are still counted and listed as skipped.
 SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
+#: Larger input files are skipped unread ("file too large"): a JPEG within
+#: ``preprocess.MAX_PIXELS`` is far smaller, and reading a stray multi-gigabyte file
+#: whole would only exhaust memory.
+MAX_FILE_BYTES = 512 * 1024 * 1024
+#: Partial files an interrupted pack leaves: shards being written (``*.tmp``) and the
+#: temporaries of ``write_text_atomic`` (``.<name>.<random>``).
+_TEMP_NAME = re.compile(rf"{DATASET_NAME}-.+\.tmp|\.(fingerprint\.txt|bad_images\.json|"
+                        rf"{re.escape(PACK_SUMMARY)}|{DATASET_NAME}-.+\.json)\.\w+")
 
 
 class PackError(RuntimeError):
@@ -90,6 +105,9 @@ class PackOptions(Record):
       seed: seed of the shuffle that assigns images to shards and of the held-out
         split.
       threads: decode/verify threads.
+
+    Raises:
+      ValueError: a value out of range (the message names it and the range).
     """
 
     num_shards: int = 16
@@ -108,6 +126,8 @@ class PackOptions(Record):
             raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= 8 pixels")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality ({self.quality}) must be in 1..100")
+        if self.threads < 1:
+            raise ValueError(f"threads ({self.threads}) must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -161,9 +181,10 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tu
     """List ``<root>/<class>/<file>`` as ``(class_names, [(path, label), ...])``.
 
     Class index = position in sorted class-folder names (tensorflow-datasets
-    ``imagenet2012`` order). Every regular file in a class folder is returned, images
-    or not, so that nothing is dropped silently; files directly under ``root`` are
-    ignored. Order: by class, then by file name.
+    ``imagenet2012`` order). Every entry of a class folder is returned, images or not
+    (system files, dangling links, FIFOs, sub-folders), so that nothing is dropped
+    silently: packing lists what it cannot use with the reason. Files directly under
+    ``root`` are ignored. Order: by class, then by file name.
 
     Raises:
       PackError: ``root`` is missing, is not a folder, has no class folders, or a
@@ -179,7 +200,7 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tu
         raise PackError(f"data folder {root} has no class folders (expected <root>/<wnid>/*.JPEG)")
     items: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.is_file() or p.is_symlink())
+        files = sorted((root / name).iterdir())
         if not files:
             raise PackError(f"class folder {root / name} is empty")
         items.extend((str(p), label) for p in files)
@@ -196,11 +217,61 @@ def _features(class_names: Sequence[str]):
     })
 
 
+def _not_regular(mode: int) -> str:
+    kinds = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+             (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+    return next((kind for test, kind in kinds if test(mode)), "not a regular file")
+
+
+def _example_serializer(feats) -> Callable[[dict], bytes]:
+    """``serialize(example) -> bytes``: tensorflow-datasets' ``serialize_example`` with
+    deterministic protobuf serialization.
+
+    ``FeaturesDict.serialize_example`` writes the ``tf.train.Example`` feature map in
+    an order that changes from process to process (protobuf map order is unspecified,
+    and upb's hash is seeded per process), so a shard written by a resumed pack would
+    differ in bytes from the same shard written by an uninterrupted one. Sorted map
+    keys (``SerializeToString(deterministic=True)``) make the bytes a function of the
+    inputs only; readers parse either form the same.
+    """
+    from tensorflow_datasets.core import example_serializer
+
+    serializer = example_serializer.ExampleSerializer(feats.get_serialized_info())
+
+    def serialize(example: dict) -> bytes:
+        proto = serializer.get_tf_example(feats.encode_example(example))
+        return proto.SerializeToString(deterministic=True)
+
+    return serialize
+
+
 def _prepare(path: str, resize_shorter: int | None, quality: int) -> tuple[bytes | None, str | None, int]:
-    """Read and verify one file. Returns (jpeg bytes to store, reason if bad, bytes in)."""
+    """Read and verify one file. Returns (jpeg bytes to store, reason if bad, bytes in).
+
+    Never raises for one odd file (it is listed with the exception instead), except
+    MemoryError."""
+    try:
+        return _prepare_file(path, resize_shorter, quality)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one odd file must not stop the pack
+        return None, f"cannot process: {type(exc).__name__}: {exc}", 0
+
+
+def _prepare_file(path: str, resize_shorter: int | None,
+                  quality: int) -> tuple[bytes | None, str | None, int]:
     name = os.path.basename(path)
     if name in SYSTEM_FILES or name.startswith("._"):
         return None, "not an image (system file)", 0
+    try:
+        st = os.stat(path)  # follows links: a dangling one fails here
+    except OSError as exc:
+        link = " (dangling symbolic link)" if os.path.islink(path) else ""
+        return None, f"unreadable: {exc.strerror or exc}{link}", 0
+    if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block forever
+        return None, f"not a regular file: {_not_regular(st.st_mode)}", 0
+    if st.st_size > MAX_FILE_BYTES:
+        return None, f"file too large: {st.st_size:,} bytes > {MAX_FILE_BYTES:,}", 0
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -321,8 +392,10 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
 
     Raises:
       PackError: bad input folder, or no image could be packed.
-      OSError: writing failed (for example the disk is full); the message names the
-        path and the bytes written so far. Complete shards survive for the rerun.
+      OSError: writing failed (for example the disk is full: ``errno.ENOSPC``); the
+        message names the file, the bytes written to it, an estimate of the bytes
+        still to write and the bytes free there. Complete shards survive for the
+        rerun; the partial shard is deleted.
     """
     from array_record.python.array_record_module import ArrayRecordWriter
 
@@ -348,7 +421,12 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         for p in out.iterdir():
             if p.is_file():
                 p.unlink()
-    write_text_atomic(out / "fingerprint.txt", fp + "\n")
+    for p in out.iterdir():  # partial files of an interrupted run (killed mid-write)
+        if p.is_file() and _TEMP_NAME.fullmatch(p.name):
+            with contextlib.suppress(OSError):
+                p.unlink()
+    with _writing(out / "fingerprint.txt", out):
+        write_text_atomic(out / "fingerprint.txt", fp + "\n")
 
     train, val = _assign(items, options, has_val_folder=val_source is not None)
     if val_source is not None:
@@ -358,6 +436,7 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     plan += [("validation", c) for c in _chunks(val, n_val_shards)] if val else []
     total = len(items) + (len(val_items) if val_source is not None else 0)
     feats = _features(class_names)
+    serialize = _example_serializer(feats)
 
     counters = {"done": 0, "bad": 0}
     bad_all: list[BadImage] = []
@@ -366,15 +445,17 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     split_counts = {"train": 0, "validation": 0}
     pool = cf.ThreadPoolExecutor(max(1, options.threads))
     try:
-        for split, chunk in plan:
+        for shard_no, (split, chunk) in enumerate(plan):
             idx = split_counts[split]
             split_counts[split] += 1
             n_split = sum(1 for s, _ in plan if s == split)
             final = out / f"{DATASET_NAME}-{split}.array_record-{idx:05d}-of-{n_split:05d}"
             sidecar = final.with_name(final.name + ".json")
-            if final.exists() and sidecar.exists():
-                info = json.loads(sidecar.read_text())
-                if info.get("fingerprint") == fp:
+            info = _read_sidecar(sidecar)
+            if info is not None and info.get("fingerprint") == fp and final.is_file():
+                # The sidecar is written after the shard's rename, so a shard it
+                # describes was complete; the size check catches one damaged since.
+                if final.stat().st_size == info.get("num_bytes"):
                     bad_all.extend(BadImage(**b) for b in info["bad"])
                     shard_info[split].append((info["records"], info["num_bytes"],
                                               info["bytes_in"], info["bytes_out"]))
@@ -385,10 +466,11 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                         progress(counters["done"], total, counters["bad"])
                     continue
             tmp = final.with_name(final.name + ".tmp")
-            writer = ArrayRecordWriter(str(tmp), "group_size:1")
             records = bytes_in = bytes_out = 0
             bad: list[BadImage] = []
+            writer = None
             try:
+                writer = ArrayRecordWriter(str(tmp), "group_size:1")
                 results = pool.map(lambda it: _prepare(it[0], options.resize_shorter,
                                                        options.quality), chunk)
                 for (path, label), (data, reason, nbytes) in zip(chunk, results):
@@ -397,7 +479,7 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                         bad.append(BadImage(path=path, reason=reason or "unknown"))
                         counters["bad"] += 1
                     else:
-                        writer.write(feats.serialize_example({
+                        writer.write(serialize({
                             "image": io.BytesIO(data), "label": label,
                             "file_name": os.path.basename(path)}))
                         records += 1
@@ -406,15 +488,22 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                     if progress:
                         progress(counters["done"], total, counters["bad"])
                 writer.close()
-            except OSError as exc:
-                raise OSError(exc.errno, f"writing shard {tmp} failed after {bytes_out:,} "
-                                         f"bytes: {exc.strerror or exc}") from exc
+                writer = None
+            except (OSError, RuntimeError) as exc:  # array_record raises RuntimeError
+                _discard(writer, tmp)
+                still = sum(_size(p) for _, c in plan[shard_no:] for p, _ in c)
+                raise _write_error(
+                    exc, tmp, out,
+                    f"{records} records, {bytes_out:,} bytes of images written to it; about "
+                    f"{still:,} bytes still to write (input size of this and the later "
+                    f"shards' images)") from exc
             num_bytes = tmp.stat().st_size
             os.replace(tmp, final)
-            write_text_atomic(sidecar, json.dumps({
-                "fingerprint": fp, "records": records, "num_bytes": num_bytes,
-                "bytes_in": bytes_in, "bytes_out": bytes_out,
-                "bad": [b.to_dict() for b in bad]}))
+            with _writing(sidecar, out):
+                write_text_atomic(sidecar, json.dumps({
+                    "fingerprint": fp, "records": records, "num_bytes": num_bytes,
+                    "bytes_in": bytes_in, "bytes_out": bytes_out,
+                    "bad": [b.to_dict() for b in bad]}))
             bad_all.extend(bad)
             shard_info[split].append((records, num_bytes, bytes_in, bytes_out))
     finally:
@@ -429,7 +518,8 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                                 shard_lengths=tuple(r for r, *_ in v),
                                 num_bytes=sum(b for _, b, *_ in v))
                    for s, v in shard_info.items() if v)
-    _write_tfds_metadata(out, feats, splits)
+    with _writing(out / "dataset_info.json", out):
+        _write_tfds_metadata(out, feats, splits)
     result = PackResult(
         out_dir=str(out), source=source, class_names=class_names, input_images=total,
         packed=packed, skipped=len(bad_all), bad_images=tuple(bad_all), splits=splits,
@@ -438,10 +528,65 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         resize_shorter=options.resize_shorter, options=options,
         seconds=time.perf_counter() - t0, resumed_shards=resumed)
     assert result.input_images == result.packed + result.skipped, result
-    write_text_atomic(out / "bad_images.json",
-                      json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
-    result.save(out / PACK_SUMMARY)
+    with _writing(out / "bad_images.json", out):
+        write_text_atomic(out / "bad_images.json",
+                          json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
+    with _writing(out / PACK_SUMMARY, out):
+        result.save(out / PACK_SUMMARY)  # last: its presence marks the pack complete
     return result
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return 0
+
+
+def _discard(writer, tmp: Path) -> None:
+    """Drop a failed shard: close its writer (errors ignored) and delete the partial
+    file, which frees the space it took on a full disk."""
+    if writer is not None:
+        with contextlib.suppress(Exception):
+            writer.close()
+    with contextlib.suppress(OSError):
+        tmp.unlink()
+
+
+def _write_error(exc: BaseException, path: Path, out: Path, detail: str) -> OSError:
+    """An OSError naming ``path``, the cause, ``detail`` and the bytes free in ``out``.
+
+    array_record reports a full disk as ``RuntimeError("write() failed: No space left
+    on device; ...")``; the errno is recovered from the text for such errors."""
+    code = getattr(exc, "errno", None)
+    text = getattr(exc, "strerror", None) or str(exc)
+    if code is None:
+        low = text.lower()
+        code = (errno.ENOSPC if "no space left" in low else
+                errno.EDQUOT if "quota exceeded" in low else errno.EIO)
+    try:
+        free = f"{shutil.disk_usage(out).free:,} bytes free there"
+    except OSError:
+        free = "free space unknown"
+    return OSError(code, f"writing {path} failed: {text}; {detail}; {free}")
+
+
+@contextlib.contextmanager
+def _writing(path: Path, out: Path):
+    """Re-raise a failed metadata write as an OSError naming the file (see
+    :func:`_write_error`); the files written before it survive for the rerun."""
+    try:
+        yield
+    except (OSError, RuntimeError) as exc:
+        raise _write_error(exc, path, out, "the data set stays unfinished (no "
+                           f"{PACK_SUMMARY}); rerun the pack when there is space") from exc
 
 
 def _read_fingerprint(out: Path) -> str | None:
@@ -482,5 +627,5 @@ def remove_packed(out_dir: str | os.PathLike) -> None:
 
 
 __all__ = [n for n in dir() if not n.startswith("_") and n not in
-           ("annotations", "cf", "dataclasses", "hashlib", "io", "json", "os", "random",
-            "shutil", "time")]
+           ("annotations", "cf", "contextlib", "dataclasses", "errno", "hashlib", "io",
+            "json", "os", "random", "re", "shutil", "stat", "time")]
