@@ -58,13 +58,16 @@ def test_train_auto_runs_the_whole_path(images, tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,needle", [
     (["train", "--auto", "--data", "/nonexistent/folder"], "no such folder"),
-    (["train", "--auto", "--preset", "resnet9000", "--data", "."], "unknown preset"),
-    (["train", "--data", "."], "needs --auto"),
-    (["train", "--auto", "--epochs", "-1", "--data", "."], "--epochs -1"),
-    (["probe", "--memory-budget", "lots", "--data", "."], "--memory-budget lots"),
+    (["train", "--auto", "--preset", "resnet9000", "--data", "{images}"], "unknown preset"),
+    (["train", "--data", "{images}"], "needs --auto"),
+    (["train", "--auto", "--epochs", "-1", "--data", "{images}"], "--epochs -1"),
+    (["probe", "--memory-budget", "lots", "--data", "{images}"], "--memory-budget lots"),
+    (["train", "--auto", "--data", "{plain}"], "no class folders"),
     (["report", "/nonexistent/run"], "no such run folder"),
 ])
-def test_bad_arguments_are_one_line_errors(argv, needle, capsys):
+def test_bad_arguments_are_one_line_errors(argv, needle, capsys, images, tmp_path):
+    (tmp_path / "a.JPEG").write_bytes(b"x")
+    argv = [a.format(images=images, plain=tmp_path) for a in argv]
     rc = cli.main(argv)
     err = capsys.readouterr().err
     assert rc == 2
