@@ -18,6 +18,7 @@ def main():
     ap.add_argument("--epochs", type=float, default=3)
     ap.add_argument("--every", type=float, default=0.0)
     ap.add_argument("--per-device-batch", type=int, default=2)
+    ap.add_argument("--partitions", type=int)
     args = ap.parse_args()
     from trainers.distributed import initialize
 
@@ -38,9 +39,10 @@ def main():
 
     summary = train_and_evaluate(config, args.packed, args.workdir,
                                  LoopOptions(threads=1, checkpoint_every_secs=args.every,
-                                             eval_every_epochs=0), callback=cb)
-    print(json.dumps({"loss": losses, "status": summary.status, "steps": summary.steps}),
-          flush=True)
+                                             eval_every_epochs=0, partitions=args.partitions),
+                                 callback=cb)
+    print(json.dumps({"loss": losses, "status": summary.status, "steps": summary.steps,
+                      "params": summary.params_sha256}), flush=True)
 
 
 if __name__ == "__main__":

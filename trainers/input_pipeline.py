@@ -18,8 +18,13 @@ Read modes (chosen by the planner from the disk probe):
   checkpoints). Each batch's records are read in file order. Right for hard disks and
   network volumes.
 
-Per-host partitioning: process ``i`` of ``n`` reads shards ``i, i+n, i+2n, ...`` only.
-Every host runs the same number of steps per epoch (the smallest host's).
+Per-host partitioning: the shards are split into ``partitions`` groups (partition
+``q`` holds shards ``q, q+P, q+2P, ...``; by default one partition per host) and host
+``i`` of ``n`` reads only partitions ``i, i+n, ...``. Each partition has its own
+order and supplies its share of every batch, so a run's batches depend on the
+partition count, not on how many hosts serve them: 2 hosts x 4 devices and 1 host x 8
+devices with ``partitions=2`` see the same global batches. Every partition runs the
+same number of steps per epoch (the smallest one's).
 
 Bad records (a damaged shard, a record that does not decode) are named with shard and
 record index; ``on_bad_record='skip'`` replaces them with the next good record of the
@@ -65,6 +70,7 @@ class PipelineConfig:
       seed: seed of the order and the augmentation.
       process_index: this host's index; ``process_count`` hosts in all.
       on_bad_record: ``skip`` (count and replace) or ``fail`` (raise).
+      partitions: shard groups (default: one per host); a multiple of the host count.
     """
 
     host_batch: int
@@ -78,6 +84,16 @@ class PipelineConfig:
     process_index: int = 0
     process_count: int = 1
     on_bad_record: str = "skip"
+    partitions: int | None = None
+
+    @property
+    def num_partitions(self) -> int:
+        return self.partitions or self.process_count
+
+    @property
+    def my_partitions(self) -> list[int]:
+        """The partitions this host serves: ``process_index::process_count``."""
+        return list(range(self.process_index, self.num_partitions, self.process_count))
 
     def __post_init__(self):
         if self.host_batch < 1:
@@ -91,6 +107,13 @@ class PipelineConfig:
                              f"[0, process_count={self.process_count})")
         if self.on_bad_record not in ("skip", "fail"):
             raise ValueError(f"on_bad_record {self.on_bad_record!r}: expected 'skip' or 'fail'")
+        p = self.num_partitions
+        if p % self.process_count:
+            raise ValueError(f"partitions ({p}) must be a multiple of the host count "
+                             f"({self.process_count})")
+        if self.host_batch % (p // self.process_count):
+            raise ValueError(f"host batch ({self.host_batch}) must be divisible by the "
+                             f"partitions per host ({p // self.process_count})")
 
 
 def host_shards(num_shards: int, process_index: int, process_count: int) -> list[int]:
@@ -105,19 +128,23 @@ def host_shards(num_shards: int, process_index: int, process_count: int) -> list
     return list(range(process_index, num_shards, process_count))
 
 
-def steps_per_epoch(shard_lengths: Sequence[int], host_batch: int, process_count: int = 1) -> int:
-    """Steps per epoch that every host can run: min over hosts of
-    ``host_records // host_batch``.
+def steps_per_epoch(shard_lengths: Sequence[int], host_batch: int, process_count: int = 1,
+                    partitions: int | None = None) -> int:
+    """Steps per epoch that every partition (and so every host) can run: min over
+    partitions of ``partition_records // partition_batch``, where a partition's share
+    of a batch is ``host_batch x process_count / partitions``.
 
     Raises:
-      ValueError: a host has fewer records than one batch.
+      ValueError: a partition has fewer records than its share of one batch.
     """
-    per_host = [sum(shard_lengths[i] for i in host_shards(len(shard_lengths), p, process_count))
-                for p in range(process_count)]
-    steps = min(per_host) // host_batch
+    parts = partitions or process_count
+    share = host_batch * process_count // parts
+    per_part = [sum(shard_lengths[i] for i in host_shards(len(shard_lengths), q, parts))
+                for q in range(parts)]
+    steps = min(per_part) // share
     if steps < 1:
-        raise ValueError(f"a host has {min(per_host)} records, fewer than one batch of "
-                         f"{host_batch}; use a smaller batch or more data")
+        raise ValueError(f"a host has {min(per_part)} records, fewer than one batch of "
+                         f"{share}; use a smaller batch or more data")
     return steps
 
 
@@ -234,8 +261,9 @@ def parse_example(record: bytes) -> tuple[bytes, int]:
 class _Order:
     """The record order of one epoch on this host (cached for the last epoch seen)."""
 
-    def __init__(self, cfg: PipelineConfig, lengths: Sequence[int]):
+    def __init__(self, cfg: PipelineConfig, lengths: Sequence[int], partition: int = 0):
         self.cfg = cfg
+        self.partition = partition
         self.lengths = list(lengths)
         self.starts = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
         self._lock = threading.Lock()
@@ -251,7 +279,7 @@ class _Order:
             return got
 
     def _make(self, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.cfg.seed, epoch, self.cfg.process_index, 7])
+        rng = np.random.default_rng([self.cfg.seed, epoch, self.partition, 7])
         n = int(self.starts[-1])
         if self.cfg.read_mode == "random":
             return rng.permutation(n)
@@ -280,11 +308,16 @@ class TrainBatches(grain.MapDataset):
                  steps_per_epoch: int, epochs: int):
         super().__init__()
         self.cfg = cfg
-        self.records = _Records(paths, lengths)
-        self.order = _Order(cfg, lengths)
+        p = cfg.num_partitions
+        self.parts = []  # (partition, records, order) for this host's partitions
+        for q in cfg.my_partitions:
+            shards = host_shards(len(paths), q, p)
+            lens = [lengths[i] for i in shards]
+            self.parts.append((q, _Records([paths[i] for i in shards], lens), _Order(cfg, lens, q)))
+        self.share = cfg.host_batch // len(self.parts)
         self.steps_per_epoch = steps_per_epoch
         self.epochs = epochs
-        self._cache: dict[int, np.ndarray] = {}
+        self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:
         return self.steps_per_epoch * self.epochs
@@ -292,23 +325,24 @@ class TrainBatches(grain.MapDataset):
     def __str__(self) -> str:
         return f"TrainBatches(steps={len(self)}, mode={self.cfg.read_mode})"
 
-    def _augment(self, index: int, rec, rng: np.random.Generator) -> np.ndarray:
+    def _augment(self, q: int, records: _Records, index: int, rec,
+                 rng: np.random.Generator) -> np.ndarray:
         if isinstance(rec, Exception):
-            raise BadRecordError(f"{self.records.where(index)}: cannot read: {rec}")
+            raise BadRecordError(f"{records.where(index)}: cannot read: {rec}")
         try:
             data, label = parse_example(rec)
         except Exception as exc:  # noqa: BLE001
-            raise BadRecordError(f"{self.records.where(index)}: not a valid example: {exc}") from None
+            raise BadRecordError(f"{records.where(index)}: not a valid example: {exc}") from None
         try:
             if self.cfg.cache_decoded:
-                img = self._cache.get(index)
+                img = self._cache.get((q, index))
                 if img is None:
                     img = preprocess.decode_image(data)
-                    self._cache[index] = img
+                    self._cache[(q, index)] = img
                 return preprocess.augment_decoded(img, rng, self.cfg.augment), label
             return preprocess.train_preprocess(data, rng, self.cfg.augment), label
         except BadImageError as exc:
-            raise BadRecordError(f"{self.records.where(index)}: {exc.reason}") from None
+            raise BadRecordError(f"{records.where(index)}: {exc.reason}") from None
 
     def __getitem__(self, k):
         if isinstance(k, slice):
@@ -316,34 +350,35 @@ class TrainBatches(grain.MapDataset):
         if not 0 <= k < len(self):
             raise IndexError(f"batch {k} outside [0, {len(self)})")
         epoch, step = divmod(int(k), self.steps_per_epoch)
-        order = self.order(epoch)
-        b = self.cfg.host_batch
-        idx = order[step * b:(step + 1) * b]
-        rng = np.random.default_rng([self.cfg.seed, int(k), self.cfg.process_index, 11])
         size = self.cfg.augment.image_size
-        images = np.empty((b, size, size, 3), np.uint8)
-        labels = np.empty((b,), np.int32)
-        recs = self.records.read(idx)
+        images = np.empty((self.cfg.host_batch, size, size, 3), np.uint8)
+        labels = np.empty((self.cfg.host_batch,), np.int32)
+        b = self.share
         bad = 0
-        limit = max(b, _MAX_BAD_PER_BATCH)
-        spare = (step + 1) * b  # replacements come from beyond this batch, in order
-        for i, (index, rec) in enumerate(zip(idx, recs)):
-            while True:
-                try:
-                    images[i], labels[i] = self._augment(int(index), rec, rng)
-                    break
-                except BadRecordError as exc:
-                    if self.cfg.on_bad_record == "fail":
-                        raise
-                    bad += 1
-                    if bad > limit:
-                        raise BadRecordError(
-                            f"batch {k}: {bad} bad records while building it (more than "
-                            f"{limit}); the data set is badly damaged, repack it. "
-                            f"Last: {exc}") from None
-                    index = int(order[spare % len(order)])
-                    spare += 1
-                    rec = self.records.read([index])[0]
+        limit = max(self.cfg.host_batch, _MAX_BAD_PER_BATCH)
+        for j, (q, records, order_fn) in enumerate(self.parts):
+            order = order_fn(epoch)
+            idx = order[step * b:(step + 1) * b]
+            rng = np.random.default_rng([self.cfg.seed, int(k), q, 11])
+            recs = records.read(idx)
+            spare = (step + 1) * b  # replacements come from beyond this batch, in order
+            for i, (index, rec) in enumerate(zip(idx, recs), start=j * b):
+                while True:
+                    try:
+                        images[i], labels[i] = self._augment(q, records, int(index), rec, rng)
+                        break
+                    except BadRecordError as exc:
+                        if self.cfg.on_bad_record == "fail":
+                            raise
+                        bad += 1
+                        if bad > limit:
+                            raise BadRecordError(
+                                f"batch {k}: {bad} bad records while building it (more than "
+                                f"{limit}); the data set is badly damaged, repack it. "
+                                f"Last: {exc}") from None
+                        index = int(order[spare % len(order)])
+                        spare += 1
+                        rec = records.read([index])[0]
         return {"image": images, "label": labels, "bad": np.int32(bad)}
 
 
@@ -352,8 +387,8 @@ def make_train_iterator(paths: Sequence[str], lengths: Sequence[int], cfg: Pipel
     """A Grain iterator over the run's training batches, starting at batch ``start_step``.
 
     Args:
-      paths, lengths: this host's shard files and their record counts (see
-        :func:`host_shards`).
+      paths, lengths: every shard file of the split and their record counts; the
+        host reads only its partitions' shards.
       cfg: pipeline options.
       epochs: epochs in the run.
       steps_per_epoch: steps every host runs per epoch (:func:`steps_per_epoch`).

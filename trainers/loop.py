@@ -51,6 +51,8 @@ class LoopOptions(Record):
       checkpoint_every_secs: seconds between checkpoints (0: only at the end / stop).
       max_steps: stop after this many steps (None: the whole schedule); for probes
         and tests.
+      partitions: shard groups with their own order (default: one per host); the
+        same value gives the same batches on any number of hosts that divides it.
     """
 
     threads: int = 2
@@ -63,6 +65,7 @@ class LoopOptions(Record):
     eval_every_epochs: int = 1
     checkpoint_every_secs: float = 600.0
     max_steps: int | None = None
+    partitions: int | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +176,8 @@ class TrainSummary(Record):
         first measured window (None where the backend has no stats), to compare with
         the compiled memory analysis the batch was chosen by.
       oom_events: out-of-memory step-downs the run survived.
+      params_sha256: digest of this host's final parameters and batch statistics
+        (identical across hosts, and across an interrupted and an uninterrupted run).
     """
 
     status: str
@@ -195,6 +200,7 @@ class TrainSummary(Record):
     learning_rate: float = 0.0
     peak_bytes_in_use: int | None = None
     oom_events: tuple[OomEvent, ...] = ()
+    params_sha256: str = ""
 
 
 class _StopFlag:
@@ -345,10 +351,9 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
     host_batch = n_local * config.per_device_batch
     global_batch = n_global * config.per_device_batch
     train_split = result.split("train")
-    spe = ip.steps_per_epoch(train_split.shard_lengths, host_batch, n_hosts)
+    spe = ip.steps_per_epoch(train_split.shard_lengths, host_batch, n_hosts, options.partitions)
     total_steps = max(1, int(round(config.epochs * spe)))
     epochs_int = int(math.ceil(total_steps / spe))
-    mine = ip.host_shards(len(train_split.shard_lengths), jax.process_index(), n_hosts)
     all_paths = pack_lib.shard_paths(packed_dir, "train")
 
     lr_fn = tr.create_learning_rate_fn(config, spe)
@@ -373,10 +378,9 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         threads=options.threads, prefetch=options.prefetch,
         cache_decoded=options.cache_decoded, seed=config.seed,
         process_index=jax.process_index(), process_count=n_hosts,
-        on_bad_record=options.on_bad_record)
-    batches = ip.make_train_iterator([all_paths[i] for i in mine],
-                                     [train_split.shard_lengths[i] for i in mine],
-                                     cfg, epochs_int, spe, start_step=start_step)
+        on_bad_record=options.on_bad_record, partitions=options.partitions)
+    batches = ip.make_train_iterator(all_paths, train_split.shard_lengths, cfg, epochs_int,
+                                     spe, start_step=start_step)
     p_train = tr.make_p_train_step(config, lr_fn)
     p_eval = tr.make_p_eval_step(config)
 
@@ -491,6 +495,7 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
                 status = "stopped"
                 break
     jax.block_until_ready(state)
+    digest = params_digest(state)
     if status == "completed" and step < total_steps:
         status = "max_steps"
     save(step)
@@ -509,7 +514,19 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         final_eval=last_eval, bad_records=bad_lock[0], num_devices=n_global,
         num_hosts=n_hosts, global_batch=global_batch, steps_per_epoch=spe,
         checkpoint_step=last_ckpt_step, per_device_batch=config.per_device_batch,
-        learning_rate=config.learning_rate, peak_bytes_in_use=peak)
+        learning_rate=config.learning_rate, peak_bytes_in_use=peak, params_sha256=digest)
+
+
+def params_digest(replicated_state) -> str:
+    """SHA-256 of the first local device's parameters and batch statistics (bytes of
+    every leaf in tree order)."""
+    import hashlib
+
+    state = jax.device_get(jax_utils.unreplicate(replicated_state))
+    h = hashlib.sha256()
+    for leaf in jax.tree_util.tree_leaves((state.params, state.batch_stats)):
+        h.update(np.ascontiguousarray(leaf).tobytes())
+    return h.hexdigest()
 
 
 def _peak_bytes() -> int | None:
