@@ -207,7 +207,8 @@ def loop_options(plan, **kw):
     return LoopOptions(threads=plan.decode_threads, prefetch=plan.prefetch_batches,
                        device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
                        shuffle_window=plan.shuffle_window or 4096,
-                       cache_decoded=plan.cache_decoded, **kw)
+                       cache_decoded=plan.cache_decoded and not plan.decode_workers,
+                       workers=plan.decode_workers, **kw)
 
 
 def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):

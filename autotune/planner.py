@@ -16,6 +16,9 @@ Every choice comes with its reason and its numbers (:class:`Decision`). The rule
   scaling stops at 1/8), or when full-size decode cannot feed the step rate; the
   shorter side becomes ``ceil8(1.5 x image_size)`` for small images, else
   ``ceil8(image_size x 256 / 224)``; the predicted decode speed-up is the pixel ratio.
+* **Worker processes**: when the decode curve's parallel efficiency at the chosen
+  thread count is below 50% on a host with >= 4 cores (GIL-bound threads), the same
+  count runs as Grain worker processes (assumed 90% efficient).
 * **Cache decoded images**: when the decoded data set at its stored resolution
   takes at most 25% of the available RAM of a host.
 * **Read mode**: ``random`` when random reads at record size (queue depth = the
@@ -48,6 +51,11 @@ RANDOM_READ_MARGIN = 1.20
 SEEK_FACTOR = 19
 TARGET_SHARD_BYTES = 256 << 20
 CACHE_RAM_FRACTION = 0.25
+#: Below this parallel efficiency at the chosen thread count, decode threads are taken
+#: to be GIL-bound and worker processes are used instead.
+GIL_EFFICIENCY = 0.5
+#: Assumed efficiency of decode worker processes (inter-process copies).
+PROCESS_EFFICIENCY = 0.9
 #: Decode speed-up credited to a pack-time resize is at most this (fixed per-image
 #: costs: header parsing, Python, the crop's resize).
 MAX_RESIZE_SPEEDUP = 4.0
@@ -125,6 +133,7 @@ class Plan(Record):
     bottleneck: str
     decisions: tuple[Decision, ...]
     step_bytes: int | None = None
+    decode_workers: int = 0
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -332,6 +341,23 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
                                 f" img/s: the run will be decode-bound"))
     decode_rate = report.decode.rate_at(threads) * speedup
 
+    # Worker processes where the GIL limits threads: on a multi-core host whose decode
+    # curve scales poorly with threads, run the same count as processes (Grain's
+    # mp_prefetch), assuming near-linear scaling across processes.
+    workers = 0
+    point = next((p for p in points if p.threads == threads), None)
+    cores = report.decode.usable_cores
+    if (request.threads is None and not cpu and point is not None and threads > 1
+            and point.efficiency < GIL_EFFICIENCY and cores >= 4):
+        workers = min(threads, cores)
+        base = report.decode.points[0].images_per_s * speedup
+        decode_rate = max(decode_rate, base * workers * PROCESS_EFFICIENCY)
+        dec.append(Decision("decode_workers", str(workers),
+                            f"threads scale poorly ({point.efficiency:.0%} parallel efficiency at "
+                            f"{threads} threads, below {GIL_EFFICIENCY:.0%}: the GIL): {workers} "
+                            f"worker processes x {_fmt(base)} img/s x {PROCESS_EFFICIENCY} = "
+                            f"{_fmt(base * workers * PROCESS_EFFICIENCY)} img/s expected"))
+
     # Read mode.
     disk = report.disk
     rand_ips = seq_ips = None
@@ -411,4 +437,5 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         step_images_per_s=step_ips, decode_images_per_s=decode_rate,
         random_read_images_per_s=rand_ips, sequential_read_images_per_s=seq_ips,
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
-        bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes)
+        bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes,
+        decode_workers=workers)

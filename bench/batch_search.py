@@ -28,6 +28,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", default="resnet50")
+    ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--classes", type=int, default=1000)
@@ -45,7 +46,8 @@ def main() -> None:
     from probes.step_child import fits_in_child, run_steps_in_child
     from trainers import train as tr
 
-    config = tr.TrainConfig(arch=args.arch, image_size=args.image_size, dtype=args.dtype,
+    config = tr.TrainConfig(arch=args.arch, width=args.width, image_size=args.image_size,
+                            dtype=args.dtype,
                             num_classes=args.classes, per_device_batch=8)
     budget = parse_memory_budget(args.budget) if args.budget else None
     limit, source = device_memory_limit(budget)
@@ -65,9 +67,15 @@ def main() -> None:
     if not args.no_brute_force:
         t0 = time.perf_counter()
         # margin 0: the true largest batch that runs; CPU: fits the same budget.
-        truth = find_max_batch_by_trial(
-            lambda b: fits_in_child(config, b, budget_bytes=limit if cpu else None),
-            start=32, multiple=8, max_batch=args.max_batch, margin=0.0)
+        def trial(b: int) -> bool:
+            t = time.perf_counter()
+            ok = fits_in_child(config, b, budget_bytes=limit if cpu else None)
+            print(f"  trial: per-device batch {b}: {'fits' if ok else 'does not fit'} "
+                  f"({time.perf_counter() - t:.0f} s)", flush=True)
+            return ok
+
+        truth = find_max_batch_by_trial(trial, start=32, multiple=8, max_batch=args.max_batch,
+                                        margin=0.0)
         t_brute = time.perf_counter() - t0
         gap = 1 - found.per_device_batch / truth.per_device_batch
         print(f"brute force (doubling then bisection, real steps in child processes): "

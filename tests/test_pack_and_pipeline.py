@@ -212,3 +212,14 @@ def test_eval_batches_cover_each_record_once_across_hosts(packed):
         seen.extend(int(m) for b in bs for m in b["mask"])
     assert sum(seen) == 40
     assert len(set(steps)) == 1  # every host runs the same number of eval steps
+
+
+def test_worker_processes_give_the_same_batches_and_resume(packed):
+    a = _batches(packed, _cfg(threads=1))
+    b = _batches(packed, _cfg(threads=1, workers=2))
+    c = _batches(packed, _cfg(threads=1, workers=2), start=3)
+    assert len(b) == len(a) and len(c) == len(a) - 3
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x["image"], y["image"])
+    for x, y in zip(a[3:], c):
+        np.testing.assert_array_equal(x["image"], y["image"])

@@ -71,6 +71,8 @@ class PipelineConfig:
       process_index: this host's index; ``process_count`` hosts in all.
       on_bad_record: ``skip`` (count and replace) or ``fail`` (raise).
       partitions: shard groups (default: one per host); a multiple of the host count.
+      workers: worker processes (Grain's ``mp_prefetch``) for when the GIL limits
+        threads; each runs ``threads`` threads. 0: threads in this process only.
     """
 
     host_batch: int
@@ -85,6 +87,7 @@ class PipelineConfig:
     process_count: int = 1
     on_bad_record: str = "skip"
     partitions: int | None = None
+    workers: int = 0
 
     @property
     def num_partitions(self) -> int:
@@ -269,6 +272,16 @@ class _Order:
         self._lock = threading.Lock()
         self._cache: dict[int, np.ndarray] = {}
 
+    def __getstate__(self):  # worker processes get a copy without the lock and cache
+        d = dict(self.__dict__)
+        d.pop("_lock", None)
+        d["_cache"] = {}
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
     def __call__(self, epoch: int) -> np.ndarray:
         with self._lock:
             got = self._cache.get(epoch)
@@ -399,6 +412,17 @@ def make_train_iterator(paths: Sequence[str], lengths: Sequence[int], cfg: Pipel
       ``set_state()`` (Grain's; the state records the next batch index).
     """
     ds = TrainBatches(paths, lengths, cfg, steps_per_epoch, epochs)
+    if cfg.workers > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
+            flags.FLAGS.mark_as_parsed()
+        # Batches are a pure function of their index: resuming is slicing.
+        ids = ds.slice(slice(int(start_step), None)) if start_step else ds
+        ids = ids.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads,
+                                                    prefetch_buffer_size=cfg.prefetch))
+        return iter(ids.mp_prefetch(grain.MultiprocessingOptions(
+            num_workers=cfg.workers, per_worker_buffer_size=max(1, cfg.prefetch // cfg.workers))))
     it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads,
                                                    prefetch_buffer_size=cfg.prefetch)))
     if start_step:

@@ -53,6 +53,7 @@ class LoopOptions(Record):
         and tests.
       partitions: shard groups with their own order (default: one per host); the
         same value gives the same batches on any number of hosts that divides it.
+      workers: decode worker processes (0: threads only), see the input pipeline.
     """
 
     threads: int = 2
@@ -66,6 +67,7 @@ class LoopOptions(Record):
     checkpoint_every_secs: float = 600.0
     max_steps: int | None = None
     partitions: int | None = None
+    workers: int = 0
 
 
 @dataclass(frozen=True)
@@ -378,7 +380,8 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         threads=options.threads, prefetch=options.prefetch,
         cache_decoded=options.cache_decoded, seed=config.seed,
         process_index=jax.process_index(), process_count=n_hosts,
-        on_bad_record=options.on_bad_record, partitions=options.partitions)
+        on_bad_record=options.on_bad_record, partitions=options.partitions,
+        workers=options.workers)
     batches = ip.make_train_iterator(all_paths, train_split.shard_lengths, cfg, epochs_int,
                                      spe, start_step=start_step)
     p_train = tr.make_p_train_step(config, lr_fn)
