@@ -359,7 +359,11 @@ def render_pack(result) -> Table:
             ("splits", ", ".join(f"{s.name} {s.num_examples:,} in {len(s.shard_lengths)} shards"
                                  for s in result.splits)),
             ("bytes", f"{fmt_bytes(result.bytes_in)} in -> {fmt_bytes(result.bytes_out)} stored"
-                      + (f" (shorter side {result.resize_shorter} px)" if result.resize_shorter else "")),
+                      + (f" (shorter side {result.resize_shorter} px, "
+                         f"{1 - result.bytes_out / max(1, result.bytes_in):.0%} saved"
+                         + (f", full decode {result.decode_speedup:.1f}x faster measured"
+                            if getattr(result, "decode_speedup", None) else "") + ")"
+                         if result.resize_shorter else "")),
             ("time", fmt_secs(result.seconds) + (f", {result.resumed_shards} shards kept from an "
                                                  f"interrupted run" if result.resumed_shards else ""))]
     for b in result.bad_images[:10]:
