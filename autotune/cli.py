@@ -80,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="stop after this many steps")
     p.add_argument("--resume", help="a results/<run> folder to continue")
     p.add_argument("--reprobe", action="store_true", help="probe even if a fresh probe exists")
+    p.add_argument("--new-run", action="store_true",
+                   help="start a new run even if the same command left an unfinished one")
     p.add_argument("--on-bad-record", choices=("skip", "fail"), default="skip")
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
@@ -368,7 +370,7 @@ def _shared_run_dir(root: Path, primary: bool) -> Path:
     return Path(root) / broadcast_text(name, 512)
 
 
-def cmd_train(args, console) -> int:
+def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
     _init_distributed(args)
     import jax
 
@@ -380,6 +382,15 @@ def cmd_train(args, console) -> int:
 
     primary = jax.process_index() == 0
     quiet = args.quiet or not primary
+    argv = list(sys.argv[1:]) if argv_override is None else list(argv_override)
+    if not args.resume and args.auto and not args.new_run:
+        unfinished = results.find_unfinished_run(
+            Path(args.results) if args.results else results.default_results_root(), argv)
+        if unfinished is not None and jax.process_count() == 1:
+            if not quiet:
+                console.print(f"continuing the unfinished run {unfinished} (same command; "
+                              f"--new-run to start afresh)")
+            args.resume = str(unfinished)
     if args.resume:
         run = Path(args.resume)
         if not (run / results.PLAN).is_file():
@@ -459,7 +470,7 @@ def cmd_train(args, console) -> int:
             results.save_json(run / results.RUN, {"data": data, "packed": packed,
                                                   "config": config.to_dict(),
                                                   "options": options.to_dict(),
-                                                  "argv": sys.argv[1:]})
+                                                  "argv": argv})
     writer = results.MetricsWriter(run / results.METRICS) if primary else None
     probe = ProbeReport.load(run / results.PROBE) if (run / results.PROBE).is_file() else None
     view = render.TrainView(console, quiet=quiet, plan=plan, probe=probe,
@@ -519,6 +530,8 @@ def main(argv: list[str] | None = None) -> int:
 
     console = make_console(quiet=False)
     try:
+        if args.command == "train":
+            return cmd_train(args, console, argv_override=argv)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
         print(f"autotune {args.command}: error: {exc}", file=sys.stderr)

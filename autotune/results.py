@@ -113,3 +113,27 @@ def find_fresh_probe(root: str | os.PathLike, data_path: str, preset: str, *,
 def save_json(path: str | os.PathLike, obj) -> Path:
     """Write a JSON-compatible object atomically."""
     return write_text_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def find_unfinished_run(root: str | os.PathLike, argv: list[str]) -> Path | None:
+    """The newest run folder under ``root`` started by the same ``autotune train``
+    arguments (``run.json``'s ``argv``) that has checkpoints but did not complete (no
+    ``summary.json``, or its status is ``stopped``); None when there is none."""
+    root = Path(root)
+    if not root.is_dir():
+        return None
+    for run in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
+        try:
+            meta = json.loads((run / RUN).read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("argv") != list(argv) or not (run / "checkpoints").is_dir():
+            continue
+        try:
+            status = json.loads((run / SUMMARY).read_text()).get("status")
+        except (OSError, ValueError):
+            status = None
+        if status in (None, "stopped"):
+            return run
+        return None  # the newest such run completed: start afresh
+    return None

@@ -73,3 +73,18 @@ def test_bad_arguments_are_one_line_errors(argv, needle, capsys, images, tmp_pat
     assert rc == 2
     assert needle in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_rerunning_the_same_command_continues_an_unfinished_run(images, tmp_path):
+    argv = ["train", "--auto", "--data", str(images), "--preset", "cpu-tiny",
+            "--results", str(tmp_path), "--epochs", "4", "--max-steps", "3", "--quiet"]
+    assert cli.main(argv) == 0
+    (run,) = [p for p in tmp_path.iterdir() if (p / "summary.json").exists()]
+    (run / "summary.json").unlink()  # as if the process had been killed
+    assert cli.main(argv) == 0
+    assert [p for p in tmp_path.iterdir() if (p / "run.json").exists()] == [run]
+    summary = TrainSummary.load(run / "summary.json")
+    assert summary.resumed_from_step == 3 and summary.steps == 6
+    # A completed run is not continued: the same command starts a new one.
+    assert cli.main(argv) == 0
+    assert len([p for p in tmp_path.iterdir() if (p / "run.json").exists()]) == 2
