@@ -45,6 +45,9 @@ from typing import Iterator, Sequence
 
 import grain
 import numpy as np
+# Imported here, not lazily in the reader threads: two Grain threads importing it at
+# once can deadlock inside tensorflow_datasets' lazy imports (seen on Python 3.11).
+from tensorflow_datasets.proto import tf_example_pb2
 
 from trainers import preprocess
 from trainers.preprocess import AugmentConfig, BadImageError
@@ -252,8 +255,6 @@ def parse_example(record: bytes) -> tuple[bytes, int]:
     Raises:
       ValueError: the record is not such an example.
     """
-    from tensorflow_datasets.proto import tf_example_pb2
-
     ex = tf_example_pb2.Example.FromString(record)
     feats = ex.features.feature
     if "image" not in feats or "label" not in feats:

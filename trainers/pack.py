@@ -498,7 +498,7 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
             bad: list[BadImage] = []
             writer = None
             try:
-                writer = ArrayRecordWriter(str(tmp), "group_size:1")
+                writer = ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
                 results = pool.map(lambda it: _prepare(it[0], options.resize_shorter,
                                                        options.quality), chunk)
                 for (path, label), (data, reason, nbytes) in zip(chunk, results):

@@ -3,12 +3,15 @@
 * Class folders: ``<val>/<wnid>/*.JPEG`` (the layout of the train folder).
 * One flat folder of ``ILSVRC2012_val_XXXXXXXX.JPEG`` files plus a label file:
   - Kaggle's ``LOC_val_solution.csv`` (``ImageId,PredictionString`` where the
-    prediction string starts with the wnid), found in the folder or its parent;
+    prediction string starts with the wnid);
   - the ILSVRC-2012 devkit ground truth ``ILSVRC2012_validation_ground_truth.txt``
     (one ILSVRC2012_ID per line, in file-name order) together with the devkit's
     ``meta.mat`` that maps ILSVRC2012_ID to wnid;
   - a text file with one wnid per line in sorted file-name order (the
     tensorflow-datasets ``imagenet2012_validation_labels.txt`` format).
+
+  The label file is looked for in the folder and up to ``LABEL_SEARCH_DEPTH`` folders
+  above it (see :func:`find_label_file`), or given explicitly.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import csv
 import os
 from pathlib import Path
 from typing import Sequence
+
+import numpy as np
 
 
 class ValidationLayoutError(ValueError):
@@ -57,7 +62,9 @@ def read_devkit_ground_truth(gt_path: str | os.PathLike, meta_mat: str | os.Path
     """Devkit ground truth (ILSVRC2012_IDs, 1-based, in file order) -> wnids in file order.
 
     Raises:
-      ValidationLayoutError: ``meta.mat`` missing or an ID outside it (names the file).
+      ValidationLayoutError: ``meta.mat`` missing, unreadable or without a ``synsets``
+        struct array with ``ILSVRC2012_ID`` and ``WNID`` fields, or a ground-truth ID
+        not in it (names the file and line).
     """
     try:
         from scipy.io import loadmat
@@ -66,7 +73,20 @@ def read_devkit_ground_truth(gt_path: str | os.PathLike, meta_mat: str | os.Path
     if not Path(meta_mat).is_file():
         raise ValidationLayoutError(f"{gt_path}: the devkit ground truth needs meta.mat "
                                     f"(looked at {meta_mat})")
-    synsets = loadmat(str(meta_mat), squeeze_me=True)["synsets"]
+    try:
+        mat = loadmat(str(meta_mat), squeeze_me=True)
+    except Exception as exc:  # noqa: BLE001 - scipy raises several types for bad files
+        raise ValidationLayoutError(f"{meta_mat}: not a readable MATLAB file: "
+                                    f"{type(exc).__name__}: {exc}") from None
+    if "synsets" not in mat:
+        raise ValidationLayoutError(f"{meta_mat}: no 'synsets' variable (has "
+                                    f"{sorted(k for k in mat if not k.startswith('__'))})")
+    # squeeze_me turns a one-synset struct array into a 0-d array: make it iterable.
+    synsets = np.atleast_1d(mat["synsets"])
+    fields = set(synsets.dtype.names or ())
+    if not {"ILSVRC2012_ID", "WNID"} <= fields:
+        raise ValidationLayoutError(f"{meta_mat}: 'synsets' needs fields ILSVRC2012_ID and WNID, "
+                                    f"has {sorted(fields)}")
     id_to_wnid = {int(s["ILSVRC2012_ID"]): str(s["WNID"]) for s in synsets}
     out = []
     for i, line in enumerate(Path(gt_path).read_text().split(), start=1):
@@ -78,14 +98,46 @@ def read_devkit_ground_truth(gt_path: str | os.PathLike, meta_mat: str | os.Path
     return out
 
 
+#: How many folders above a flat validation folder are searched for its label file:
+#: Kaggle's download keeps ``LOC_val_solution.csv`` in ``<root>`` and the images in
+#: ``<root>/ILSVRC/Data/CLS-LOC/val/``, four levels below.
+LABEL_SEARCH_DEPTH = 4
+
+
+def find_label_file(folder: str | os.PathLike) -> Path:
+    """The label file of a flat validation folder: the first of ``LABEL_FILE_NAMES``
+    found in ``folder``, then in each of its ``LABEL_SEARCH_DEPTH`` parent folders.
+
+    Raises:
+      ValidationLayoutError: none found (lists the names and the folders searched).
+    """
+    folder = Path(folder)
+    dirs = [folder, *list(folder.resolve().parents)[:LABEL_SEARCH_DEPTH]]
+    for d in dirs:
+        for name in LABEL_FILE_NAMES:
+            if (d / name).is_file():
+                return d / name
+    raise ValidationLayoutError(
+        f"validation folder {folder} is flat but has no label file; expected one of "
+        f"{', '.join(LABEL_FILE_NAMES)} in it or in {', '.join(str(d) for d in dirs[1:])} "
+        f"(or pass the label file explicitly)")
+
+
 def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
                     label_file: str | os.PathLike | None = None) -> list[tuple[str, int]]:
     """List a validation folder as ``[(path, label), ...]`` with labels indexing
     ``class_names`` (the train classes).
 
+    Class-folder layout when ``folder`` has subfolders (each must be a train class),
+    else a flat folder of images labelled by ``label_file`` (default:
+    :func:`find_label_file`), whose format follows its name: ``*.csv`` Kaggle,
+    ``ILSVRC2012_validation_ground_truth.txt`` devkit (with ``meta.mat`` beside it),
+    anything else one wnid per line in sorted file-name order.
+
     Raises:
       ValidationLayoutError: no images, no label file for a flat folder, a label file
-        that does not cover every image, or a wnid not among the train classes.
+        that does not cover every image (or has more or fewer lines than images), or a
+        wnid not among the train classes; the message names the file.
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -103,15 +155,10 @@ def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
     if not images:
         raise ValidationLayoutError(f"validation folder {folder} has no class folders and no images")
     if label_file is None:
-        for cand in [folder / n for n in LABEL_FILE_NAMES] + [folder.parent / n for n in LABEL_FILE_NAMES]:
-            if cand.is_file():
-                label_file = cand
-                break
-        else:
-            raise ValidationLayoutError(
-                f"validation folder {folder} is flat but has no label file; expected one of "
-                f"{', '.join(LABEL_FILE_NAMES)} in it or beside it")
+        label_file = find_label_file(folder)
     label_file = Path(label_file)
+    if not label_file.is_file():
+        raise ValidationLayoutError(f"label file {label_file} for {folder} does not exist")
     if label_file.suffix == ".csv":
         sol = read_kaggle_solution(label_file)
         wnids = []
