@@ -15,7 +15,6 @@ the images/s the train step consumes on synthetic input.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass
 
@@ -164,7 +163,3 @@ def probe_accelerator(config: tr.TrainConfig, *, budget_bytes: int | None = None
         model=f"{config.arch}/w{config.width}/{config.image_size}px/{config.dtype}",
         step_memory=mems, step_rate=rate)
 
-
-def with_batch(config: tr.TrainConfig, per_device_batch: int) -> tr.TrainConfig:
-    """``config`` with another per-device batch."""
-    return dataclasses.replace(config, per_device_batch=per_device_batch)

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
-import dataclasses
 import errno
 import hashlib
 import io
@@ -650,12 +649,3 @@ def shard_paths(out_dir: str | os.PathLike, split: str) -> list[str]:
     return [str(Path(out_dir) / f"{DATASET_NAME}-{split}.array_record-{i:05d}-of-{n:05d}")
             for i in range(n)]
 
-
-def remove_packed(out_dir: str | os.PathLike) -> None:
-    """Delete a packed data set folder (used by tests and ``--repack``)."""
-    shutil.rmtree(out_dir, ignore_errors=True)
-
-
-__all__ = [n for n in dir() if not n.startswith("_") and n not in
-           ("annotations", "cf", "contextlib", "dataclasses", "errno", "hashlib", "io",
-            "json", "os", "random", "re", "shutil", "stat", "time")]
