@@ -282,9 +282,7 @@ def compiled_step_memory(config: TrainConfig, per_device_batch: int, *,
                                       jnp.uint8),
         "label": jax.ShapeDtypeStruct((1, per_device_batch), jnp.int32),
     }
-    step = jax.pmap(functools.partial(train_step, learning_rate_fn=lr_fn, config=cfg),
-                    axis_name="batch", donate_argnums=(0,), devices=devices)
-    compiled = step.lower(state_abs, batch_abs).compile()
+    compiled = _one_device_step(cfg, lr_fn, devices).lower(state_abs, batch_abs).compile()
     try:
         ma = compiled.memory_analysis()
     except Exception:  # noqa: BLE001 - backends without the analysis
@@ -302,6 +300,17 @@ def compiled_step_memory(config: TrainConfig, per_device_batch: int, *,
     if out["total"] <= 0:
         return None
     return out
+
+
+def _one_device_step(config: TrainConfig, lr_fn, devices):
+    """The train step over ``devices`` with a leading device axis. ``jax.pmap`` on a
+    single process; on a multi-host run (where pmap must span every process) the same
+    per-device computation as ``jax.jit(jax.vmap(..., axis_name='batch'))`` on one local
+    device, so measuring never needs the other hosts."""
+    fn = functools.partial(train_step, learning_rate_fn=lr_fn, config=config)
+    if jax.process_count() == 1:
+        return jax.pmap(fn, axis_name="batch", donate_argnums=(0,), devices=devices)
+    return jax.jit(jax.vmap(fn, axis_name="batch"), donate_argnums=(0,))
 
 
 def synthetic_batches(config: TrainConfig, num_devices: int, seed: int = 0) -> Iterator[dict]:
@@ -323,18 +332,26 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
 
     The compile step and ``warmup`` steps are excluded; the clock is read after
     ``block_until_ready``. Returns ``{'images_per_s', 'step_seconds',
-    'compile_seconds', 'global_batch'}``.
+    'compile_seconds', 'global_batch'}``. On a multi-host run one local device is
+    timed and the rate multiplied by the local device count.
     """
     devices = devices or jax.local_devices()
+    scale = 1
+    if jax.process_count() > 1:
+        scale, devices = len(devices), devices[:1]
     n = len(devices)
     model = create_model(config)
     lr_fn = create_learning_rate_fn(config, 1000)
     state = create_train_state(jax.random.PRNGKey(config.seed), config, model, lr_fn)
-    state = jax_utils.replicate(state, devices)
-    step = jax.pmap(functools.partial(train_step, learning_rate_fn=lr_fn, config=config),
-                    axis_name="batch", donate_argnums=(0,), devices=devices)
+    step = _one_device_step(config, lr_fn, devices)
     host = shard_batch(next(synthetic_batches(config, n)), n)
-    batch = next(jax_utils.prefetch_to_device(iter([host]), 1, devices))
+    if jax.process_count() == 1:
+        state = jax_utils.replicate(state, devices)
+        batch = next(jax_utils.prefetch_to_device(iter([host]), 1, devices))
+    else:
+        state = jax.device_put(jax.tree_util.tree_map(lambda x: jnp.asarray(x)[None], state),
+                               devices[0])
+        batch = jax.device_put(host, devices[0])
     t0 = time.perf_counter()
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
@@ -347,6 +364,6 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
-    gb = n * config.per_device_batch
+    gb = n * scale * config.per_device_batch
     return {"images_per_s": gb / dt, "step_seconds": dt, "compile_seconds": compile_s,
             "global_batch": float(gb)}
