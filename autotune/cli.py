@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start a new run even if the same command left an unfinished one")
     p.add_argument("--on-bad-record", choices=("skip", "fail"), default="skip")
     p.add_argument("--checkpoint-every", type=float, default=600.0, help="seconds between checkpoints")
+    p.add_argument("--partitions", type=int,
+                   help="data partitions with their own order (default: one per host); the "
+                        "same value gives the same batches on any host count that divides it")
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
@@ -403,7 +406,7 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
     else:
         if not args.auto:
             raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
-        for name in ("epochs", "batch", "threads", "shards", "max_steps"):
+        for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
             v = getattr(args, name)
             if v is not None and v <= 0:
                 raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
@@ -434,6 +437,11 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
         if plan.local_devices != n_local:
             plan = dataclasses.replace(plan, local_devices=n_local,
                                        global_batch=plan.per_device_batch * jax.device_count())
+        if args.partitions and (args.partitions % jax.process_count()
+                                or args.partitions > plan.num_shards):
+            raise UsageError(f"--partitions {args.partitions}: must be a multiple of the "
+                             f"{jax.process_count()} processes and at most the "
+                             f"{plan.num_shards} shards")
         # Every host runs process 0's plan (hosts may measure slightly differently, and
         # the batch and shards must agree).
         plan = Plan.from_json(broadcast_text(plan.to_json(None)))
@@ -465,7 +473,7 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
         config = train_config(preset, plan, pack_result.num_classes)
         options = loop_options(plan, on_bad_record=args.on_bad_record,
                                checkpoint_every_secs=args.checkpoint_every,
-                               max_steps=args.max_steps)
+                               max_steps=args.max_steps, partitions=args.partitions)
         if primary:
             results.save_json(run / results.RUN, {"data": data, "packed": packed,
                                                   "config": config.to_dict(),
