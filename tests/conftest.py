@@ -35,6 +35,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AUTOTUNE_CACHE", str(cache))
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now (for a local jax.distributed coordinator)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def write_jpeg_folder(root: Path, classes: int = 3, per_class: int = 8, size=(64, 48),
                       seed: int = 0) -> Path:
     """A small ImageNet-layout folder of class-coloured JPEGs ``root/<wnid>/<i>.JPEG``."""

@@ -28,7 +28,6 @@ import io
 import json
 import os
 import signal
-import socket
 import re
 import struct
 import subprocess
@@ -43,7 +42,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from conftest import write_jpeg_folder
+from conftest import free_port, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
 from trainers.pack import (PACK_SUMMARY, PackError, PackOptions, is_packed, load_pack_result,
@@ -663,11 +662,6 @@ _PEER_CHILD = textwrap.dedent("""
 """)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 #: (victim, child mode, what the survivor's output must contain). Killing process 1:
 #: the wrapper's barrier names it within 2 s, then JAX's coordination service ends
@@ -683,7 +677,7 @@ LOST_CASES = [
 @pytest.mark.parametrize("victim,mode,needles", LOST_CASES, ids=["kill-1", "kill-coordinator"])
 def test_a_killed_process_ends_the_other_within_a_bound_naming_it(tmp_path, victim, mode,
                                                                    needles):
-    port = _free_port()
+    port = free_port()
     logs = [tmp_path / f"p{i}.log" for i in range(2)]
     procs = []
     for i in range(2):

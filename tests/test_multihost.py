@@ -4,7 +4,6 @@ partitioning gives the same loss curve."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,16 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_jpeg_folder
+from conftest import free_port, write_jpeg_folder
 from trainers.pack import PackOptions, pack_folder
 
 HERE = Path(__file__).parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(devices: int, **extra) -> dict:
@@ -46,7 +40,7 @@ def packed(tmp_path_factory):
 
 
 def test_two_processes_match_each_other_and_one_process(packed, tmp_path):
-    port = _free_port()
+    port = free_port()
     args = [sys.executable, str(HERE / "tiny_run.py"), str(packed), str(tmp_path / "two"),
             "--epochs", "2"]
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
