@@ -297,11 +297,18 @@ def test_pack_killed_with_sigkill_resumes_to_an_identical_result(kill_folder, tm
             third = out / "autotune_images-train.array_record-00002-of-00006"
             _wait_for(lambda: third.exists() or child.poll() is not None, 120, "shard 3")
         else:
-            _wait_for(lambda: marker.exists() or child.poll() is not None, 120, point)
+            try:
+                _wait_for(lambda: marker.exists() or child.poll() is not None, 120, point)
+            except AssertionError:
+                child.kill()
+                raise AssertionError(f"the packing child never reached {point!r}; its "
+                                     f"stderr: {child.stderr.read().decode()[-2000:]}") from None
             assert child.poll() is None, child.stderr.read().decode()[-2000:]
             assert marker.read_text() == point
         child.send_signal(signal.SIGKILL)
     finally:
+        if child.poll() is None:
+            child.kill()  # also when a wait above failed: never leave it running
         child.wait(timeout=60)
         child.stderr.close()
     if point != "free" or not is_packed(out):  # "free" may have finished before the kill

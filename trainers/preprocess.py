@@ -40,6 +40,10 @@ cv2.setNumThreads(1)
 MAX_PIXELS = 100_000_000
 
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+# Register every Pillow plugin now, in the importing thread: Pillow otherwise imports
+# them lazily on the first Image.open, and two decode threads doing that first import
+# at once can hang on the import locks.
+Image.init()
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 #: ImageNet channel mean / std in [0, 255] units (the values flax and torchvision use).
