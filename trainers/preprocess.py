@@ -3,6 +3,14 @@
 This is the one preprocessing the trainer runs and the decode probe times, so what
 is measured is what is run.
 
+* Training decode: only the random crop's region, with libjpeg-turbo's partial
+  decompression (``jpeg_skip_scanlines`` + ``jpeg_crop_scanline``, the fused
+  decode-and-crop of ``tf.image.decode_and_crop_jpeg`` and DALI's ROI decoders) in
+  the small C extension ``trainers/_jpegcrop.c``, combined with DCT-domain
+  downscaling. Rows above the crop are entropy-decoded only, columns beside it are
+  not transformed, rows below it are not read. Without the extension (no libjpeg
+  headers at install time) the whole image is decoded instead; the pixels are the
+  same either way (tested).
 * Decode: libjpeg-turbo through ``simplejpeg`` (DCT-domain downscaling by 1/2, 1/4
   or 1/8 when the crop allows it, the trick DALI and FFCV use; CMYK/YCCK JPEGs are
   converted to RGB by simplejpeg, as Pillow does, Adobe-inverted), falling back to
@@ -31,6 +39,15 @@ import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
+
+try:  # Built from trainers/_jpegcrop.c when libjpeg(-turbo) headers are present.
+    from trainers import _jpegcrop
+except ImportError:  # pragma: no cover - depends on the build machine
+    _jpegcrop = None
+
+#: True when the region-of-interest decoder (``trainers/_jpegcrop.c``) is built:
+#: training crops are then decoded without the pixels outside the crop.
+ROI_DECODE = _jpegcrop is not None
 
 # Our own threads parallelise over images; OpenCV must not spawn more per call.
 cv2.setNumThreads(1)
@@ -118,6 +135,18 @@ def image_header(data: bytes) -> tuple[int, int]:
 DCT_DENOMINATORS = (8, 4, 2)
 
 
+def dct_denominator(height: int, width: int, min_height: int, min_width: int) -> int:
+    """The largest power-of-two DCT scale denominator ``d`` (8, 4, 2, else 1) whose
+    decode, ``ceil(height / d) x ceil(width / d)`` pixels, is still at least
+    ``min_height x min_width``. A minimum <= 0 means the full size on that side."""
+    min_height = height if min_height <= 0 else min_height
+    min_width = width if min_width <= 0 else min_width
+    for d in DCT_DENOMINATORS:
+        if -(-height // d) >= min_height and -(-width // d) >= min_width:
+            return d
+    return 1
+
+
 def dct_scaled_size(height: int, width: int, min_height: int, min_width: int) -> tuple[int, int]:
     """Output ``(height, width)`` of the cheapest power-of-two DCT-domain scale
     (1/8, 1/4, 1/2, else 1) that keeps the decoded image at least
@@ -126,13 +155,8 @@ def dct_scaled_size(height: int, width: int, min_height: int, min_width: int) ->
     libjpeg-turbo scales by ``1/d`` rounding up (``TJSCALED``: ``ceil(size / d)``).
     As in ``simplejpeg``, a minimum <= 0 means the full size on that side.
     """
-    min_height = height if min_height <= 0 else min_height
-    min_width = width if min_width <= 0 else min_width
-    for d in DCT_DENOMINATORS:
-        sh, sw = -(-height // d), -(-width // d)
-        if sh >= min_height and sw >= min_width:
-            return sh, sw
-    return height, width
+    d = dct_denominator(height, width, min_height, min_width)
+    return -(-height // d), -(-width // d)
 
 
 def _decode(data: bytes, height: int, width: int, min_height: int, min_width: int) -> np.ndarray:
@@ -254,18 +278,57 @@ def train_preprocess(data: bytes, rng: np.random.Generator, cfg: AugmentConfig) 
     h, w = image_header(data)
     top, left, ch, cw = random_resized_crop_box(h, w, rng, scale=(cfg.min_scale, cfg.max_scale))
     s = cfg.image_size
-    # Smallest decode keeping the crop >= s on both sides: crop side / d >= s.
-    need = max(s / ch, s / cw)
-    img = _decode(data, h, w, math.ceil(h * need), math.ceil(w * need)) if need < 1 \
-        else _decode(data, h, w, 0, 0)
-    if img.shape[0] == h and img.shape[1] == w:
-        crop = img[top:top + ch, left:left + cw]
-    else:
-        sy, sx = img.shape[0] / h, img.shape[1] / w
-        t, l = int(top * sy), int(left * sx)
-        b, r = max(t + 1, int(round((top + ch) * sy))), max(l + 1, int(round((left + cw) * sx)))
-        crop = img[t:b, l:r]
+    crop = decode_crop(data, h, w, top, left, ch, cw, min_side=s)
     return _maybe_flip(_resize(crop, s, s), rng, cfg)
+
+
+def _scaled_box(h: int, w: int, sh: int, sw: int, top: int, left: int, ch: int, cw: int
+                ) -> tuple[int, int, int, int]:
+    """The crop box ``(top, left, height, width)`` of an ``h x w`` image mapped onto
+    its ``sh x sw`` DCT-scaled decode (at least 1 pixel on each side)."""
+    if sh == h and sw == w:
+        return top, left, ch, cw
+    sy, sx = sh / h, sw / w
+    t, l = int(top * sy), int(left * sx)
+    b, r = max(t + 1, int(round((top + ch) * sy))), max(l + 1, int(round((left + cw) * sx)))
+    return t, l, b - t, r - l
+
+
+def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
+                crop_height: int, crop_width: int, *, min_side: int = 0) -> np.ndarray:
+    """Decode the box ``(top, left, crop_height, crop_width)`` (pixels of the
+    ``height x width`` image, from :func:`image_header`) of an encoded image.
+
+    With ``min_side`` > 0 the JPEG is decoded at the smallest power-of-two DCT scale
+    that keeps the box at least ``min_side`` pixels on each side, and the returned
+    box is at that scale (the caller resizes it anyway).
+
+    Returns ``uint8 [h', w', 3]`` RGB, possibly a strided view (rows padded to
+    libjpeg's iMCU boundary); exactly the box cut from :func:`decode_image` at the
+    same scale. Uses the region decoder when it is built and the data is a
+    complete JPEG (ends with the EOI marker, so truncated files still go through the
+    whole-image decode and are reported); otherwise decodes the whole image.
+
+    Raises:
+      BadImageError: the image cannot be decoded.
+    """
+    need = max(min_side / crop_height, min_side / crop_width) if min_side > 0 else 1.0
+    denom = (dct_denominator(height, width, math.ceil(height * need), math.ceil(width * need))
+             if need < 1 else 1)
+    sh, sw = -(-height // denom), -(-width // denom)
+    t, l, bh, bw = _scaled_box(height, width, sh, sw, top, left, crop_height, crop_width)
+    if _jpegcrop is not None and data[-2:] == b"\xff\xd9":
+        try:
+            pix, oh, ow, dx = _jpegcrop.decode_crop(data, t, l, bh, bw, denom)
+        except ValueError:
+            pass  # CMYK, arithmetic coding, corrupt data...: the whole-image path below.
+        else:
+            return np.frombuffer(pix, np.uint8).reshape(oh, ow, 3)[:, dx:dx + bw]
+    img = _decode(data, height, width, sh if sh != height else 0, sw if sw != width else 0)
+    if img.shape[0] != sh or img.shape[1] != sw:  # Pillow fallback decodes full size
+        t, l, bh, bw = _scaled_box(height, width, img.shape[0], img.shape[1],
+                                   top, left, crop_height, crop_width)
+    return img[t:t + bh, l:l + bw]
 
 
 def center_crop_decoded(img: np.ndarray, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:

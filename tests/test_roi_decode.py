@@ -1,0 +1,177 @@
+"""The region-of-interest JPEG decoder (trainers/_jpegcrop.c) and its use by
+``preprocess.decode_crop`` / ``train_preprocess``: the crop it returns must be exactly
+the crop of the whole-image decode, whatever the subsampling, scale or box, and what it
+cannot decode must go through the whole-image path."""
+
+import io
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import simplejpeg
+from PIL import Image
+
+from trainers import preprocess as P
+from trainers.preprocess import AugmentConfig, BadImageError
+
+HEADERS = any(Path(d, "jpeglib.h").exists() for d in ("/usr/include", "/usr/local/include"))
+needs_roi = pytest.mark.skipif(not P.ROI_DECODE, reason="trainers._jpegcrop not built")
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
+
+
+def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A ``uint8 [h, w, 3]`` image with edges and noise (so every DCT block differs)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255) // max(1, w - 1), (y * 255) // max(1, h - 1),
+                     ((x // 7 + y // 5) % 2) * 200], -1)
+    return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+def encode(img: np.ndarray, subsampling: str = "420", quality: int = 90) -> bytes:
+    if subsampling == "Gray":
+        return simplejpeg.encode_jpeg(np.ascontiguousarray(img[..., :1]), quality=quality,
+                                      colorspace="GRAY", colorsubsampling="Gray")
+    return simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=quality, colorspace="RGB",
+                                  colorsubsampling=subsampling)
+
+
+def whole_decode_crop(data, h, w, box, min_side, monkeypatch):
+    """The same call with the region decoder switched off (the whole-image path)."""
+    with monkeypatch.context() as m:
+        m.setattr(P, "_jpegcrop", None)
+        return P.decode_crop(data, h, w, *box, min_side=min_side)
+
+
+def test_roi_decoder_is_built_where_libjpeg_headers_exist():
+    """A silently failed build would quietly cost ~20% of the pipeline's speed."""
+    if not HEADERS:
+        pytest.skip("no jpeglib.h on this machine: the extension is optional")
+    assert P.ROI_DECODE, "libjpeg headers exist but trainers._jpegcrop was not built"
+
+
+@needs_roi
+@pytest.mark.parametrize("subsampling", ["444", "422", "420", "440", "411", "Gray"])
+def test_roi_equals_whole_image_crop(subsampling, monkeypatch):
+    h, w = 203, 317  # not multiples of the 8/16-pixel iMCU
+    data = encode(textured(h, w), subsampling)
+    rng = np.random.default_rng(1)
+    boxes = [(0, 0, h, w), (0, 0, 1, 1), (h - 1, w - 1, 1, 1), (5, 9, 50, 60),
+             (h - 40, 0, 40, w), (0, w - 17, h, 17)]
+    boxes += [P.random_resized_crop_box(h, w, rng) for _ in range(30)]
+    for box in boxes:
+        for min_side in (0, 16, 40, 100):
+            got = P.decode_crop(data, h, w, *box, min_side=min_side)
+            ref = whole_decode_crop(data, h, w, box, min_side, monkeypatch)
+            assert got.shape == ref.shape and got.dtype == np.uint8, (box, min_side)
+            assert np.array_equal(got, ref), (subsampling, box, min_side)
+
+
+@needs_roi
+def test_roi_dct_scale_is_used_and_keeps_min_side(monkeypatch):
+    h, w = 1200, 1600
+    data = encode(textured(h, w, seed=3))
+    box = (100, 200, 1000, 1200)
+    got = P.decode_crop(data, h, w, *box, min_side=224)
+    # 1000 / 4 = 250 >= 224 but 1000 / 8 = 125 < 224: a quarter-scale decode.
+    assert got.shape == (250, 300, 3)
+    assert np.array_equal(got, whole_decode_crop(data, h, w, box, 224, monkeypatch))
+
+
+@needs_roi
+def test_roi_progressive_jpeg(monkeypatch):
+    img = textured(120, 150, seed=5)
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, "JPEG", quality=90, progressive=True)
+    data = buf.getvalue()
+    box = (30, 40, 60, 70)
+    got = P.decode_crop(data, 120, 150, *box)
+    assert np.array_equal(got, whole_decode_crop(data, 120, 150, box, 0, monkeypatch))
+
+
+@needs_roi
+def test_cmyk_falls_back_to_the_whole_image_path():
+    rng = np.random.default_rng(0)
+    cmyk = Image.fromarray(rng.integers(0, 256, (30, 40, 4), dtype=np.uint8), "CMYK")
+    buf = io.BytesIO()
+    cmyk.save(buf, "JPEG", quality=95)
+    data = buf.getvalue()
+    with pytest.raises(ValueError, match="CMYK"):
+        P._jpegcrop.decode_crop(data, 0, 0, 10, 10, 1)
+    got = P.decode_crop(data, 30, 40, 5, 6, 10, 12)
+    assert np.array_equal(got, P.decode_image(data)[5:15, 6:18])
+
+
+@needs_roi
+def test_extension_errors_name_the_reason():
+    data = encode(textured(64, 80))
+    with pytest.raises(ValueError, match="outside the scaled image.*80x64"):
+        P._jpegcrop.decode_crop(data, 60, 0, 10, 10, 1)
+    with pytest.raises(ValueError, match="outside the scaled image"):
+        P._jpegcrop.decode_crop(data, 0, 0, 10, 11, 8)  # 1/8 scale: 10x8 pixels
+    with pytest.raises(ValueError, match="scale_denom"):
+        P._jpegcrop.decode_crop(data, 0, 0, 1, 1, 3)
+    with pytest.raises(ValueError, match="bad crop box"):
+        P._jpegcrop.decode_crop(data, 0, 0, 0, 5, 1)
+    with pytest.raises(ValueError, match="libjpeg"):
+        P._jpegcrop.decode_crop(b"\x89PNG\r\n\x1a\n" + bytes(100), 0, 0, 1, 1, 1)
+    # Truncated inside the crop: an error, never grey rows.
+    with pytest.raises(ValueError, match="libjpeg"):
+        P._jpegcrop.decode_crop(data[: len(data) // 2], 0, 0, 64, 80, 1)
+
+
+def test_truncated_jpeg_is_reported_even_when_the_crop_is_above_the_cut():
+    """The region decoder would stop before the missing data; decode_crop sends files
+    without the EOI marker through the whole-image decode, which reports them."""
+    data = encode(textured(160, 160))
+    cut = data[: int(len(data) * 0.8)]
+    with pytest.raises(BadImageError, match="truncated"):
+        P.decode_crop(cut, 160, 160, 0, 0, 16, 16)
+
+
+@needs_roi
+def test_train_preprocess_identical_with_and_without_roi(monkeypatch):
+    datas = [encode(textured(h, w, seed=h), s) for h, w, s in
+             [(375, 500, "420"), (500, 333, "444"), (240, 320, "Gray"), (900, 1200, "422")]]
+    cfg = AugmentConfig(64, min_scale=0.08)
+    for seed in range(6):
+        with_roi = [P.train_preprocess(d, np.random.default_rng(seed), cfg) for d in datas]
+        with monkeypatch.context() as m:
+            m.setattr(P, "_jpegcrop", None)
+            without = [P.train_preprocess(d, np.random.default_rng(seed), cfg) for d in datas]
+        for a, b in zip(with_roi, without):
+            assert np.array_equal(a, b), seed
+
+
+@needs_roi
+def test_roi_decode_is_thread_safe():
+    datas = [encode(textured(200 + 8 * i, 300, seed=i)) for i in range(8)]
+    boxes = [(10 + i, 20 + i, 150, 200) for i in range(8)]
+    ref = [P._jpegcrop.decode_crop(d, *b, 1) for d, b in zip(datas, boxes)]
+    results: dict[int, list] = {}
+
+    def work(t):
+        results[t] = [P._jpegcrop.decode_crop(d, *b, 1) for _ in range(5)
+                      for d, b in zip(datas, boxes)]
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for t in range(4):
+        assert results[t] == ref * 5
+
+
+@needs_roi
+@pytest.mark.skipif(not SAMPLES.is_dir(), reason="../shared/data/imagenet-samples absent")
+def test_roi_on_real_imagenet_files(monkeypatch):
+    files = sorted(SAMPLES.rglob("*.JPEG"))[:40]
+    rng = np.random.default_rng(0)
+    for f in files:
+        data = f.read_bytes()
+        h, w = P.image_header(data)
+        box = P.random_resized_crop_box(h, w, rng)
+        got = P.decode_crop(data, h, w, *box, min_side=224)
+        assert np.array_equal(got, whole_decode_crop(data, h, w, box, 224, monkeypatch)), f.name
