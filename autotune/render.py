@@ -310,6 +310,8 @@ def render_probe(report) -> Group:
     parts.append(Text(f"  ceiling: raw libjpeg-turbo decode {fmt_num(dec.raw_decode_images_per_s)} "
                       f"img/s x {dec.usable_cores} cores = {fmt_num(dec.ceiling_images_per_s)} img/s"
                       + (f"; {len(dec.bad_images)} sampled files did not decode" if dec.bad_images else "")))
+    if dec.decoder:
+        parts.append(Text(f"  training decode: {dec.decoder}", style="dim"))
     parts.append(render_decode_chart(dec, acc.step_rate.images_per_s if acc.step_rate else None))
     rows = [("memory per device", f"{fmt_bytes(acc.memory_limit_bytes)} ({acc.memory_source})"),
             ("model", acc.model)]

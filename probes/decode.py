@@ -66,6 +66,8 @@ class DecodeReport(Record):
       ceiling_images_per_s: raw_decode_images_per_s x usable_cores.
       bad_images: ``"path: reason"`` for sampled files that did not decode.
       seconds_per_point: time budget of each measurement.
+      decoder: which JPEG decode the timed preprocessing used
+        (:func:`trainers.preprocess.decoder_description`); empty in older reports.
     """
 
     data_path: str
@@ -83,6 +85,7 @@ class DecodeReport(Record):
     ceiling_images_per_s: float
     bad_images: tuple[str, ...]
     seconds_per_point: float
+    decoder: str = ""
 
     def rate_at(self, threads: int) -> float:
         """Images/s at ``threads`` (the nearest measured count not above it)."""
@@ -240,4 +243,5 @@ def probe_decode(data_path: str | os.PathLike, *, image_size: int = 224,
         image_size=image_size, min_crop_scale=min_crop_scale, points=tuple(points),
         knee_threads=find_knee(points), raw_decode_images_per_s=raw, usable_cores=cores,
         ceiling_images_per_s=raw * cores, bad_images=tuple(bad),
+        decoder=preprocess.decoder_description(),
         seconds_per_point=seconds_per_point)

@@ -5,6 +5,7 @@ import math
 import struct
 import zlib
 
+import cv2
 import numpy as np
 import pytest
 import simplejpeg
@@ -307,3 +308,18 @@ def test_resize_shorter_side_and_encode_roundtrip():
     assert P.resize_shorter_side(img, 400) is img  # never upscales
     back = P.decode_image(P.encode_jpeg(small))
     assert back.shape == small.shape and math.isclose(back.mean(), small.mean(), abs_tol=3)
+
+
+def test_large_downscale_is_antialiased():
+    """Shrinking one axis by more than 2x box-filters it first: one-pixel stripes
+    average to grey instead of aliasing into bands (plain bilinear keeps them)."""
+    stripes = np.zeros((300, 470, 3), np.uint8)
+    stripes[:, ::2] = 255
+    out = P._resize(stripes, 224, 224).astype(float)
+    plain = cv2.resize(stripes, (224, 224), interpolation=cv2.INTER_LINEAR).astype(float)
+    assert abs(out.mean() - 127.5) < 2
+    assert out.std() < 30 < plain.std()
+    # At 2x or less the resize is plain bilinear.
+    small = stripes[:, :400]
+    assert np.array_equal(P._resize(small, 224, 224),
+                          cv2.resize(small, (224, 224), interpolation=cv2.INTER_LINEAR))

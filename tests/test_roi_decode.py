@@ -175,3 +175,10 @@ def test_roi_on_real_imagenet_files(monkeypatch):
         box = P.random_resized_crop_box(h, w, rng)
         got = P.decode_crop(data, h, w, *box, min_side=224)
         assert np.array_equal(got, whole_decode_crop(data, h, w, box, 224, monkeypatch)), f.name
+
+
+def test_decoder_description_names_the_path(monkeypatch):
+    if P.ROI_DECODE:
+        assert P.decoder_description().startswith("region decode (trainers._jpegcrop")
+    monkeypatch.setattr(P, "_jpegcrop", None)
+    assert P.decoder_description().startswith("whole-image decode")

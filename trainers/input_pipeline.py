@@ -232,18 +232,16 @@ class _Records:
             else:
                 good.append(i)
         good.sort(key=lambda i: int(indices[i]))
-        if not good:
-            return out
-        try:
-            got = self.source.__getitems__([int(indices[i]) for i in good])
-            for j, i in enumerate(good):
-                out[i] = got[j]
-        except Exception:  # a damaged chunk: read one by one to name the bad record
-            for i in good:
-                try:
-                    out[i] = self.source[int(indices[i])]
-                except Exception as exc:  # noqa: BLE001 - reported with its location
-                    out[i] = exc
+        # One read per record, in file order. ArrayRecordDataSource.__getitems__
+        # (a thread pool over the reader's batched read) cost about 4x as much CPU per
+        # record here: 175 against 44 us for a 110 KB record from the page cache, the
+        # largest cost in the pipeline after the decode. Parallel reads still happen:
+        # every pipeline thread reads its own batch.
+        for i in good:
+            try:
+                out[i] = self.source[int(indices[i])]
+            except Exception as exc:  # noqa: BLE001 - reported with its location
+                out[i] = exc
         return out
 
 

@@ -49,6 +49,17 @@ except ImportError:  # pragma: no cover - depends on the build machine
 #: training crops are then decoded without the pixels outside the crop.
 ROI_DECODE = _jpegcrop is not None
 
+
+def decoder_description() -> str:
+    """One line naming the training decode path, for probe reports and benchmarks,
+    e.g. ``"region decode (trainers._jpegcrop, libjpeg-turbo 2.1.5)"``."""
+    if _jpegcrop is None:
+        return ("whole-image decode (simplejpeg): trainers._jpegcrop is not built "
+                "(install libjpeg headers and reinstall for region decode)")
+    v = getattr(_jpegcrop, "LIBJPEG_TURBO_VERSION", 0)
+    lib = f"libjpeg-turbo {v // 1000000}.{v // 1000 % 1000}.{v % 1000}" if v else "libjpeg"
+    return f"region decode (trainers._jpegcrop, {lib})"
+
 # Our own threads parallelise over images; OpenCV must not spawn more per call.
 cv2.setNumThreads(1)
 
@@ -232,14 +243,24 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, *
 
 
 def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear resize (OpenCV ``INTER_LINEAR``, about 5x faster than Pillow's here).
-    Downscales of more than 2x use ``INTER_AREA`` so they do not alias; the DCT-scaled
-    decode keeps the usual factor below 2."""
+    """Bilinear resize ``uint8 [h, w, 3]`` -> ``uint8 [height, width, 3]`` (OpenCV
+    ``INTER_LINEAR``, about 5x faster than Pillow's here).
+
+    An axis shrunk by more than 2x is first box-filtered over ``ceil(factor)`` pixels
+    (``cv2.blur``), so it does not alias: the same anti-aliasing as ``INTER_AREA``
+    at a fraction of its cost (OpenCV's ``INTER_AREA`` takes about 1 ms for a
+    non-integer factor on a 300x470 crop, box filter + bilinear about 0.2 ms). With
+    the DCT-scaled decode this happens to about 3% of ImageNet training crops (a
+    side above 2x the output while the other side is too short to halve).
+    """
     h, w = img.shape[:2]
     if h == height and w == width:
         return img
-    interp = cv2.INTER_AREA if (h > 2 * height or w > 2 * width) else cv2.INTER_LINEAR
-    return cv2.resize(img, (width, height), interpolation=interp)
+    kx = math.ceil(w / width) if w > 2 * width else 1
+    ky = math.ceil(h / height) if h > 2 * height else 1
+    if kx > 1 or ky > 1:
+        img = cv2.blur(img, (kx, ky))
+    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
 
 
 def augment_decoded(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
