@@ -7,8 +7,10 @@ What is timed, in images/s delivered as ``uint8 [batch, 224, 224, 3]`` batches:
   ``trainers.input_pipeline.make_train_iterator`` with ``PipelineConfig(host_batch,
   augment=AugmentConfig(224), threads=T, cache_decoded=False)`` over the data folder
   packed once with ``trainers.pack.pack_folder(..., PackOptions(num_shards=8))`` (no
-  resize): ArrayRecord read, ``tf.train.Example`` parse, decode, random-resized crop
-  (area 0.08-1, aspect 3/4-4/3), bilinear resize to 224, flip, batch.
+  resize): ArrayRecord read, ``tf.train.Example`` parse, region decode of the crop
+  (``trainers/_jpegcrop.c``; the whole image when the extension is not built: the
+  table header says which), random-resized crop (area 0.08-1, aspect 3/4-4/3),
+  bilinear resize to 224, flip, batch.
 * ``tf.data``: the standard TensorFlow ImageNet training preprocessing (the fused
   ``tf.image.decode_and_crop_jpeg`` of the TF official ResNet input pipeline) with
   the same crop distribution: ``from_tensor_slices(paths).map(read_file +
@@ -25,9 +27,8 @@ What is timed, in images/s delivered as ``uint8 [batch, 224, 224, 3]`` batches:
   (same flags as the pipeline: ``fastdct``, ``fastupsample``; no crop, no resize,
   no batching) over the same JPEG bytes held in memory, measured on 1 thread and on
   T threads. The ceiling of a row with T threads is the 1-thread rate x T.
-  The pipeline decodes at a reduced DCT scale when the crop allows it, so it can in
-  principle pass 100%; with ImageNet-sized images and 224 crops it rarely can
-  (about 3% of crops).
+  The pipeline decodes only the crop's region (and at a reduced DCT scale when the
+  crop allows it), so it can pass 100%.
 
 Fairness and noise. Every point runs in its own fresh process pinned
 (``sched_setaffinity``) to T CPUs, so no method gets more cores than its thread
@@ -473,6 +474,8 @@ def main(argv=None) -> int:
     print(f"{cores} CPUs usable; load average {os.getloadavg()[0]:.2f} at start; "
           f"{args.repeats} rounds x ({args.warmup:g} s warm-up + {args.seconds:g} s) per point; "
           f"batch {args.batch}; each point pinned to T CPUs: {args.pin}")
+    from trainers.preprocess import decoder_description
+    print(f"autotune training decode: {decoder_description()}")
     points = [(m, t) for t in threads for m in methods if not (m == "naive" and t != 1)]
     for m in ("decode", "naive"):  # the ceiling and x naive need their 1-thread rates
         if m in methods and 1 not in threads:
