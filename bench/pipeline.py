@@ -349,6 +349,13 @@ def summarise(results: dict[tuple[str, int], list[dict]], threads: list[int]) ->
         pts = results.get(key) or []
         return statistics.median(fn(p) for p in pts) if pts else None
 
+    def paired(method, t, fn=rate):
+        """Median over rounds of method / tf.data within the same round: robust to
+        the machine getting faster or slower between rounds."""
+        a, b = results.get((method, t)) or [], results.get(("tf.data", t)) or []
+        ratios = [fn(x) / fn(y) for x, y in zip(a, b) if fn(y) > 0]
+        return statistics.median(ratios) if ratios else None
+
     rows = []
     naive, naive_eff = med(("naive", 1)), med(("naive", 1), per_cpu)
     dec1, dec1_eff = med(("decode", 1)), med(("decode", 1), per_cpu)
@@ -366,6 +373,7 @@ def summarise(results: dict[tuple[str, int], list[dict]], threads: list[int]) ->
                 "images_per_cpu_s": eff, "rounds": len(pts),
                 "cpu_share": statistics.median(p["cpu_seconds"] / (p["seconds"] * t) for p in pts),
                 "x_tfdata": r / tfr if tfr else None, "x_naive": r / naive if naive else None,
+                "paired_x_tfdata": paired(method, t), "paired_eff_x_tfdata": paired(method, t, per_cpu),
                 "pct_ceiling": 100 * r / ceiling if ceiling else None,
                 "ceiling_images_per_s": ceiling,
                 "eff_x_tfdata": eff / tf_eff if tf_eff else None,
@@ -409,6 +417,10 @@ def check_goals(rows: list[dict]) -> list[str]:
     for r in rows:
         if r["method"] != "autotune":
             continue
+        if r.get("paired_x_tfdata") is not None:
+            lines.append(f"threads={r['threads']}: x tf.data paired within rounds (median of "
+                         f"{r['rounds']} same-round ratios): wall {r['paired_x_tfdata']:.2f}, "
+                         f"per CPU {r['paired_eff_x_tfdata']:.2f}")
         for key, goal, label in (("x_tfdata", GOALS["tf.data"], "x tf.data"),
                                  ("x_naive", GOALS["naive"], "x naive"),
                                  ("pct_ceiling", 100 * GOALS["ceiling"], "% of ceiling")):
@@ -482,7 +494,9 @@ def main(argv=None) -> int:
             points.insert(0, (m, 1))
     results: dict[tuple[str, int], list[dict]] = {}
     for rnd in range(args.repeats):
-        for m, t in points:
+        # Rotate the order every round, so no method always follows the same one.
+        k = rnd % len(points)
+        for m, t in points[k:] + points[:k]:
             p = _run_point(m, t, args, tf_python if m == "tf.data" else sys.executable)
             if p is not None:
                 results.setdefault((m, t), []).append(p)
@@ -493,7 +507,8 @@ def main(argv=None) -> int:
     print()
     print_table(rows)
     print()
-    print("images/s: median over rounds; best: best round; ratios use medians. Ceiling: "
+    print("images/s: median over rounds; best: best round; ratios use medians (paired: "
+          "median of the same-round ratios). Ceiling: "
           "1-thread full-size simplejpeg decode (fastdct, fastupsample) x T. CPU share: process "
           "CPU time / (wall x T); below ~0.9 other processes took part of the T CPUs.")
     for line in check_goals(rows):
