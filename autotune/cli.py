@@ -217,7 +217,8 @@ def loop_options(plan, **kw):
 
 
 def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):
-    """Pack ``data`` as the plan says into the cache (resumes / reuses)."""
+    """Pack ``data`` as the plan says into the cache (resumes / reuses; a cached pack
+    of an older state of ``data`` is replaced)."""
     from trainers.pack import PackOptions, pack_folder
 
     packed = str(packed_dir_for(data, plan, val_data))
@@ -228,7 +229,7 @@ def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str |
                         val_fraction=0.0 if val_data else plan.val_fraction,
                         resize_shorter=plan.pack_resize,
                         threads=max(1, report.decode.usable_cores)),
-            val_source=val_data, progress=bar)
+            val_source=val_data, progress=bar, replace_stale=True)
     return packed, result
 
 

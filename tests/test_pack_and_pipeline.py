@@ -3,6 +3,7 @@ pipeline: counts, bad files, tfds compatibility, determinism, resume, partitions
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,6 +81,22 @@ def test_rerun_of_finished_pack_returns_it_and_other_options_refuse(folder, tmp_
     assert pack_folder(folder, out, PackOptions(num_shards=2)) == a
     with pytest.raises(PackError, match="different packed data set"):
         pack_folder(folder, out, PackOptions(num_shards=3))
+
+
+def test_stale_cached_pack_is_replaced_only_when_asked(folder, tmp_path):
+    """A data set copied again (new mtimes) or changed no longer matches its cached
+    pack: a user's --out refuses, the tool's own cache (replace_stale) repacks."""
+    out = tmp_path / "packed"
+    a = pack_folder(folder, out, PackOptions(num_shards=2))
+    first = sorted(Path(folder).rglob("*.JPEG"))[0]
+    st = first.stat()
+    os.utime(first, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    with pytest.raises(PackError, match="different packed data set"):
+        pack_folder(folder, out, PackOptions(num_shards=2))
+    b = pack_folder(folder, out, PackOptions(num_shards=2), replace_stale=True)
+    assert b.packed == a.packed and is_packed(out)
+    assert (out / "fingerprint.txt").read_text() != ""
+    assert pack_folder(folder, out, PackOptions(num_shards=2)) == b  # now current
 
 
 def test_interrupted_pack_resumes_to_identical_result(folder, tmp_path, monkeypatch):

@@ -401,7 +401,8 @@ def load_pack_result(out_dir: str | os.PathLike) -> PackResult:
 def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                 options: PackOptions = PackOptions(), *,
                 val_source: str | os.PathLike | None = None,
-                progress: Callable[[int, int, int], None] | None = None) -> PackResult:
+                progress: Callable[[int, int, int], None] | None = None,
+                replace_stale: bool = False) -> PackResult:
     """Pack ``source`` (``<root>/<wnid>/*``) into ArrayRecord shards in ``out_dir``.
 
     Args:
@@ -412,6 +413,10 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
       val_source: optional separate validation folder in the same layout (its
         classes must be a subset of the train classes).
       progress: ``progress(done, total, bad_so_far)`` after each image.
+      replace_stale: when ``out_dir`` holds a complete pack made from other inputs
+        (files added, removed, or with another size or mtime, e.g. after the data
+        set was copied again) or options, delete its files and pack anew instead of
+        raising. For cache folders the tool owns, never for a user's ``--out``.
 
     Returns:
       PackResult (also saved as ``out_dir/pack.json``; skipped files also in
@@ -440,8 +445,15 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         prev = load_pack_result(out)
         if _read_fingerprint(out) == fp:
             return prev
-        raise PackError(f"{out} already holds a different packed data set (from "
-                        f"{prev.source}); choose another --out or delete it")
+        if not replace_stale:
+            raise PackError(f"{out} already holds a different packed data set (from "
+                            f"{prev.source}); choose another --out or delete it")
+        for p in out.iterdir():  # pack.json first: never a complete-looking half
+            if p.is_file() and p.name == PACK_SUMMARY:
+                p.unlink()
+        for p in out.iterdir():
+            if p.is_file():
+                p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     if _read_fingerprint(out) not in (None, fp):
         # Leftovers of an interrupted pack with other inputs/options: start over.
