@@ -83,8 +83,7 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
     err.message[0] = '\0';
     if (setjmp(err.jump)) {
         if (stage) jpeg_destroy_decompress(&cinfo);
-        if (ts == NULL) { /* error while holding the GIL cannot happen; be safe */ }
-        else PyEval_RestoreThread(ts);
+        if (ts != NULL) PyEval_RestoreThread(ts); /* libjpeg only runs without the GIL */
         PyBuffer_Release(&src);
         Py_XDECREF(out);
         return PyErr_Format(PyExc_ValueError, "libjpeg: %s", err.message);

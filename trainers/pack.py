@@ -448,12 +448,8 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         if not replace_stale:
             raise PackError(f"{out} already holds a different packed data set (from "
                             f"{prev.source}); choose another --out or delete it")
-        for p in out.iterdir():  # pack.json first: never a complete-looking half
-            if p.is_file() and p.name == PACK_SUMMARY:
-                p.unlink()
-        for p in out.iterdir():
-            if p.is_file():
-                p.unlink()
+        # No longer complete; its files go below, as an interrupted pack's do.
+        (out / PACK_SUMMARY).unlink()
     out.mkdir(parents=True, exist_ok=True)
     if _read_fingerprint(out) not in (None, fp):
         # Leftovers of an interrupted pack with other inputs/options: start over.

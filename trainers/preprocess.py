@@ -345,7 +345,7 @@ def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
             pass  # CMYK, arithmetic coding, corrupt data...: the whole-image path below.
         else:
             return np.frombuffer(pix, np.uint8).reshape(oh, ow, 3)[:, dx:dx + bw]
-    img = _decode(data, height, width, sh if sh != height else 0, sw if sw != width else 0)
+    img = _decode(data, height, width, sh, sw)
     if img.shape[0] != sh or img.shape[1] != sw:  # Pillow fallback decodes full size
         t, l, bh, bw = _scaled_box(height, width, img.shape[0], img.shape[1],
                                    top, left, crop_height, crop_width)
