@@ -23,6 +23,8 @@ from pathlib import Path
 from autotune import results
 
 EXIT_USAGE = 2
+#: A signal stopped the run after every process wrote the same checkpoint.
+EXIT_STOPPED = 3
 
 
 class UsageError(Exception):
@@ -90,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinator", help="host:port of process 0 (multi-host)")
     p.add_argument("--num-processes", type=int)
     p.add_argument("--process-id", type=int)
+    p.add_argument("--peer-timeout", type=float, default=60.0,
+                   help="seconds without a sign of life before another process is declared "
+                        "lost and this one exits (multi-host)")
+    p.add_argument("--connect-timeout", type=float, default=300.0,
+                   help="seconds to wait for the coordinator and every process to join")
 
     p = sub.add_parser("report", help="render a saved run, or compare two")
     p.add_argument("runs", nargs="+")
@@ -342,11 +349,44 @@ def oom_policy(plan, console=None):
 def _init_distributed(args) -> None:
     from trainers.distributed import initialize
 
+    for name in ("peer_timeout", "connect_timeout"):
+        if not getattr(args, name) > 0:
+            raise UsageError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be > 0")
     try:
         initialize(coordinator=args.coordinator, num_processes=args.num_processes,
-                   process_id=args.process_id)
+                   process_id=args.process_id, peer_timeout_s=args.peer_timeout,
+                   connect_timeout_s=args.connect_timeout)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+
+
+def check_hosts_agree(plan, pack_result, packed) -> None:
+    """Every process must train the same plan on the same packed data: compare each
+    host's (train records, shards, classes, local devices, plan digest) with process
+    0's (a collective; nothing on a single process).
+
+    Raises:
+      UsageError: naming the first process that differs, the value and process 0's.
+    """
+    import zlib
+
+    import jax
+
+    from trainers.distributed import all_gather_ints
+
+    if jax.process_count() == 1:
+        return
+    train = pack_result.split("train")
+    names = ("train records", "train shards", "classes", "local devices", "plan digest")
+    mine = (sum(train.shard_lengths), len(train.shard_lengths), pack_result.num_classes,
+            jax.local_device_count(), zlib.crc32(plan.to_json(None).encode()) & 0x7FFFFFFF)
+    rows = all_gather_ints(mine)
+    for p, row in enumerate(rows[1:], start=1):
+        for name, got, want in zip(names, row, rows[0]):
+            if got != want:
+                raise UsageError(f"process {p} differs from process 0: {name} {got:,} vs "
+                                 f"{want:,} (packed data {packed}); every host must see the "
+                                 f"same data set, plan and device count")
 
 
 def broadcast_text(text: str, max_bytes: int = 1 << 20) -> str:
@@ -469,6 +509,7 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
             pack_result.save(run / results.PACK)
             results.save_json(run / results.BAD_IMAGES,
                               [b.to_dict() for b in pack_result.bad_images])
+        check_hosts_agree(plan, pack_result, packed)
         if not quiet:
             console.print(render.render_pack(pack_result))
         config = train_config(preset, plan, pack_result.num_classes)
@@ -500,7 +541,11 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
         console.print(render.render_summary(summary, plan))
         _plots(run, console)
         console.print(f"run folder: {run}")
-    return 0 if summary.status in ("completed", "max_steps") else 3
+    if summary.status == "stopped":
+        print(f"autotune train: stopped by {summary.stop_reason} at step {summary.steps}; every "
+              f"process wrote checkpoint {summary.checkpoint_step}; run the same command again "
+              f"(or autotune train --resume {run}) to continue", file=sys.stderr)
+    return 0 if summary.status in ("completed", "max_steps") else EXIT_STOPPED
 
 
 def cmd_report(args, console) -> int:
@@ -543,20 +588,41 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_train(args, console, argv_override=argv)
         return COMMANDS[args.command](args, console)
     except UsageError as exc:
-        print(f"autotune {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(args.command, exc, EXIT_USAGE)
     except KeyboardInterrupt:
         print(f"autotune {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - known input errors become one line
+        from trainers.distributed import ConnectError, PeerLostError
         from trainers.pack import PackError
         from trainers.validation import ValidationLayoutError
         from autotune.records import RecordError
 
-        if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError)):
-            print(f"autotune {args.command}: error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
+        if isinstance(exc, PeerLostError):
+            from trainers.distributed import EXIT_PEER_LOST
+
+            return _fail(args.command, exc, EXIT_PEER_LOST)
+        if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError,
+                            ConnectError)):
+            return _fail(args.command, exc, EXIT_USAGE)
+        _announce_failure(exc)
         raise
+
+
+def _announce_failure(exc: BaseException) -> None:
+    """On a multi-host run, tell the other processes this one is ending on an error,
+    so that they exit at once naming it instead of waiting in a collective."""
+    from trainers.distributed import watchdog
+
+    dog = watchdog()
+    if dog is not None:
+        dog.announce_failure(f"{type(exc).__name__}: {exc}")
+
+
+def _fail(command: str, exc: BaseException, code: int) -> int:
+    print(f"autotune {command}: error: {exc}", file=sys.stderr)
+    _announce_failure(exc)
+    return code
 
 
 if __name__ == "__main__":

@@ -41,11 +41,11 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     pack_folder(tmp_path / "imgs", tmp_path / "packed", PackOptions(num_shards=2))
     real = preprocess.train_preprocess
 
-    def slow(data, rng, cfg):  # simulates an expensive augmentation: 20 ms of CPU
+    def slow(data, rng, cfg, **kw):  # simulates an expensive augmentation: 20 ms of CPU
         t = time.perf_counter()
         while time.perf_counter() - t < 0.02:
             pass
-        return real(data, rng, cfg)
+        return real(data, rng, cfg, **kw)
 
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
@@ -53,3 +53,64 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     r = measure_stall(config, str(tmp_path / "packed"), LoopOptions(threads=1), steps=6)
     assert r.bottleneck == "preprocessing", r
     assert r.prep_stall_pct > 50
+
+
+@pytest.fixture(scope="module")
+def stall_pack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stall_loop")
+    write_jpeg_folder(root / "imgs", classes=2, per_class=48, size=(48, 40))
+    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=2))
+    return root / "packed"
+
+
+def _loop_figures(packed, workdir, steps=12):
+    from trainers.loop import StepReport, train_and_evaluate
+
+    config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
+                            num_classes=2, per_device_batch=1, epochs=5, warmup_epochs=0,
+                            log_every_steps=4)
+    reports = []
+    summary = train_and_evaluate(config, str(packed), str(workdir),
+                                 LoopOptions(threads=1, max_steps=steps, eval_every_epochs=0,
+                                             checkpoint_every_secs=0, synthetic_steps=4),
+                                 callback=lambda r: reports.append(r)
+                                 if isinstance(r, StepReport) else None, eval_at_end=False)
+    return summary, reports
+
+
+def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_pack, tmp_path,
+                                                                          monkeypatch):
+    """The data-stall figure is the accelerators' idle share (step time against the
+    same step on on-device input), reported apart from host wait: a decode throttled
+    on purpose (one thread, 10 ms per image) makes it rise; input that is ready
+    at once (the same batch over and over) keeps it far lower."""
+    from trainers import input_pipeline as ip
+
+    real = preprocess.train_preprocess
+
+    def throttled(data, rng, cfg, **kw):
+        # A decode made slow on purpose: 10 ms per image with the GIL released, as a
+        # real decoder releases it (this simulates work; it waits for nothing).
+        time.sleep(0.01)
+        return real(data, rng, cfg, **kw)
+
+    with monkeypatch.context() as m:
+        m.setattr(preprocess, "train_preprocess", throttled)
+        slow, slow_reports = _loop_figures(stall_pack, tmp_path / "slow")
+    real_iter = ip.make_train_iterator
+
+    def instant(*args, **kw):  # one real batch, then the same object again and again
+        first = next(iter(real_iter(*args, **kw)))
+        return iter([first] * 10_000)
+
+    monkeypatch.setattr(ip, "make_train_iterator", instant)
+    fast, fast_reports = _loop_figures(stall_pack, tmp_path / "fast")
+    for s in (slow, fast):
+        assert s.synthetic_images_per_s > 0 and 0 <= s.data_stall_pct <= 100
+        assert 0 <= s.host_wait_pct <= 100
+    for r in slow_reports + fast_reports:  # every window carries both figures
+        assert r.synthetic_step_seconds > 0 and r.data_stall_pct >= 0 and r.host_wait_pct >= 0
+    # 8 devices x 1 image x 10 ms on one thread: >= 80 ms of input per step against
+    # a step of a few ms: the accelerators mostly wait.
+    assert slow.data_stall_pct > 50, slow
+    assert fast.data_stall_pct < slow.data_stall_pct - 30, (fast, slow)

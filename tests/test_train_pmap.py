@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import jax_utils
+
+from trainers.feed import replicated_sharding
 
 from trainers import train as tr
 
@@ -29,39 +30,77 @@ def test_eight_fake_devices_are_there():
     assert jax.local_device_count() == 8
 
 
+def _shards_equal(tree):
+    """Every device's copy of every leaf of the replicated state is the same."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        copies = [np.asarray(s.data) for s in leaf.addressable_shards]
+        assert len(copies) == jax.local_device_count()
+        for c in copies[1:]:
+            np.testing.assert_array_equal(copies[0], c)
+
+
 def test_pmap_step_keeps_parameters_identical_across_devices():
     n = jax.local_device_count()
     lr = tr.create_learning_rate_fn(TINY, 10)
     state = tr.create_train_state(jax.random.PRNGKey(0), TINY, tr.create_model(TINY), lr)
     before = jax.device_get(state.params)
-    state = jax_utils.replicate(state)
+    state = jax.device_put(state, replicated_sharding())
     p_step = tr.make_p_train_step(TINY, lr)
     for i in range(3):  # each device sees different images
         state, metrics = p_step(state, _batch(n, TINY, seed=i))
+    _shards_equal((state.params, state.batch_stats, state.opt_state))
     params = jax.device_get(state.params)
-    stats = jax.device_get(state.batch_stats)
-    for tree in (params, stats):
-        for leaf in jax.tree_util.tree_leaves(tree):
-            for d in range(1, n):
-                np.testing.assert_array_equal(leaf[0], leaf[d])
-    # ... and they did change.
-    moved = [not np.allclose(a[0], b) for a, b in zip(jax.tree_util.tree_leaves(params),
-                                                      jax.tree_util.tree_leaves(before))]
+    # One array per leaf (no per-device stack) ... and the parameters did change.
+    assert all(a.shape == b.shape for a, b in zip(jax.tree_util.tree_leaves(params),
+                                                  jax.tree_util.tree_leaves(before)))
+    moved = [not np.allclose(a, b) for a, b in zip(jax.tree_util.tree_leaves(params),
+                                                   jax.tree_util.tree_leaves(before))]
     assert any(moved)
     m = jax.device_get(metrics)
+    assert m["loss"].shape == (n,)
     assert np.all(np.isfinite(m["loss"])) and np.all(m["loss"] == m["loss"][0])
+
+
+def test_nan_on_one_device_makes_every_replica_skip_the_step():
+    """A NaN in one device's images: the averaged loss is NaN, every device skips,
+    the replicas stay identical and equal to the state before the step."""
+    n = jax.local_device_count()
+    lr = tr.create_learning_rate_fn(TINY, 10)
+    state = jax.device_put(
+        tr.create_train_state(jax.random.PRNGKey(0), TINY, tr.create_model(TINY), lr),
+        replicated_sharding())
+    p_step = tr.make_p_train_step(TINY, lr)
+    state, _ = p_step(state, _batch(n, TINY, seed=0))
+    before = jax.device_get((state.params, state.batch_stats))
+    step_before = int(jax.device_get(state.step))
+    # NaN cannot live in uint8 images: feed the same batch as float32 (the step
+    # normalises any dtype) with one NaN pixel on device 3.
+    bad = _batch(n, TINY, seed=1)
+    bad["image"] = bad["image"].astype(np.float32)
+    bad["image"][3, 0, 0, 0, 0] = np.nan
+    state, metrics = p_step(state, bad)
+    m = jax.device_get(metrics)
+    assert np.all(m["nonfinite"] == 1.0)  # every device took the same decision
+    _shards_equal((state.params, state.batch_stats, state.opt_state))
+    after = jax.device_get((state.params, state.batch_stats))
+    for a, b in zip(jax.tree_util.tree_leaves(after), jax.tree_util.tree_leaves(before)):
+        np.testing.assert_array_equal(a, b)
+    assert int(jax.device_get(state.step)) == step_before
+    # The next finite step trains again.
+    state, metrics = p_step(state, _batch(n, TINY, seed=2))
+    assert np.all(jax.device_get(metrics)["nonfinite"] == 0.0)
 
 
 def test_eval_step_counts_only_masked_examples():
     n = jax.local_device_count()
     lr = tr.create_learning_rate_fn(TINY, 10)
-    state = jax_utils.replicate(
-        tr.create_train_state(jax.random.PRNGKey(0), TINY, tr.create_model(TINY), lr))
+    state = jax.device_put(
+        tr.create_train_state(jax.random.PRNGKey(0), TINY, tr.create_model(TINY), lr),
+        replicated_sharding())
     batch = _batch(n, TINY)
     mask = np.zeros((n, TINY.per_device_batch), bool)
     mask[:, :3] = True  # 3 of 4 per device
-    out = tr.make_p_eval_step(TINY)(state, {**batch, "mask": mask})
-    out = jax.device_get(jax_utils.unreplicate(out))
+    out = jax.device_get(tr.make_p_eval_step(TINY)(state, {**batch, "mask": mask}))
     assert out["count"] == 3 * n
     assert 0 <= out["top1"] <= out["top5"] <= out["count"]
 

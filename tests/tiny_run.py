@@ -1,7 +1,10 @@
 """A tiny training run in its own process, for the kill-and-resume and multi-host
-tests: ``python tests/tiny_run.py PACKED WORKDIR [--steps N] [--every SECS]``.
+tests: ``python tests/tiny_run.py PACKED WORKDIR [--epochs E] [--every SECS] ...``.
 
-Prints one JSON line ``{"loss": [...], "status": ...}`` at the end."""
+Prints ``{"step": N}`` at every log step (the tests' kill points) and one JSON line
+with the summary at the end. ``--nan-batch K --nan-process P`` turns the K-th batch
+of the run into float32 on every process and puts a NaN into device 0's images on
+process P (fault injection: one device's NaN)."""
 
 import argparse
 import json
@@ -9,6 +12,27 @@ import os
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+
+def _inject_nan(batch_index: int, process: int) -> None:
+    import numpy as np
+
+    import jax
+    from trainers import feed
+
+    real = feed.to_device_layout
+    seen = [0]
+
+    def poisoned(batch, num_devices):
+        arrays, scalars = real(batch, num_devices)
+        seen[0] += 1
+        if seen[0] == batch_index:
+            arrays["image"] = arrays["image"].astype(np.float32)
+            if jax.process_index() == process:
+                arrays["image"][0, 0, 0, 0, 0] = np.nan
+        return arrays, scalars
+
+    feed.to_device_layout = poisoned
 
 
 def main():
@@ -19,13 +43,20 @@ def main():
     ap.add_argument("--every", type=float, default=0.0)
     ap.add_argument("--per-device-batch", type=int, default=2)
     ap.add_argument("--partitions", type=int)
+    ap.add_argument("--max-steps", type=int)
+    ap.add_argument("--peer-timeout", type=float, default=20.0)
+    ap.add_argument("--synthetic-steps", type=int, default=2)
+    ap.add_argument("--nan-batch", type=int)
+    ap.add_argument("--nan-process", type=int, default=0)
     args = ap.parse_args()
     from trainers.distributed import initialize
 
-    initialize(heartbeat_timeout_seconds=10)
+    initialize(peer_timeout_s=args.peer_timeout, connect_timeout_s=120)
     from trainers import train as tr
     from trainers.loop import LoopOptions, StepReport, train_and_evaluate
 
+    if args.nan_batch:
+        _inject_nan(args.nan_batch, args.nan_process)
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
                             num_classes=3, per_device_batch=args.per_device_batch,
                             epochs=args.epochs, learning_rate=0.05, warmup_epochs=0,
@@ -39,11 +70,16 @@ def main():
 
     summary = train_and_evaluate(config, args.packed, args.workdir,
                                  LoopOptions(threads=1, checkpoint_every_secs=args.every,
-                                             eval_every_epochs=0, partitions=args.partitions),
+                                             eval_every_epochs=0, partitions=args.partitions,
+                                             max_steps=args.max_steps,
+                                             synthetic_steps=args.synthetic_steps),
                                  callback=cb)
     print(json.dumps({"loss": losses, "status": summary.status, "steps": summary.steps,
-                      "params": summary.params_sha256}), flush=True)
+                      "params": summary.params_sha256, "skipped": summary.skipped_steps,
+                      "checkpoint_step": summary.checkpoint_step,
+                      "stop_reason": summary.stop_reason}), flush=True)
+    return 0 if summary.status in ("completed", "max_steps") else 3
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

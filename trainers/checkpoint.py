@@ -5,7 +5,8 @@ Orbax writes each checkpoint into a temporary folder and renames it when complet
 (and keeps the previous ones until the new one is committed), so a crash or a full
 disk while saving leaves the last good checkpoint intact. Only the primary process
 writes the metadata, as orbax requires on multi-host runs; the state saved is the
-host copy of the replicated pmap state.
+host copy of the replicated train state (one array per leaf, read from one device:
+``jax.pmap(..., in_axes=(None, 0), out_axes=(None, 0))`` keeps no per-device stack).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
-from flax import jax_utils
 
 
 class CheckpointError(RuntimeError):
@@ -46,8 +46,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def save(self, step: int, replicated_state, iterator_state: dict, extra: dict) -> None:
-        """Write checkpoint ``step``. ``replicated_state`` is the pmap-replicated state
-        (the first device's copy is saved).
+        """Write checkpoint ``step``. ``replicated_state`` is the train state, host
+        arrays or replicated ``jax.Array`` s (one copy is saved).
 
         Raises:
           CheckpointError: the write failed (disk full, permissions); names the folder
@@ -55,7 +55,7 @@ class Checkpointer:
         """
         if step in self.manager.all_steps():
             return  # already written (a timer checkpoint at the final step)
-        state = jax.device_get(jax_utils.unreplicate(replicated_state))
+        state = jax.device_get(replicated_state)
         try:
             self.manager.save(step, args=ocp.args.Composite(
                 state=ocp.args.StandardSave(state),

@@ -2,22 +2,36 @@
 and a summary out.
 
 :func:`train_and_evaluate` drives the pmap steps of ``trainers.train`` with the input
-pipeline of ``trainers.input_pipeline``. It reports through a callback (the CLI's
-live view and ``metrics.jsonl`` writer) with :class:`StepReport` and
-:class:`EvalReport` records, checkpoints on a timer and at a clean stop (SIGINT /
-SIGTERM), and resumes from the newest checkpoint in ``workdir``.
+pipeline of ``trainers.input_pipeline``, fed to the devices by ``trainers.feed`` (a
+background thread, ``device_prefetch`` batches ahead). It reports through a callback
+(the CLI's live view and ``metrics.jsonl`` writer) with :class:`StepReport` and
+:class:`EvalReport` records, and resumes from the newest checkpoint in ``workdir``.
 
-Data stall = time the loop waits in ``next(batches)`` / wall time of the window
-(the DS-Analyzer definition of a fetch stall as seen by the training loop, Mohan et
-al., VLDB 2021).
+One decision for all hosts. Stop (SIGINT / SIGTERM on any process), timed checkpoints
+(process 0's clock) and their step are decided at log steps with
+``trainers.distributed.agree``, a collective every process calls at the same step;
+the end of the schedule, ``max_steps`` and evaluations fall on steps every host
+computes alike. So every host checkpoints and stops at the same step, and a timed
+checkpoint (whose orbax save starts with a barrier) can never leave hosts waiting for
+each other at different steps.
+
+Two input figures, per window and for the run (DS-Analyzer, Mohan et al., "Analyzing
+and Mitigating Data Stalls in DNN Training", VLDB 2021, section 3):
+
+* **data stall** = share of the step time the accelerators sit idle for want of
+  input: ``1 - t_synthetic / t_step``, where ``t_synthetic`` is the step time on
+  input already on the device (the same compiled step run ``synthetic_steps`` times
+  on a copy of the state and the first batch, right after compilation) and
+  ``t_step`` the measured step time on real input. JAX dispatch is asynchronous, so
+  the time the Python loop waits is not the time the devices wait.
+* **host wait** = share of wall time the training thread spent blocked waiting for
+  the next device batch (``DeviceFeed.wait_seconds``); reported separately.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +39,15 @@ from typing import Callable
 
 import jax
 import numpy as np
-from flax import jax_utils
 
 from autotune.records import Record
+from trainers import distributed
 from trainers import input_pipeline as ip
 from trainers import pack as pack_lib
 from trainers import train as tr
+from trainers.feed import DeviceFeed, replicated_sharding
 from trainers.preprocess import AugmentConfig
+from trainers.stopping import StopSignals
 
 
 @dataclass(frozen=True)
@@ -41,19 +57,22 @@ class LoopOptions(Record):
     Attributes:
       threads: input pipeline threads (decode + augment).
       prefetch: batches prepared ahead on the host.
-      device_prefetch: batches put on the devices ahead of the step (2 = double
-        buffering).
+      device_prefetch: batches put on the devices ahead of the step by the feed
+        thread (2 = double buffering).
       read_mode: ``random`` or ``sequential`` (see ``trainers.input_pipeline``).
       shuffle_window: records shuffled together in sequential mode.
       cache_decoded: keep decoded images in RAM after the first epoch.
       on_bad_record: ``skip`` or ``fail``.
       eval_every_epochs: evaluate every this many epochs (0: only at the end).
-      checkpoint_every_secs: seconds between checkpoints (0: only at the end / stop).
+      checkpoint_every_secs: seconds between checkpoints by process 0's clock, taken
+        at the next log step by every host (0: only at the end / stop).
       max_steps: stop after this many steps (None: the whole schedule); for probes
         and tests.
       partitions: shard groups with their own order (default: one per host); the
         same value gives the same batches on any number of hosts that divides it.
       workers: decode worker processes (0: threads only), see the input pipeline.
+      synthetic_steps: steps timed on on-device input after compilation, the
+        reference of the data-stall figure (0: no reference, stall reported as NaN).
     """
 
     threads: int = 2
@@ -68,6 +87,7 @@ class LoopOptions(Record):
     max_steps: int | None = None
     partitions: int | None = None
     workers: int = 0
+    synthetic_steps: int = 10
 
 
 @dataclass(frozen=True)
@@ -80,13 +100,19 @@ class StepReport(Record):
       epoch: epochs done (fractional).
       images_per_s: global images/s over the window (all hosts).
       step_seconds: mean wall seconds per step over the window.
-      wait_seconds: mean seconds per step the loop waited for input.
-      data_stall_pct: 100 x wait / wall over the window.
-      loss, accuracy: training loss and top-1 on the last step's batch.
+      wait_seconds: mean seconds per step the training thread waited for the next
+        device batch (host wait).
+      data_stall_pct: share of the step time the accelerators were idle for want of
+        input, ``100 x (1 - synthetic_step_seconds / step_seconds)`` clipped at 0
+        (DS-Analyzer); NaN without a synthetic reference.
+      loss, accuracy: training loss and top-1 averaged over the window's steps.
       learning_rate: at the last step.
       bad_records: records skipped so far on this host.
       elapsed_seconds: since the run (or the resume) started, compile included.
       eta_seconds: remaining steps x mean step seconds.
+      host_wait_pct: ``100 x wait_seconds / step_seconds``.
+      synthetic_step_seconds: step time on on-device input (the reference).
+      skipped_steps: steps skipped for a non-finite loss or gradient so far.
     """
 
     step: int
@@ -102,6 +128,9 @@ class StepReport(Record):
     bad_records: int
     elapsed_seconds: float
     eta_seconds: float
+    host_wait_pct: float = float("nan")
+    synthetic_step_seconds: float = float("nan")
+    skipped_steps: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,15 +190,16 @@ class TrainSummary(Record):
     """The end of a run.
 
     Attributes:
-      status: ``completed``, ``stopped`` (signal, checkpoint written) or
-        ``max_steps``.
+      status: ``completed``, ``stopped`` (a signal on some process, checkpoint
+        written by every process at the same step) or ``max_steps``.
       steps, epochs: done in total (resumed runs included).
       resumed_from_step: step of the checkpoint the run started from (0: fresh).
       wall_seconds: of this process's run, compile included.
       compile_seconds: first step (compilation) wall time.
       images_per_s: mean global images/s after compilation.
       images_per_s_per_device: the same per device.
-      data_stall_pct: mean over the run after compilation.
+      data_stall_pct: accelerator idle share over the run after compilation,
+        ``100 x (1 - synthetic step s / mean step s)`` (see the module docstring).
       final_eval: the last evaluation (None when there is no held-out split).
       bad_records: records skipped while training on this host.
       num_devices, num_hosts, global_batch: the layout (after any OOM step-down).
@@ -180,6 +210,10 @@ class TrainSummary(Record):
       oom_events: out-of-memory step-downs the run survived.
       params_sha256: digest of this host's final parameters and batch statistics
         (identical across hosts, and across an interrupted and an uninterrupted run).
+      host_wait_pct: share of wall time the training thread waited for input.
+      synthetic_images_per_s: global images/s on on-device input (the reference).
+      skipped_steps: steps skipped for a non-finite averaged loss or gradient.
+      stop_reason: why a ``stopped`` run stopped (signal and process), else "".
     """
 
     status: str
@@ -203,31 +237,10 @@ class TrainSummary(Record):
     peak_bytes_in_use: int | None = None
     oom_events: tuple[OomEvent, ...] = ()
     params_sha256: str = ""
-
-
-class _StopFlag:
-    """Set by SIGINT / SIGTERM: the loop checkpoints and returns at the next step."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.signal_name = None
-        self._old = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.event.is_set():  # second Ctrl-C: stop now
-            raise KeyboardInterrupt
-        self.signal_name = signal.Signals(signum).name
-        self.event.set()
-
-    def __exit__(self, *exc):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    host_wait_pct: float = float("nan")
+    synthetic_images_per_s: float = float("nan")
+    skipped_steps: int = 0
+    stop_reason: str = ""
 
 
 def _evaluate(p_eval, state, packed_dir: str, config: tr.TrainConfig, n_local: int,
@@ -245,8 +258,7 @@ def _evaluate(p_eval, state, packed_dir: str, config: tr.TrainConfig, n_local: i
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count(), threads=threads):
         bad += int(batch["bad"])
-        out = p_eval(state, tr.shard_batch(batch, n_local))
-        out = jax.device_get(jax_utils.unreplicate(out))
+        out = jax.device_get(p_eval(state, tr.shard_batch(batch, n_local)))
         for k in totals:
             totals[k] += float(out[k])
     n = max(1.0, totals["count"])
@@ -276,6 +288,8 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
         the config to continue with (smaller batch, rescaled learning rate: the
         planner's rule) or None to give up. The run then continues from the last
         checkpoint, its step converted to the new batch by images seen, recompiled.
+        On several hosts every process must run out of memory (they run the same
+        program) and meet at a barrier first; otherwise the run ends with the error.
       step_hook: called with the step number before each step (fault injection in
         tests).
       eval_at_end: evaluate on the held-out split when the run ends (probes skip it).
@@ -286,7 +300,8 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
     Raises:
       ValueError: the batch does not fit the data (fewer records than one batch per
         host) or the shards cannot feed the hosts.
-      DeviceOutOfMemory: out of memory and ``on_oom`` gave no smaller config.
+      DeviceOutOfMemory: out of memory and ``on_oom`` gave no smaller config (or not
+        every host ran out of memory).
       trainers.input_pipeline.BadRecordError: a damaged record with
         ``on_bad_record='fail'``.
     """
@@ -303,9 +318,15 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
                 _raise_if_peer_lost(exc)
                 raise
             step = getattr(exc, "step", -1)
+            first_line = str(exc).splitlines()[0]
             new = on_oom(config) if on_oom else None
             if new is None:
-                raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
+                raise DeviceOutOfMemory(step, first_line) from exc
+            if not distributed.barrier(f"autotune-oom-{len(events)}", timeout_s=120.0):
+                raise DeviceOutOfMemory(step, f"{first_line} (on process {jax.process_index()} "
+                                        f"only: the other processes did not run out of memory "
+                                        f"within 120 s, so the step-down cannot be taken by all; "
+                                        f"rerun with a smaller --batch)") from exc
             from trainers.checkpoint import Checkpointer
 
             last = Checkpointer(Path(workdir) / "checkpoints").latest_step() or 0
@@ -315,7 +336,7 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
                              new_per_device_batch=new.per_device_batch,
                              old_learning_rate=config.learning_rate,
                              new_learning_rate=new.learning_rate,
-                             message=str(exc).splitlines()[0][:300])
+                             message=first_line[:300])
             events.append(event)
             emit(event)
             config = new
@@ -337,6 +358,165 @@ def _raise_if_peer_lost(exc: BaseException) -> None:
             f"rerun the same command to continue from the last checkpoint") from exc
 
 
+@dataclass(frozen=True)
+class _Layout:
+    """Sizes of one attempt of the run."""
+
+    n_local: int
+    n_global: int
+    n_hosts: int
+    host_batch: int
+    global_batch: int
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+
+
+def _layout(config: tr.TrainConfig, result, options: LoopOptions) -> _Layout:
+    n_local, n_global, n_hosts = jax.local_device_count(), jax.device_count(), jax.process_count()
+    host_batch = n_local * config.per_device_batch
+    spe = ip.steps_per_epoch(result.split("train").shard_lengths, host_batch, n_hosts,
+                             options.partitions)
+    total = max(1, int(round(config.epochs * spe)))
+    return _Layout(n_local=n_local, n_global=n_global, n_hosts=n_hosts, host_batch=host_batch,
+                   global_batch=n_global * config.per_device_batch, steps_per_epoch=spe,
+                   total_steps=total, epochs=int(math.ceil(total / spe)))
+
+
+class _Decisions:
+    """Stop and checkpoint, decided by every host at the same log step.
+
+    Each host offers ``(signal number, its process index + 1 if signalled, checkpoint
+    request)``; :func:`trainers.distributed.agree` returns the maxima to all. Only
+    process 0 raises checkpoint requests (a counter, bumped when
+    ``checkpoint_every_secs`` have passed since its last checkpoint), so the timed
+    checkpoint follows one clock.
+    """
+
+    def __init__(self, signals: StopSignals, every_s: float):
+        self.signals = signals
+        self.every_s = every_s
+        self.primary = jax.process_index() == 0
+        self.requested = self.handled = 0
+        self.last_checkpoint = time.perf_counter()
+        self.stop_reason = ""
+
+    def checkpointed(self) -> None:
+        self.last_checkpoint = time.perf_counter()
+
+    def decide(self) -> tuple[bool, bool]:
+        """``(checkpoint_now, stop_now)``, the same on every host (a collective)."""
+        if (self.primary and self.every_s and self.requested == self.handled
+                and time.perf_counter() - self.last_checkpoint > self.every_s):
+            self.requested += 1
+        signum = self.signals.signum if self.signals.event.is_set() else 0
+        sig, who, req = distributed.agree(
+            [signum, jax.process_index() + 1 if signum else 0, self.requested])
+        checkpoint = req > self.handled
+        self.handled = max(self.handled, req)
+        if sig and not self.stop_reason:
+            import signal as _signal
+
+            self.stop_reason = f"{_signal.Signals(sig).name} on process {who - 1}"
+        return checkpoint, bool(sig)
+
+
+class _Meter:
+    """Step time, host wait and data stall per log window and for the run."""
+
+    def __init__(self, feed: DeviceFeed, global_batch: int):
+        self.feed = feed
+        self.global_batch = global_batch
+        self.synthetic_s = float("nan")
+        self.run_time = self.run_wait = 0.0
+        self.run_steps = 0
+        self.skipped = 0
+        self.restart()
+
+    def restart(self) -> None:
+        """Start a window now (after compilation, an evaluation or a checkpoint)."""
+        self.t0 = time.perf_counter()
+        self.wait0 = self.feed.wait_seconds
+        self.metrics: list = []
+
+    def pause(self, seconds: float) -> None:
+        """Leave ``seconds`` (an evaluation) out of the window's wall time."""
+        self.t0 += seconds
+
+    def report(self, step: int, layout: _Layout, bad: int, t_start: float) -> StepReport:
+        """Fetch the window's metrics (blocks on the device) and close the window."""
+        ms = jax.device_get(self.metrics)
+        now = time.perf_counter()
+        n = len(ms)
+        wall, wait = now - self.t0, self.feed.wait_seconds - self.wait0
+        self.run_time += wall
+        self.run_wait += wait
+        self.run_steps += n
+        self.skipped += int(round(sum(float(m["nonfinite"][0]) for m in ms)))
+        sps = wall / n
+        report = StepReport(
+            step=step, total_steps=layout.total_steps, epoch=step / layout.steps_per_epoch,
+            images_per_s=n * self.global_batch / wall, step_seconds=sps, wait_seconds=wait / n,
+            data_stall_pct=stall_pct(self.synthetic_s, sps),
+            loss=float(np.mean([m["loss"][0] for m in ms])),
+            accuracy=float(np.mean([m["accuracy"][0] for m in ms])),
+            learning_rate=float(ms[-1]["learning_rate"][0]), bad_records=bad,
+            elapsed_seconds=now - t_start, eta_seconds=sps * (layout.total_steps - step),
+            host_wait_pct=100.0 * wait / wall, synthetic_step_seconds=self.synthetic_s,
+            skipped_steps=self.skipped)
+        self.restart()
+        return report
+
+
+def stall_pct(synthetic_step_seconds: float, step_seconds: float) -> float:
+    """Data stall in percent: ``100 x (1 - t_synthetic / t_step)``, at least 0; NaN
+    when either time is unknown (DS-Analyzer, Mohan et al. 2021)."""
+    if not (synthetic_step_seconds > 0 and step_seconds > 0):
+        return float("nan")
+    return max(0.0, 100.0 * (1.0 - synthetic_step_seconds / step_seconds))
+
+
+def _synthetic_step_seconds(p_train, state, batch, steps: int) -> float:
+    """Seconds per step of the compiled step on ``batch`` (already on the devices),
+    run on a copy of ``state`` that is then dropped: the accelerators' time with no
+    input pipeline. Two untimed steps first; the clock is read after blocking."""
+    if steps <= 0:
+        return float("nan")
+    copy = jax.tree_util.tree_map(lambda x: x.copy(), state)
+    for _ in range(2):
+        copy, metrics = p_train(copy, batch)
+    jax.block_until_ready(metrics)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        copy, metrics = p_train(copy, batch)
+    jax.block_until_ready((copy, metrics))
+    return (time.perf_counter() - t0) / steps
+
+
+def _run_step(p_train, state, batch, step: int, step_hook):
+    try:
+        if step_hook is not None:
+            step_hook(step)
+        return p_train(state, batch)
+    except Exception as exc:  # noqa: BLE001
+        if is_out_of_memory(exc):
+            raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
+        raise
+
+
+def _restore(ckpt, state, global_batch: int):
+    """``(state, start_step, bad_records, skipped_steps)`` from the newest checkpoint
+    (the step converted by images seen after an OOM step-down), or the fresh state."""
+    if ckpt.latest_step() is None:
+        return state, 0, 0, 0
+    state, _, extra, start = ckpt.restore(state)
+    saved_gb = int(extra.get("global_batch", global_batch))
+    if saved_gb != global_batch:  # after an OOM step-down: same images seen
+        start = start * saved_gb // global_batch
+        state = state.replace(step=start)
+    return state, start, int(extra.get("bad_records", 0)), int(extra.get("skipped_steps", 0))
+
+
 def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: LoopOptions,
                 emit, step_hook, t_start: float, eval_at_end: bool = True) -> TrainSummary:
     """One attempt of the run (see :func:`train_and_evaluate`); raises
@@ -347,185 +527,153 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
     if result.num_classes != config.num_classes:
         raise ValueError(f"config has {config.num_classes} classes, the packed data set "
                          f"{packed_dir} has {result.num_classes}")
-    n_local = jax.local_device_count()
-    n_global = jax.device_count()
-    n_hosts = jax.process_count()
-    host_batch = n_local * config.per_device_batch
-    global_batch = n_global * config.per_device_batch
-    train_split = result.split("train")
-    spe = ip.steps_per_epoch(train_split.shard_lengths, host_batch, n_hosts, options.partitions)
-    total_steps = max(1, int(round(config.epochs * spe)))
-    epochs_int = int(math.ceil(total_steps / spe))
-    all_paths = pack_lib.shard_paths(packed_dir, "train")
-
-    lr_fn = tr.create_learning_rate_fn(config, spe)
-    model = tr.create_model(config)
-    state = tr.create_train_state(jax.random.PRNGKey(config.seed), config, model, lr_fn)
+    lay = _layout(config, result, options)
+    lr_fn = tr.create_learning_rate_fn(config, lay.steps_per_epoch)
+    state = tr.create_train_state(jax.random.PRNGKey(config.seed), config,
+                                  tr.create_model(config), lr_fn)
     ckpt = Checkpointer(Path(workdir) / "checkpoints")
-    start_step = 0
-    bad_total = 0
-    if ckpt.latest_step() is not None:
-        state, iter_state, extra, start_step = ckpt.restore(state)
-        bad_total = int(extra.get("bad_records", 0))
-        saved_gb = int(extra.get("global_batch", global_batch))
-        if saved_gb != global_batch:  # after an OOM step-down: same images seen
-            start_step = start_step * saved_gb // global_batch
-            state = state.replace(step=start_step)
-    state = jax_utils.replicate(state)
-
+    state, start_step, bad0, skipped0 = _restore(ckpt, state, lay.global_batch)
+    state = jax.device_put(state, replicated_sharding())
     cfg = ip.PipelineConfig(
-        host_batch=host_batch,
+        host_batch=lay.host_batch,
         augment=AugmentConfig(image_size=config.image_size, min_scale=config.min_crop_scale),
         read_mode=options.read_mode, shuffle_window=options.shuffle_window,
         threads=options.threads, prefetch=options.prefetch,
         cache_decoded=options.cache_decoded, seed=config.seed,
-        process_index=jax.process_index(), process_count=n_hosts,
+        process_index=jax.process_index(), process_count=lay.n_hosts,
         on_bad_record=options.on_bad_record, partitions=options.partitions,
         workers=options.workers)
-    batches = ip.make_train_iterator(all_paths, train_split.shard_lengths, cfg, epochs_int,
-                                     spe, start_step=start_step)
+    batches = ip.make_train_iterator(pack_lib.shard_paths(packed_dir, "train"),
+                                     result.split("train").shard_lengths, cfg, lay.epochs,
+                                     lay.steps_per_epoch, start_step=start_step)
     p_train = tr.make_p_train_step(config, lr_fn)
     p_eval = tr.make_p_eval_step(config)
+    last_stop = (lay.total_steps if options.max_steps is None
+                 else min(lay.total_steps, start_step + options.max_steps))
+    run = _RunState(step=start_step, bad=bad0, checkpoint_step=start_step or None)
+    with DeviceFeed(batches, depth=options.device_prefetch) as feed, StopSignals() as signals:
+        meter = _Meter(feed, lay.global_batch)
+        meter.skipped = skipped0
+        decisions = _Decisions(signals, options.checkpoint_every_secs)
 
-    def device_batches():
-        for b in batches:
-            yield tr.shard_batch(b, n_local), int(b["bad"])
+        def save(step_now: int) -> None:
+            if step_now == run.checkpoint_step:
+                return
+            ckpt.save(step_now, run.state, {"next_batch": int(step_now)},
+                      {"bad_records": int(run.bad), "global_batch": lay.global_batch,
+                       "skipped_steps": int(meter.skipped), "config": config.to_dict()})
+            run.checkpoint_step = step_now
+            decisions.checkpointed()
 
-    last_stop = (total_steps if options.max_steps is None
-                 else min(total_steps, start_step + options.max_steps))
-    status = "completed"
-    step = start_step
-    window_t0 = None
-    window_wait = 0.0
-    window_steps = 0
-    run_wait = run_time = 0.0
-    run_images = 0
-    compile_s = 0.0
-    pending = None
-    last_eval = None
-    last_ckpt_t = time.perf_counter()
-    last_ckpt_step = start_step if start_step else None
-    bad_lock = [bad_total]
-    peak = None
-
-    def bad_counter(it):
-        for b, bad in it:
-            bad_lock[0] += bad
-            yield b
-
-    dev_iter = jax_utils.prefetch_to_device(bad_counter(device_batches()),
-                                            options.device_prefetch)
-
-    def save(step_now):
-        nonlocal last_ckpt_step
-        if step_now == last_ckpt_step:
-            return
-        ckpt.save(step_now, state, {"next_batch": int(step_now)},
-                  {"bad_records": int(bad_lock[0]), "global_batch": global_batch,
-                   "config": config.to_dict()})
-        last_ckpt_step = step_now
-
-    with _StopFlag() as stop:
-        while step < last_stop:
-            t_wait = time.perf_counter()
-            try:
-                batch = next(dev_iter)
-            except StopIteration:
-                break
-            t_got = time.perf_counter()
-            try:
-                if step_hook is not None:
-                    step_hook(step)
-                state, metrics = p_train(state, batch)
-                if step == start_step:
-                    jax.block_until_ready(metrics)
-            except Exception as exc:  # noqa: BLE001
-                if is_out_of_memory(exc):
-                    raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
-                raise
-            step += 1
-            if step == start_step + 1:
-                compile_s = time.perf_counter() - t_wait
-                window_t0 = time.perf_counter()
-                window_wait, window_steps = 0.0, 0
-            else:
-                window_wait += t_got - t_wait
-                window_steps += 1
-            log_now = (step % config.log_every_steps == 0 or step == last_stop) and window_steps
-            if log_now:
-                try:
-                    m = jax.device_get(jax_utils.unreplicate(metrics))  # blocks on the device
-                except Exception as exc:  # noqa: BLE001 - async errors surface here
-                    if is_out_of_memory(exc):
-                        raise DeviceOutOfMemory(step, str(exc).splitlines()[0]) from exc
-                    raise
-                if peak is None:
-                    peak = _peak_bytes()
-                now = time.perf_counter()
-                wall = now - window_t0
-                run_wait += window_wait
-                run_time += wall
-                run_images += window_steps * global_batch
-                sps = wall / window_steps
-                emit(StepReport(
-                    step=step, total_steps=total_steps, epoch=step / spe,
-                    images_per_s=window_steps * global_batch / wall, step_seconds=sps,
-                    wait_seconds=window_wait / window_steps,
-                    data_stall_pct=100.0 * window_wait / wall, loss=float(m["loss"]),
-                    accuracy=float(m["accuracy"]), learning_rate=float(m["learning_rate"]),
-                    bad_records=bad_lock[0], elapsed_seconds=now - t_start,
-                    eta_seconds=sps * (total_steps - step)))
-                window_t0, window_wait, window_steps = now, 0.0, 0
-            end_of_epoch = step % spe == 0
-            if end_of_epoch and options.eval_every_epochs and \
-                    (step // spe) % options.eval_every_epochs == 0 and step != total_steps:
-                jax.block_until_ready(state)  # steps in flight belong to the window
-                t_e = time.perf_counter()
-                last_eval = _evaluate(p_eval, state, packed_dir, config, n_local,
-                                      options.threads, step, step / spe)
-                if last_eval:
-                    emit(last_eval)
-                if window_t0 is not None:
-                    window_t0 += time.perf_counter() - t_e  # evaluation is not step time
-            if options.checkpoint_every_secs and \
-                    time.perf_counter() - last_ckpt_t > options.checkpoint_every_secs:
-                save(step)
-                last_ckpt_t = time.perf_counter()
-                if window_t0 is not None:
-                    window_t0 = time.perf_counter()
-                    window_wait, window_steps = 0.0, 0
-            if stop.event.is_set():
-                status = "stopped"
-                break
-    jax.block_until_ready(state)
-    digest = params_digest(state)
-    if status == "completed" and step < total_steps:
-        status = "max_steps"
-    save(step)
-    if eval_at_end and (step >= total_steps or status == "max_steps"):
-        last_eval = _evaluate(p_eval, state, packed_dir, config, n_local, options.threads,
-                              step, step / spe) or last_eval
-        if last_eval:
-            emit(last_eval)
+        run.state = state
+        status = _steps(run, feed, meter, decisions, save, p_train, p_eval, config, lay,
+                        options, packed_dir, last_stop, start_step, emit, step_hook, t_start)
+        jax.block_until_ready(run.state)
+        digest = params_digest(run.state)
+        if status == "completed" and run.step < lay.total_steps:
+            status = "max_steps"
+        save(run.step)
+        last_eval = run.last_eval
+        if eval_at_end and (run.step >= lay.total_steps or status == "max_steps"):
+            last_eval = _evaluate(p_eval, run.state, packed_dir, config, lay.n_local,
+                                  options.threads, run.step, run.step / lay.steps_per_epoch
+                                  ) or last_eval
+            if last_eval:
+                emit(last_eval)
     ckpt.close()
-    ips = run_images / run_time if run_time else float("nan")
+    ips = meter.run_steps * lay.global_batch / meter.run_time if meter.run_time else float("nan")
+    step_s = meter.run_time / meter.run_steps if meter.run_steps else float("nan")
     return TrainSummary(
-        status=status, steps=step, epochs=step / spe, resumed_from_step=start_step,
-        wall_seconds=time.perf_counter() - t_start, compile_seconds=compile_s,
-        images_per_s=ips, images_per_s_per_device=ips / n_global,
-        data_stall_pct=100.0 * run_wait / run_time if run_time else float("nan"),
-        final_eval=last_eval, bad_records=bad_lock[0], num_devices=n_global,
-        num_hosts=n_hosts, global_batch=global_batch, steps_per_epoch=spe,
-        checkpoint_step=last_ckpt_step, per_device_batch=config.per_device_batch,
-        learning_rate=config.learning_rate, peak_bytes_in_use=peak, params_sha256=digest)
+        status=status, steps=run.step, epochs=run.step / lay.steps_per_epoch,
+        resumed_from_step=start_step, wall_seconds=time.perf_counter() - t_start,
+        compile_seconds=run.compile_s, images_per_s=ips,
+        images_per_s_per_device=ips / lay.n_global,
+        data_stall_pct=stall_pct(meter.synthetic_s, step_s), final_eval=last_eval,
+        bad_records=run.bad, num_devices=lay.n_global, num_hosts=lay.n_hosts,
+        global_batch=lay.global_batch, steps_per_epoch=lay.steps_per_epoch,
+        checkpoint_step=run.checkpoint_step, per_device_batch=config.per_device_batch,
+        learning_rate=config.learning_rate, peak_bytes_in_use=run.peak, params_sha256=digest,
+        host_wait_pct=100.0 * meter.run_wait / meter.run_time if meter.run_time else float("nan"),
+        synthetic_images_per_s=(lay.global_batch / meter.synthetic_s
+                                if meter.synthetic_s > 0 else float("nan")),
+        skipped_steps=meter.skipped,
+        stop_reason=decisions.stop_reason if status == "stopped" else "")
+
+
+@dataclass
+class _RunState:
+    """What the step loop changes: the replicated train state and the counters."""
+
+    step: int
+    bad: int
+    checkpoint_step: int | None
+    state: object = None
+    compile_s: float = 0.0
+    peak: int | None = None
+    last_eval: EvalReport | None = None
+
+
+def _steps(run: _RunState, feed: DeviceFeed, meter: _Meter, decisions: _Decisions, save,
+           p_train, p_eval, config: tr.TrainConfig, lay: _Layout, options: LoopOptions,
+           packed_dir: str, last_stop: int, start_step: int, emit, step_hook,
+           t_start: float) -> str:
+    """The step loop; returns ``completed`` or ``stopped``. Every branch that needs a
+    collective (log step decisions, evaluation) is taken on a step every host
+    computes alike."""
+    spe = lay.steps_per_epoch
+    while run.step < last_stop:
+        try:
+            batch, scalars = next(feed)
+        except StopIteration:
+            break
+        run.bad += int(scalars.get("bad", 0))
+        t0 = time.perf_counter()
+        run.state, metrics = _run_step(p_train, run.state, batch, run.step, step_hook)
+        run.step += 1
+        if run.step == start_step + 1:  # compilation: time it, then the stall reference
+            jax.block_until_ready(metrics)
+            run.compile_s = time.perf_counter() - t0
+            meter.synthetic_s = _synthetic_step_seconds(p_train, run.state, batch,
+                                                        options.synthetic_steps)
+            meter.restart()
+        else:
+            meter.metrics.append(metrics)
+        log_now = (run.step % config.log_every_steps == 0 or run.step == last_stop)
+        if log_now and meter.metrics:
+            try:
+                emit(meter.report(run.step, lay, run.bad, t_start))
+            except Exception as exc:  # noqa: BLE001 - async errors surface here
+                if is_out_of_memory(exc):
+                    raise DeviceOutOfMemory(run.step, str(exc).splitlines()[0]) from exc
+                raise
+            if run.peak is None:
+                run.peak = _peak_bytes()
+        if log_now:
+            checkpoint, stop = decisions.decide()
+            if checkpoint or stop:
+                save(run.step)
+                meter.restart()
+            if stop:
+                return "stopped"
+        if (run.step % spe == 0 and options.eval_every_epochs
+                and (run.step // spe) % options.eval_every_epochs == 0
+                and run.step != lay.total_steps):
+            jax.block_until_ready(run.state)  # steps in flight belong to the window
+            t_e = time.perf_counter()
+            run.last_eval = _evaluate(p_eval, run.state, packed_dir, config, lay.n_local,
+                                      options.threads, run.step, run.step / spe)
+            if run.last_eval:
+                emit(run.last_eval)
+            meter.pause(time.perf_counter() - t_e)
+    return "completed"
 
 
 def params_digest(replicated_state) -> str:
-    """SHA-256 of the first local device's parameters and batch statistics (bytes of
-    every leaf in tree order)."""
+    """SHA-256 of the parameters and batch statistics of the replicated train state
+    (bytes of every leaf in tree order, as read from the first local device)."""
     import hashlib
 
-    state = jax.device_get(jax_utils.unreplicate(replicated_state))
+    state = jax.device_get(replicated_state)
     h = hashlib.sha256()
     for leaf in jax.tree_util.tree_leaves((state.params, state.batch_stats)):
         h.update(np.ascontiguousarray(leaf).tobytes())

@@ -195,17 +195,27 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
     (loss, (new_model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
     grads = jax.lax.pmean(grads, axis_name="batch")
+    mean_loss = jax.lax.pmean(loss, axis_name="batch")
     new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state["batch_stats"])
-    # A non-finite loss leaves the state unchanged (the step is skipped, and counted).
-    finite = jnp.isfinite(loss)
+    # The skip decision is taken on the averaged loss and gradients, identical on every
+    # device of every host, so one device's NaN makes every replica skip the step (and
+    # the replicas can never diverge); the step is counted in ``nonfinite``.
+    finite = jnp.isfinite(mean_loss) & all_finite(grads)
     new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new_state, state)
     metrics = {
-        "loss": loss,
-        "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"]),
+        "loss": mean_loss,
+        "accuracy": jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), "batch"),
         "learning_rate": learning_rate_fn(state.step),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
     }
-    return new_state, jax.lax.pmean(metrics, axis_name="batch")
+    return new_state, metrics
+
+
+def all_finite(tree) -> jax.Array:
+    """True (a bool scalar) when every element of every leaf of ``tree`` is finite."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves \
+        else jnp.asarray(True)
 
 
 def eval_step(state: TrainState, batch, *, config: TrainConfig):
@@ -228,14 +238,27 @@ def eval_step(state: TrainState, batch, *, config: TrainConfig):
 
 
 def make_p_train_step(config: TrainConfig, learning_rate_fn):
-    """``jax.pmap(train_step)`` over the local devices, donating the state."""
+    """``jax.pmap(train_step, axis_name='batch', in_axes=(None, 0), out_axes=(None, 0))``
+    over every device of every process, donating the state.
+
+    The train state goes in and out as one array replicated over the devices (not a
+    per-device stack), as in flax's current ``examples/imagenet``: jax >= 0.7 runs
+    pmap as ``jit`` of ``shard_map`` over a 1-D mesh named ``'batch'``, and with
+    ``in_axes=None`` / ``out_axes=None`` the state is a replicated ``jax.Array`` that
+    orbax saves and ``jax.device_get`` reads without an unreplicate. The batch is
+    ``[local_devices, per_device_batch, ...]`` (``trainers.feed``); metrics come back
+    ``[local_devices]`` (each already averaged over all devices).
+    """
     return jax.pmap(functools.partial(train_step, learning_rate_fn=learning_rate_fn,
-                                      config=config), axis_name="batch", donate_argnums=(0,))
+                                      config=config), axis_name="batch",
+                    in_axes=(None, 0), out_axes=(None, 0), donate_argnums=(0,))
 
 
 def make_p_eval_step(config: TrainConfig):
-    """``jax.pmap(eval_step)`` over the local devices."""
-    return jax.pmap(functools.partial(eval_step, config=config), axis_name="batch")
+    """``jax.pmap(eval_step, in_axes=(None, 0), out_axes=None)``: the replicated state
+    and a ``[local_devices, B, ...]`` batch in, the sums over all devices out."""
+    return jax.pmap(functools.partial(eval_step, config=config), axis_name="batch",
+                    in_axes=(None, 0), out_axes=None)
 
 
 def shard_batch(batch: dict, num_devices: int) -> dict:
