@@ -338,7 +338,14 @@ class TrainBatches(grain.MapDataset):
         return f"TrainBatches(steps={len(self)}, mode={self.cfg.read_mode})"
 
     def _augment(self, q: int, records: _Records, index: int, rec,
-                 rng: np.random.Generator) -> np.ndarray:
+                 rng: np.random.Generator, out: np.ndarray) -> int:
+        """Decode and augment one record straight into ``out`` (``batch[i]``,
+        ``uint8 [S, S, 3]``: the image is written there once, not copied in after);
+        returns its label. ``out`` is untouched when the record is bad.
+
+        Raises:
+          BadRecordError: the record cannot be read, parsed or decoded.
+        """
         if isinstance(rec, Exception):
             raise BadRecordError(f"{records.where(index)}: cannot read: {rec}")
         try:
@@ -351,8 +358,10 @@ class TrainBatches(grain.MapDataset):
                 if img is None:
                     img = preprocess.decode_image(data)
                     self._cache[(q, index)] = img
-                return preprocess.augment_decoded(img, rng, self.cfg.augment), label
-            return preprocess.train_preprocess(data, rng, self.cfg.augment), label
+                preprocess.augment_decoded(img, rng, self.cfg.augment, out=out)
+            else:
+                preprocess.train_preprocess(data, rng, self.cfg.augment, out=out)
+            return label
         except BadImageError as exc:
             raise BadRecordError(f"{records.where(index)}: {exc.reason}") from None
 
@@ -377,7 +386,7 @@ class TrainBatches(grain.MapDataset):
             for i, (index, rec) in enumerate(zip(idx, recs), start=j * b):
                 while True:
                     try:
-                        images[i], labels[i] = self._augment(q, records, int(index), rec, rng)
+                        labels[i] = self._augment(q, records, int(index), rec, rng, images[i])
                         break
                     except BadRecordError as exc:
                         if self.cfg.on_bad_record == "fail":
@@ -451,9 +460,10 @@ def eval_batches(paths: Sequence[str], lengths: Sequence[int], *, batch: int, im
                 if isinstance(rec, Exception):
                     raise rec
                 data, label = parse_example(rec)
-                images[i] = preprocess.eval_preprocess(data, image_size)
+                preprocess.eval_preprocess(data, image_size, out=images[i])  # in place
                 labels[i], mask[i] = label, True
             except Exception:  # noqa: BLE001 - counted, evaluation goes on
+                images[i] = 0  # padding stays zero whatever failed
                 bad += 1
         return {"image": images, "label": labels, "mask": mask, "bad": np.int32(bad)}
 

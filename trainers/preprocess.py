@@ -26,7 +26,9 @@ is measured is what is run.
   ``image_size`` crop (the 256 -> 224 ImageNet convention).
 
 Outputs are ``uint8 [image_size, image_size, 3]``; normalisation to float happens on
-the device inside the train step (4x fewer bytes across the host-device link).
+the device inside the train step (4x fewer bytes across the host-device link). With
+``out=`` (a row of the pipeline's batch array) the final resize or flip writes straight
+into the batch: no copy of the image after decode (issue 12), same pixels.
 """
 
 from __future__ import annotations
@@ -242,7 +244,8 @@ def random_resized_crop_box(height: int, width: int, rng: np.random.Generator, *
     return (height - ch) // 2, (width - cw) // 2, ch, cw
 
 
-def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+def _resize(img: np.ndarray, height: int, width: int, out: np.ndarray | None = None
+            ) -> np.ndarray:
     """Bilinear resize ``uint8 [h, w, 3]`` -> ``uint8 [height, width, 3]`` (OpenCV
     ``INTER_LINEAR``, about 5x faster than Pillow's here).
 
@@ -252,6 +255,10 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     non-integer factor on a 300x470 crop, box filter + bilinear about 0.2 ms). With
     the DCT-scaled decode this happens to about 3% of ImageNet training crops (a
     side above 2x the output while the other side is too short to halve).
+
+    With ``out`` (a C-contiguous ``uint8 [height, width, 3]`` array) the resize
+    writes into it and returns it; when no resize is needed ``img`` itself is
+    returned and ``out`` is left alone (the caller copies or flips into it).
     """
     h, w = img.shape[:2]
     if h == height and w == width:
@@ -260,47 +267,116 @@ def _resize(img: np.ndarray, height: int, width: int) -> np.ndarray:
     ky = math.ceil(h / height) if h > 2 * height else 1
     if kx > 1 or ky > 1:
         img = cv2.blur(img, (kx, ky))
-    return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    if out is None:
+        return cv2.resize(img, (width, height), interpolation=cv2.INTER_LINEAR)
+    got = cv2.resize(img, (width, height), dst=out, interpolation=cv2.INTER_LINEAR)
+    if not np.shares_memory(got, out):  # pragma: no cover - only if cv2 reallocated dst
+        np.copyto(out, got)
+    return out
 
 
-def augment_decoded(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def _check_out(out: np.ndarray, size: int) -> None:
+    """Raise ValueError unless ``out`` is a writable C-contiguous ``uint8 [size, size, 3]``."""
+    if (not isinstance(out, np.ndarray) or out.shape != (size, size, 3)
+            or out.dtype != np.uint8 or not out.flags.c_contiguous or not out.flags.writeable):
+        what = (f"{out.dtype} {list(out.shape)}, C-contiguous={out.flags.c_contiguous}, "
+                f"writeable={out.flags.writeable}" if isinstance(out, np.ndarray)
+                else type(out).__name__)
+        raise ValueError(f"out must be a writable C-contiguous uint8 [{size}, {size}, 3] "
+                         f"array, got {what}")
+
+
+def _resize_flip(crop: np.ndarray, size: int, flip: bool, out: np.ndarray | None) -> np.ndarray:
+    """Resize ``crop`` to ``uint8 [size, size, 3]``, flipped horizontally if ``flip``,
+    into ``out`` when given (C-contiguous; checked by the caller) else into a new
+    array. Always returns a C-contiguous array (``out`` itself when given).
+
+    ``cv2.flip`` is about 6x faster than ``np.ascontiguousarray(out[:, ::-1])`` for a
+    224 x 224 x 3 image. With ``out`` exactly one write of the final pixels lands in
+    it: the resize (no flip), the flip of the resized temporary or of the crop (flip),
+    or a copy of the crop (crop already ``size x size``, no flip). The flip never
+    reads from ``out`` (source and destination of ``cv2.flip`` never alias).
+    """
+    if out is None:
+        img = _resize(crop, size, size)
+        return cv2.flip(img, 1) if flip else np.ascontiguousarray(img)
+    if not flip:
+        img = _resize(crop, size, size, out=out)
+        if img is not out:  # no resize needed: the crop is a view of the decode
+            np.copyto(out, img)
+        return out
+    img = _resize(crop, size, size)  # a temporary, or the crop itself
+    if np.shares_memory(img, out):  # only when the caller's image is ``out`` itself
+        img = img.copy()
+    got = cv2.flip(img, 1, dst=out)
+    if not np.shares_memory(got, out):  # pragma: no cover - only if cv2 reallocated dst
+        np.copyto(out, got)
+    return out
+
+
+def augment_decoded(img: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig, *,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Random-resized crop + flip of an already decoded ``uint8 [H, W, 3]`` image.
 
-    Returns ``uint8 [cfg.image_size, cfg.image_size, 3]``.
+    Args:
+      img: decoded image, ``uint8 [H, W, 3]`` (any strides).
+      rng: draws the crop box, then the flip (when ``cfg.flip``).
+      cfg: augmentation.
+      out: optional destination, a writable C-contiguous ``uint8 [S, S, 3]`` array
+        (``S = cfg.image_size``), for example ``batch[i]``: the final pixels are
+        written straight into it (no copy into the batch afterwards). The pixels are
+        bit-identical to those returned without ``out``.
+
+    Returns:
+      ``uint8 [S, S, 3]``, C-contiguous: ``out`` itself when given.
+
+    Raises:
+      ValueError: ``out`` of the wrong shape, dtype or layout, or read-only.
     """
+    s = cfg.image_size
+    if out is not None:
+        _check_out(out, s)
     top, left, ch, cw = random_resized_crop_box(img.shape[0], img.shape[1], rng,
                                                 scale=(cfg.min_scale, cfg.max_scale))
-    out = _resize(img[top:top + ch, left:left + cw], cfg.image_size, cfg.image_size)
-    return _maybe_flip(out, rng, cfg)
+    flip = cfg.flip and rng.random() < 0.5
+    return _resize_flip(img[top:top + ch, left:left + cw], s, flip, out)
 
 
-def _maybe_flip(out: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
-    """Horizontal flip with probability 1/2 (one ``rng.random()`` draw when
-    ``cfg.flip``); always returns a C-contiguous array. ``cv2.flip`` is about 6x faster
-    than ``np.ascontiguousarray(out[:, ::-1])`` for a 224 x 224 x 3 image."""
-    if cfg.flip and rng.random() < 0.5:
-        return cv2.flip(out, 1)
-    return np.ascontiguousarray(out)
-
-
-def train_preprocess(data: bytes, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:
+def train_preprocess(data: bytes, rng: np.random.Generator, cfg: AugmentConfig, *,
+                     out: np.ndarray | None = None) -> np.ndarray:
     """Decode + random-resized crop + flip: encoded bytes -> ``uint8 [S, S, 3]``
     (``S = cfg.image_size``).
 
     The crop is chosen on the header's dimensions first, so the JPEG can be decoded
     at the smallest power-of-two DCT scale that keeps the crop at least ``S`` pixels
     on each side (never below the resolution the crop needs). Draws from ``rng`` in
-    the order of :func:`augment_decoded` (crop, then flip), so the same seed gives
-    the same crop whichever of the two runs.
+    the order of :func:`augment_decoded` (crop, then flip, the flip after a
+    successful decode), so the same seed gives the same crop whichever of the two runs.
+
+    Args:
+      data: encoded image bytes.
+      rng: random source of the crop and flip.
+      cfg: augmentation.
+      out: optional destination, a writable C-contiguous ``uint8 [S, S, 3]`` array
+        (the input pipeline passes ``batch[i]``): the resize or flip writes straight
+        into it, bit-identical to the result without ``out``. Left untouched when
+        the image cannot be decoded.
+
+    Returns:
+      ``uint8 [S, S, 3]``, C-contiguous: ``out`` itself when given.
 
     Raises:
       BadImageError: the image cannot be decoded.
+      ValueError: ``out`` of the wrong shape, dtype or layout, or read-only.
     """
+    s = cfg.image_size
+    if out is not None:
+        _check_out(out, s)
     h, w = image_header(data)
     top, left, ch, cw = random_resized_crop_box(h, w, rng, scale=(cfg.min_scale, cfg.max_scale))
-    s = cfg.image_size
     crop = decode_crop(data, h, w, top, left, ch, cw, min_side=s)
-    return _maybe_flip(_resize(crop, s, s), rng, cfg)
+    flip = cfg.flip and rng.random() < 0.5
+    return _resize_flip(crop, s, flip, out)
 
 
 def _scaled_box(h: int, w: int, sh: int, sw: int, top: int, left: int, ch: int, cw: int
@@ -352,31 +428,58 @@ def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
     return img[t:t + bh, l:l + bw]
 
 
-def center_crop_decoded(img: np.ndarray, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:
+def center_crop_decoded(img: np.ndarray, image_size: int, crop_fraction: float = 0.875, *,
+                        out: np.ndarray | None = None) -> np.ndarray:
     """Resize the shorter side to ``image_size / crop_fraction`` and take the centre
-    ``image_size`` square: ``uint8 [H, W, 3]`` -> ``uint8 [image_size, image_size, 3]``."""
+    ``image_size`` square: ``uint8 [H, W, 3]`` -> ``uint8 [image_size, image_size, 3]``.
+
+    With ``out`` (a writable C-contiguous ``uint8 [image_size, image_size, 3]``
+    array, for example ``batch[i]``) the square is written into it (the resize itself
+    when no cropping is left to do, else one copy of the centre) and ``out`` is
+    returned; the pixels are the same as without it.
+
+    Raises:
+      ValueError: ``out`` of the wrong shape, dtype or layout, or read-only.
+    """
+    if out is not None:
+        _check_out(out, image_size)
     h, w = img.shape[:2]
     short = image_size / crop_fraction
     scale = short / min(h, w)
     nh, nw = max(image_size, int(round(h * scale))), max(image_size, int(round(w * scale)))
+    if out is not None and nh == image_size and nw == image_size:
+        got = _resize(img, nh, nw, out=out)
+        if got is not out:  # already image_size x image_size
+            np.copyto(out, got)
+        return out
     img = _resize(img, nh, nw)
     top, left = (nh - image_size) // 2, (nw - image_size) // 2
-    return np.ascontiguousarray(img[top:top + image_size, left:left + image_size])
+    square = img[top:top + image_size, left:left + image_size]
+    if out is None:
+        return np.ascontiguousarray(square)
+    np.copyto(out, square)
+    return out
 
 
-def eval_preprocess(data: bytes, image_size: int, crop_fraction: float = 0.875) -> np.ndarray:
+def eval_preprocess(data: bytes, image_size: int, crop_fraction: float = 0.875, *,
+                    out: np.ndarray | None = None) -> np.ndarray:
     """Decode, resize the shorter side to ``image_size / crop_fraction``, centre crop.
 
-    Returns ``uint8 [image_size, image_size, 3]``.
+    Returns ``uint8 [image_size, image_size, 3]``: ``out`` itself when given (a
+    writable C-contiguous array of that shape, written in place, same pixels; left
+    untouched when the image cannot be decoded).
 
     Raises:
       BadImageError: the image cannot be decoded.
+      ValueError: ``out`` of the wrong shape, dtype or layout, or read-only.
     """
+    if out is not None:
+        _check_out(out, image_size)
     h, w = image_header(data)
     short = image_size / crop_fraction
     factor = min(1.0, short / min(h, w))
     img = _decode(data, h, w, math.ceil(h * factor), math.ceil(w * factor))
-    return center_crop_decoded(img, image_size, crop_fraction)
+    return center_crop_decoded(img, image_size, crop_fraction, out=out)
 
 
 def resize_shorter_side(img: np.ndarray, shorter: int) -> np.ndarray:
