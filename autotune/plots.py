@@ -3,8 +3,10 @@
 * ``decode_threads.png``: decode + augment images/s against threads (probe.json),
   the train step rate as a horizontal line, the plan's threads and its decode rate
   after the pack-time resize (plan.json) when there is a plan.
-* ``throughput.png``: images/s and data stall per logging window over the steps
-  (metrics.jsonl), the plan's prediction as a line; held-out top-1 when evaluated.
+* ``throughput.png``: images/s, and data stall (accelerators idle for input, against
+  on-device input) beside host wait (the loop waiting for the next batch) per logging
+  window over the steps (metrics.jsonl), the plan's prediction as a line; held-out
+  top-1 when evaluated.
 * ``disk.png``: MB/s and IOPS of the disk probe's reads, random against sequential
   (probe.json's disk record).
 
@@ -18,8 +20,11 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from pathlib import Path
 from typing import Sequence
+
+from autotune.render import HOST_WAIT_LABEL, STALL_LABEL
 
 DECODE_PNG = "decode_threads.png"
 THROUGHPUT_PNG = "throughput.png"
@@ -86,10 +91,14 @@ def plot_decode(decode, path: str | os.PathLike, *, step_images_per_s: float | N
 
 def plot_throughput(steps: Sequence, path: str | os.PathLike, *,
                     predicted: float | None = None, evals: Sequence = (),
-                    mean_images_per_s: float | None = None, title: str = "") -> Path:
-    """Images/s and data stall (%) per logging window against the step
-    (``trainers.loop.StepReport`` records), the plan's prediction and the run mean as
-    lines; held-out top-1 (``EvalReport``) in a third panel when there is any.
+                    mean_images_per_s: float | None = None, title: str = "",
+                    stall_note: str = "") -> Path:
+    """Images/s per logging window against the step (``trainers.loop.StepReport``
+    records), the plan's prediction and the run mean as lines; below, the data stall
+    (% of step time the accelerators were idle for input) and the host wait (% of
+    wall time the loop waited for the next batch) as two series (``stall_note``
+    written in the panel when no window has a stall figure, e.g. an old run); held-out
+    top-1 (``EvalReport``) in a third panel when there is any.
 
     Raises:
       ValueError: no step reports.
@@ -111,13 +120,7 @@ def plot_throughput(steps: Sequence, path: str | os.PathLike, *,
     a0.set_ylim(bottom=0)
     a0.legend(fontsize=8)
     a0.grid(alpha=0.3)
-    a1 = axes[1]
-    a1.fill_between(x, [r.data_stall_pct for r in steps], step="pre", color="tab:orange",
-                    alpha=0.5)
-    a1.plot(x, [r.data_stall_pct for r in steps], drawstyle="steps-pre", color="tab:orange")
-    a1.set_ylabel("data stall (%)")
-    a1.set_ylim(0, 100)
-    a1.grid(alpha=0.3)
+    _plot_input_figures(axes[1], steps, stall_note)
     if evals:
         a2 = axes[2]
         a2.plot([e.step for e in evals], [100 * e.top1 for e in evals], "o-", color="tab:green",
@@ -129,8 +132,28 @@ def plot_throughput(steps: Sequence, path: str | os.PathLike, *,
         a2.legend(fontsize=8)
         a2.grid(alpha=0.3)
     axes[-1].set_xlabel("step")
-    fig.suptitle(title or "Throughput and data stall per logging window")
+    fig.suptitle(title or "Throughput, data stall and host wait per logging window")
     return _save(fig, Path(path))
+
+
+def _plot_input_figures(ax, steps: Sequence, stall_note: str) -> None:
+    """Data stall (filled) and host wait (dashed) per window on one 0-100% axis."""
+    x = [r.step for r in steps]
+    stall = [r.data_stall_pct for r in steps]
+    if any(_ok(v) for v in stall):
+        ax.fill_between(x, stall, step="pre", color="tab:orange", alpha=0.5)
+        ax.plot(x, stall, drawstyle="steps-pre", color="tab:orange",
+                label=f"{STALL_LABEL}, % of step time")
+    else:
+        ax.text(0.5, 0.65, textwrap.fill(f"data stall {stall_note or 'not measured'}", 90,
+                                         break_on_hyphens=False),
+                transform=ax.transAxes, ha="center", va="center", fontsize=7, color="tab:gray")
+    ax.plot(x, [r.host_wait_pct for r in steps], drawstyle="steps-pre", color="tab:purple",
+            ls="--", label=f"{HOST_WAIT_LABEL}, % of wall time")
+    ax.set_ylabel("% of time")
+    ax.set_ylim(0, 100)
+    ax.legend(fontsize=7, loc="upper right")
+    ax.grid(alpha=0.3)
 
 
 _DISK = (("sequential\n1 MiB", "sequential"), ("random\n4 KiB", "random_4k"),
@@ -213,5 +236,6 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
         written.append(plot_throughput(run.steps, out / THROUGHPUT_PNG,
                                        predicted=run.figures.predicted_images_per_s,
                                        evals=run.evals,
-                                       mean_images_per_s=run.figures.images_per_s))
+                                       mean_images_per_s=run.figures.images_per_s,
+                                       stall_note=run.figures.data_stall_note))
     return written

@@ -70,6 +70,42 @@ def fmt_pct(x: float | None, digits: int = 1) -> str:
     return "-" if _bad(x) else f"{100 * x:.{digits}f}%"
 
 
+# ---------------------------------------------------------------- input figures
+
+#: The two input figures, named alike in every view (definitions in
+#: ``trainers.loop``; DS-Analyzer, Mohan et al., VLDB 2021).
+STALL_LABEL = "data stall (accelerators idle for input, vs on-device input)"
+STALL_SHORT = "data stall (accelerators idle)"
+HOST_WAIT_LABEL = "host wait (training loop waiting for the next batch)"
+HOST_WAIT_SHORT = "host wait (% of wall time)"
+INPUT_FIGURES_NOTE = ("data stall = share of the step time the accelerators sit idle for "
+                      "want of input, 1 - (step time on on-device input) / (step time) "
+                      "(DS-Analyzer); host wait = share of wall time the training loop waited "
+                      "for the next batch (with asynchronous dispatch it can be high while the "
+                      "accelerators are busy)")
+
+
+def fmt_stall(pct: float | None, note: str = "") -> str:
+    """A data stall figure with its meaning, or why it is missing (``note``, e.g.
+    ``autotune.report.RunFigures.data_stall_note``)."""
+    if _bad(pct):
+        return note or "not measured (no on-device reference step time)"
+    return f"{fmt_num(pct, '%', 1)} of step time accelerators idle for input" + (
+        f" ({note})" if note else "")
+
+
+def fmt_host_wait(pct: float | None, wait_seconds: float | None = None) -> str:
+    """Host wait as a share of wall time, and in ms per step when given."""
+    per_step = "" if _bad(wait_seconds) else f", {fmt_num(wait_seconds * 1e3, 'ms')} per step"
+    return f"{fmt_num(pct, '%', 1)} of wall time waiting for the next batch{per_step}"
+
+
+def _stall_style(pct: float | None) -> str:
+    if _bad(pct):
+        return "dim"
+    return "green" if pct < 5 else ("yellow" if pct < 20 else "red")
+
+
 def _kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:
     t = Table(title=title, box=box.SIMPLE_HEAVY, show_header=False, title_justify="left",
               title_style="bold")
@@ -235,26 +271,44 @@ def render_disk_chart(disk, width: int = 36) -> Text:
     return hbar_chart(rows, width=width)
 
 
+def pct_chart_top(*series: Sequence) -> float:
+    """The top of a percentage chart for ``StepReport`` series: 1.1 x the largest data
+    stall or host wait, between 10% and 100% (one scale for runs drawn together)."""
+    vals = [1.1 * v for steps in series for r in steps
+            for v in (r.data_stall_pct, r.host_wait_pct) if not _bad(v)]
+    return min(100.0, max([10.0] + vals))
+
+
 def render_time_charts(steps: Sequence, predicted: float | None = None, *,
                        width: int = 60, vmax: float | None = None,
-                       stall_vmax: float | None = None, title: str = "") -> Group:
-    """Images/s and data stall per logging window (``trainers.loop.StepReport``
-    records, in order) as column charts, the plan's prediction as the reference
-    line."""
+                       stall_vmax: float | None = None, title: str = "",
+                       stall_note: str = "") -> Group:
+    """Images/s, data stall and host wait per logging window
+    (``trainers.loop.StepReport`` records, in order) as column charts, the plan's
+    prediction as the reference line; both percentages on one scale
+    (``stall_vmax``, default :func:`pct_chart_top`). With no stall figure in any
+    window, ``stall_note`` says why in place of its chart."""
     if not steps:
         return Group(Text("  no step reports", style="dim"))
     xl = (f"step {steps[0].step:,}", f"step {steps[-1].step:,}")
     head = f"{title}: " if title else ""
+    top = stall_vmax or pct_chart_top(steps)
+    stalls = [r.data_stall_pct for r in steps]
+    if all(_bad(v) for v in stalls):
+        stall_chart = Text("  " + fmt_stall(None, stall_note), style="dim")
+    else:
+        stall_chart = column_chart(stalls, width=width, height=4, unit="%", vmax=top,
+                                   x_labels=xl, style="red")
     return Group(
         Text(f"{head}images/s per logging window", style="bold"),
         column_chart([r.images_per_s for r in steps], width=width, vmax=vmax, ref=predicted,
                      ref_label=f"plan {fmt_num(predicted, 'img/s')}", unit="img/s",
                      x_labels=xl),
-        Text(f"{head}data stall (input wait / wall time)", style="bold"),
-        column_chart([r.data_stall_pct for r in steps], width=width, height=4, unit="%",
-                     vmax=stall_vmax or min(100.0, max([10.0] + [
-                         1.1 * r.data_stall_pct for r in steps if not _bad(r.data_stall_pct)])),
-                     x_labels=xl, style="red"))
+        Text(f"{head}{STALL_LABEL}", style="bold"),
+        stall_chart,
+        Text(f"{head}{HOST_WAIT_LABEL}, % of wall time", style="bold"),
+        column_chart([r.host_wait_pct for r in steps], width=width, height=4, unit="%",
+                     vmax=top, x_labels=xl, style="magenta"))
 
 
 # ---------------------------------------------------------------- records
@@ -375,17 +429,29 @@ def render_pack(result) -> Table:
     return _kv_table("Pack", rows)
 
 
-def render_summary(summary, plan=None) -> Table:
-    """A ``trainers.loop.TrainSummary`` (and the plan's prediction beside it)."""
-    rows = [("status", summary.status),
+def render_summary(summary, plan=None, figures=None) -> Table:
+    """A ``trainers.loop.TrainSummary`` (and the plan's prediction beside it): status
+    (with the stop reason of a stopped run), throughput, data stall and host wait,
+    skipped steps, and the rest. Given the run's ``autotune.report.RunFigures`` (a
+    saved run), its ``data_stall_note`` says why a stall is missing, and its
+    ``skipped_steps`` (None for runs saved before they were counted) is shown."""
+    reason, synthetic = summary.stop_reason, summary.synthetic_images_per_s
+    skipped = summary.skipped_steps if figures is None else figures.skipped_steps
+    rows = [("status", summary.status + (f" ({reason})" if reason else "")),
             ("steps", f"{summary.steps:,} ({summary.epochs:.2f} epochs, {summary.steps_per_epoch:,} "
                       f"steps/epoch, global batch {summary.global_batch:,})"),
             ("throughput", f"{fmt_num(summary.images_per_s, 'img/s')} "
                            f"({fmt_num(summary.images_per_s_per_device, 'img/s')} per device, "
                            f"{summary.num_devices} devices, {summary.num_hosts} hosts)"),
-            ("data stall", fmt_num(summary.data_stall_pct, "%", 1) + " of wall time waiting for input"),
+            ("data stall", fmt_stall(summary.data_stall_pct,
+                                     figures.data_stall_note if figures is not None else "")
+             + ("" if _bad(synthetic) else
+                f" (on-device input: {fmt_num(synthetic, 'img/s')})")),
+            ("host wait", fmt_host_wait(summary.host_wait_pct)),
             ("wall time", f"{fmt_secs(summary.wall_seconds)} (compile {fmt_num(summary.compile_seconds, 's')})"),
-            ("bad records", f"{summary.bad_records:,}")]
+            ("bad records", f"{summary.bad_records:,}"),
+            ("skipped steps", "not counted (run saved before they were)" if skipped is None else
+             f"{skipped:,} (non-finite loss or gradient)")]
     if plan is not None:
         rows.append(("plan predicted", f"{fmt_num(plan.predicted_global_images_per_s, 'img/s')} "
                                        f"(bottleneck {plan.bottleneck})"))
@@ -409,6 +475,10 @@ def render_summary(summary, plan=None) -> Table:
     return _kv_table("Training summary", rows)
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1e3
+
+
 def render_measured_vs_plan(figures) -> Table:
     """An ``autotune.report.RunFigures``: what was measured beside what the plan
     predicted."""
@@ -419,11 +489,15 @@ def render_measured_vs_plan(figures) -> Table:
                               if f.measured_vs_predicted_pct is not None else ""))]
     if f.bottleneck:
         rows.append(("predicted bottleneck", f.bottleneck))
-    if f.step_seconds is not None:
-        rows.append(("step time", f"{fmt_num(f.step_seconds * 1e3, 'ms')} = compute "
-                                  f"{fmt_num(f.compute_seconds * 1e3, 'ms')} + input wait "
-                                  f"{fmt_num(f.wait_seconds * 1e3, 'ms')} (mean per step)"))
-    rows.append(("data stall", fmt_num(f.data_stall_pct, "%", 1)))
+    if f.step_seconds is not None or f.synthetic_step_seconds is not None:
+        rows.append(("step time", f"{fmt_num(_ms(f.step_seconds), 'ms')} mean, "
+                                  f"{fmt_num(_ms(f.synthetic_step_seconds), 'ms')} on on-device "
+                                  f"input (the accelerators alone)"))
+    rows.append(("data stall", fmt_stall(f.data_stall_pct, f.data_stall_note)))
+    rows.append(("host wait", fmt_host_wait(f.host_wait_pct, f.wait_seconds)))
+    if f.skipped_steps:
+        rows.append(("skipped steps", Text(f"{f.skipped_steps:,} (non-finite loss or gradient)",
+                                           style="yellow")))
     if f.probe_step_images_per_s is not None:
         rows.append(("probe step rate", f"{fmt_num(f.probe_step_images_per_s, 'img/s')} per host "
                                         f"(train step alone, synthetic input)"))
@@ -500,7 +574,7 @@ def render_saved_run(run) -> Group:
     if run.kind == "train":
         parts.append(Rule("training", style="dim"))
         if run.summary is not None:
-            parts.append(render_summary(run.summary, run.plan))
+            parts.append(render_summary(run.summary, run.plan, f))
         else:
             parts.append(Text("  no summary.json: the run is still going, or was killed; "
                               "figures below come from metrics.jsonl", style="yellow"))
@@ -514,13 +588,17 @@ def render_saved_run(run) -> Group:
                              f"{fmt_num(m.peak_images_per_s, 'img/s')} peak, "
                              f"{fmt_num(m.last_images_per_s, 'img/s')} last"),
                 ("data stall", f"{fmt_num(m.mean_data_stall_pct, '%', 1)} mean, "
-                               f"{fmt_num(m.last_data_stall_pct, '%', 1)} last"),
+                               f"{fmt_num(m.last_data_stall_pct, '%', 1)} last "
+                               f"(accelerators idle for input, % of step time)"),
+                ("host wait", f"{fmt_num(m.mean_host_wait_pct, '%', 1)} mean, "
+                              f"{fmt_num(m.last_host_wait_pct, '%', 1)} last (% of wall time)"),
                 ("last", f"epoch {m.last_epoch:.2f}, loss {fmt_num(m.last_loss, digits=4)}, "
                          f"lr {m.last_learning_rate:.4g}, elapsed {fmt_secs(m.last_elapsed_seconds)}"),
             ]))
         parts.append(render_measured_vs_plan(f))
         if run.steps:
-            parts.append(render_time_charts(run.steps, f.predicted_images_per_s))
+            parts.append(render_time_charts(run.steps, f.predicted_images_per_s,
+                                            stall_note=f.data_stall_note))
         if run.evals:
             parts.append(render_eval_history(run.evals))
         if run.bad_images:
@@ -544,7 +622,8 @@ def render_comparison(a, b, diffs: Sequence, changes: Sequence[tuple[str, str, s
     """Two ``SavedRun`` side by side: ``diffs`` (``autotune.report.Difference``) as a
     table, B's change coloured (green better, red worse, yellow a changed setting);
     ``changes`` (plan decisions that differ: name, A, B, B's reason); both runs'
-    throughput over time on one scale."""
+    throughput, data stall and host wait over time on one scale. Under the table:
+    what data stall and host wait mean, and why a run has no data stall."""
     from autotune.report import format_delta
 
     t = Table(title=f"A = {a.name}   vs   B = {b.name}", box=box.SIMPLE_HEAVY,
@@ -564,7 +643,10 @@ def render_comparison(a, b, diffs: Sequence, changes: Sequence[tuple[str, str, s
         arrow = {"better": "▲ ", "worse": "▼ ", "changed": "≠ "}.get(d.verdict, "")
         t.add_row(f"  {d.name}", d.a, Text(d.b, style=style if d.verdict != "same" else ""),
                   Text(arrow + change, style=style))
-    parts: list[Any] = [t]
+    notes = [f"  {INPUT_FIGURES_NOTE}"] + [
+        f"  {title} ({run.name}): data stall {run.figures.data_stall_note}"
+        for title, run in (("A", a), ("B", b)) if run.figures.data_stall_note]
+    parts: list[Any] = [t, Text("\n".join(notes), style="dim")]
     if changes:
         c = Table(title="Plan decisions that differ (B's reasons)", box=box.SIMPLE_HEAVY,
                   title_justify="left", title_style="bold")
@@ -581,12 +663,11 @@ def render_comparison(a, b, diffs: Sequence, changes: Sequence[tuple[str, str, s
                  if not _bad(x)]
         top = (1.5 * max([vals[int(0.9 * (len(vals) - 1))]] + preds)
                if vals else None)
-        stall = min(100.0, max([10.0] + [1.1 * r.data_stall_pct for r in (*a.steps, *b.steps)
-                                         if not _bad(r.data_stall_pct)]))
-        parts.append(render_time_charts(a.steps, a.figures.predicted_images_per_s, vmax=top,
-                                        stall_vmax=stall, title="A"))
-        parts.append(render_time_charts(b.steps, b.figures.predicted_images_per_s, vmax=top,
-                                        stall_vmax=stall, title="B"))
+        stall = pct_chart_top(a.steps, b.steps)
+        for title, run in (("A", a), ("B", b)):
+            parts.append(render_time_charts(run.steps, run.figures.predicted_images_per_s,
+                                            vmax=top, stall_vmax=stall, title=title,
+                                            stall_note=run.figures.data_stall_note))
     return Group(*parts)
 
 
@@ -646,10 +727,13 @@ class TrainView:
     In a terminal: a rich ``Live`` panel redrawn ``refresh_per_second`` times a second
     by rich's own thread (the training loop only hands over records: no drawing and
     no device sync on its thread). It shows epoch progress with ETA, images/s (last
-    window and run average) beside the plan's prediction, the step time split into
-    compute and input wait, data stall, loss and learning rate, held-out accuracy,
-    per-GPU utilisation and memory (NVML via ``probes.gpu.sample_utilisation``) and
-    host CPU and RAM (psutil), sampled at most once a second.
+    window and run average) beside the plan's prediction, the step time beside the
+    step time on on-device input, the data stall (accelerators idle for input) and,
+    separately, the host wait (the loop waiting for the next batch; both now, run
+    average and recent history), skipped steps, loss and learning rate, held-out
+    accuracy, per-GPU utilisation and memory (NVML via
+    ``probes.gpu.sample_utilisation``) and host CPU and RAM (psutil), sampled at most
+    once a second.
 
     Not a terminal (CI, ``nohup``): one plain line per report. ``quiet``: nothing.
 
@@ -685,6 +769,7 @@ class TrainView:
         self.vs_plan_pct = None
         self.ips_history: collections.deque = collections.deque(maxlen=history)
         self.stall_history: collections.deque = collections.deque(maxlen=history)
+        self.wait_history: collections.deque = collections.deque(maxlen=history)
         self._lock = threading.Lock()
         self.live = None
         self.interactive = self.console.is_terminal and not quiet
@@ -741,6 +826,7 @@ class TrainView:
                 self.avg.add(record)
                 self.ips_history.append(record.images_per_s)
                 self.stall_history.append(record.data_stall_pct)
+                self.wait_history.append(record.host_wait_pct)
                 pred = self.plan.predicted_global_images_per_s if self.plan is not None else None
                 mean = self.avg.mean_images_per_s
                 self.vs_plan_pct = 100.0 * mean / pred if pred and not _bad(mean) else None
@@ -762,9 +848,10 @@ class TrainView:
                 if self.plan is not None else "")
         s = (f"step {r.step}/{r.total_steps} epoch {r.epoch:.2f} | "
              f"{fmt_num(r.images_per_s)} img/s, avg {fmt_num(self.avg.mean_images_per_s)}{pred} | "
-             f"step {fmt_num(r.step_seconds * 1e3)} ms = compute "
-             f"{fmt_num((r.step_seconds - r.wait_seconds) * 1e3)} + input wait "
-             f"{fmt_num(r.wait_seconds * 1e3)} ms, stall {r.data_stall_pct:.1f}% | "
+             f"step {fmt_num(r.step_seconds * 1e3, 'ms')} (on-device input "
+             f"{fmt_num(r.synthetic_step_seconds * 1e3, 'ms')}), data stall "
+             f"{fmt_num(r.data_stall_pct, '%', 1)}, host wait {fmt_num(r.host_wait_pct, '%', 1)} "
+             f"({fmt_num(r.wait_seconds * 1e3, 'ms')}/step) | "
              f"loss {r.loss:.3f} lr {r.learning_rate:.4g} | ETA {fmt_secs(r.eta_seconds)}")
         if gpus:
             s += " | GPU " + " ".join(f"{fmt_num(g.gpu_utilisation_percent, '%', 0)}"
@@ -774,6 +861,8 @@ class TrainView:
                   f"{fmt_bytes(host.ram_used_bytes)}/{fmt_bytes(host.ram_total_bytes)}")
         if r.bad_records:
             s += f" | {r.bad_records:,} bad records"
+        if r.skipped_steps:
+            s += f" | {r.skipped_steps:,} steps skipped (non-finite)"
         return s
 
     def _sparkline(self, values: Sequence[float], top: float) -> str:
@@ -781,12 +870,59 @@ class TrainView:
         return "".join(" " if math.isnan(v) else _VBLOCKS[max(1, min(8, int(v / top * 8)))]
                        for v in cols)
 
+    def _step_rows(self, t: Table, r, plan, vs_plan, hist: dict[str, Any]) -> None:
+        """The rows drawn from the last ``StepReport`` ``r``; ``hist``: the run averages
+        (``avg_*``, from :class:`autotune.report.StepAverager`) and the recent series."""
+        frac = min(1.0, r.step / max(1, r.total_steps))
+        epochs = plan.epochs if plan is not None else None
+        bar = Text()
+        bar.append("█" * int(24 * frac), style="green")
+        bar.append("░" * (24 - int(24 * frac)), style="dim")
+        bar.append(f" {frac:.0%}  step {r.step:,}/{r.total_steps:,} · epoch {r.epoch:.2f}"
+                   + (f"/{epochs:g}" if epochs else "")
+                   + f" · elapsed {fmt_secs(r.elapsed_seconds)} · ETA {fmt_secs(r.eta_seconds)}")
+        t.add_row("progress", bar)
+        thr = Text(f"{fmt_num(r.images_per_s, 'img/s')} now, "
+                   f"{fmt_num(hist['avg_ips'], 'img/s')} average")
+        if plan is not None:
+            thr.append(f"  | plan {fmt_num(plan.predicted_global_images_per_s, 'img/s')} "
+                       f"(bottleneck {plan.bottleneck})", style="cyan")
+            if vs_plan is not None:
+                thr.append(f" = {vs_plan:.0f}% of plan",
+                           style="green" if vs_plan >= 90 else "yellow")
+        t.add_row("throughput", thr)
+        top = max([v for v in hist["ips"] if not _bad(v)]
+                  + ([plan.predicted_global_images_per_s] if plan is not None else [])
+                  + [1e-9])
+        t.add_row("", Text(self._sparkline(hist["ips"], top), style="green"))
+        t.add_row("step time", f"{fmt_num(r.step_seconds * 1e3, 'ms')} now, "
+                               f"{fmt_num(r.synthetic_step_seconds * 1e3, 'ms')} on on-device "
+                               f"input (the accelerators alone)")
+        style = _stall_style(r.data_stall_pct)
+        t.add_row("data stall", Text(f"{fmt_num(r.data_stall_pct, '%', 1)} now, "
+                                     f"{fmt_num(hist['avg_stall'], '%', 1)} average: accelerators "
+                                     f"idle for input, % of step time", style=style))
+        t.add_row("", Text(self._sparkline(hist["stall"], 100.0), style=style))
+        t.add_row("host wait", f"{fmt_num(r.host_wait_pct, '%', 1)} now "
+                               f"({fmt_num(r.wait_seconds * 1e3, 'ms')}/step), "
+                               f"{fmt_num(hist['avg_wait'], '%', 1)} average: loop waiting for "
+                               f"the next batch, % of wall time")
+        t.add_row("", Text(self._sparkline(hist["wait"], 100.0), style="magenta"))
+        t.add_row("loss / lr", f"{r.loss:.4f} / {r.learning_rate:.4g} "
+                               f"(batch top-1 {r.accuracy:.1%})")
+        if r.bad_records:
+            t.add_row("bad records", Text(f"{r.bad_records:,} skipped", style="yellow"))
+        if r.skipped_steps:
+            t.add_row("skipped steps", Text(f"{r.skipped_steps:,} (non-finite loss or gradient)",
+                                            style="yellow"))
+
     def _render(self):
         with self._lock:
-            r, e, plan = self.last_step, self.last_eval, self.plan
-            avg_ips, avg_stall = self.avg.mean_images_per_s, self.avg.mean_data_stall_pct
-            vs_plan = self.vs_plan_pct
-            ips_hist, stall_hist = list(self.ips_history), list(self.stall_history)
+            r, e, plan, vs_plan = self.last_step, self.last_eval, self.plan, self.vs_plan_pct
+            hist = {"avg_ips": self.avg.mean_images_per_s,
+                    "avg_stall": self.avg.mean_data_stall_pct,
+                    "avg_wait": self.avg.mean_host_wait_pct, "ips": list(self.ips_history),
+                    "stall": list(self.stall_history), "wait": list(self.wait_history)}
         gpus, host = self._sample()
         t = Table(box=box.SIMPLE_HEAVY, show_header=False, expand=False)
         t.add_column("what", style="bold", no_wrap=True)
@@ -795,40 +931,7 @@ class TrainView:
             t.add_row("status", f"waiting for the first step (compiling the train step, filling "
                                 f"the input pipeline) ... {fmt_secs(time.monotonic() - self._t0)}")
         else:
-            frac = min(1.0, r.step / max(1, r.total_steps))
-            epochs = plan.epochs if plan is not None else None
-            bar = Text()
-            bar.append("█" * int(24 * frac), style="green")
-            bar.append("░" * (24 - int(24 * frac)), style="dim")
-            bar.append(f" {frac:.0%}  step {r.step:,}/{r.total_steps:,} · epoch {r.epoch:.2f}"
-                       + (f"/{epochs:g}" if epochs else "")
-                       + f" · elapsed {fmt_secs(r.elapsed_seconds)} · ETA {fmt_secs(r.eta_seconds)}")
-            t.add_row("progress", bar)
-            thr = Text(f"{fmt_num(r.images_per_s, 'img/s')} now, "
-                       f"{fmt_num(avg_ips, 'img/s')} average")
-            if plan is not None:
-                thr.append(f"  | plan {fmt_num(plan.predicted_global_images_per_s, 'img/s')} "
-                           f"(bottleneck {plan.bottleneck})", style="cyan")
-                if vs_plan is not None:
-                    thr.append(f" = {vs_plan:.0f}% of plan",
-                               style="green" if vs_plan >= 90 else "yellow")
-            t.add_row("throughput", thr)
-            top = max([v for v in ips_hist if not _bad(v)]
-                      + ([plan.predicted_global_images_per_s] if plan is not None else [])
-                      + [1e-9])
-            t.add_row("", Text(self._sparkline(ips_hist, top), style="green"))
-            t.add_row("step time", f"{fmt_num(r.step_seconds * 1e3, 'ms')} = compute "
-                                   f"{fmt_num((r.step_seconds - r.wait_seconds) * 1e3, 'ms')} + "
-                                   f"input wait {fmt_num(r.wait_seconds * 1e3, 'ms')}")
-            stall_style = "green" if r.data_stall_pct < 5 else (
-                "yellow" if r.data_stall_pct < 20 else "red")
-            t.add_row("data stall", Text(f"{fmt_num(r.data_stall_pct, '%', 1)} now, "
-                                         f"{fmt_num(avg_stall, '%', 1)} average  "
-                                         + self._sparkline(stall_hist, 100.0), style=stall_style))
-            t.add_row("loss / lr", f"{r.loss:.4f} / {r.learning_rate:.4g} "
-                                   f"(batch top-1 {r.accuracy:.1%})")
-            if r.bad_records:
-                t.add_row("bad records", Text(f"{r.bad_records:,} skipped", style="yellow"))
+            self._step_rows(t, r, plan, vs_plan, hist)
         if e is not None:
             t.add_row("held-out", f"top-1 {e.top1:.2%}, top-5 {e.top5:.2%}, loss {e.loss:.3f} "
                                   f"at epoch {e.epoch:.2f}")

@@ -8,6 +8,16 @@ reads whatever is there into a :class:`SavedRun` (a record: ``--json`` prints it
 over ``metrics.jsonl`` (:class:`MetricsStats`), the headline figures with their
 sources (:class:`RunFigures`), and time and cost estimates (:class:`CostEstimate`).
 
+Two input figures, with the definitions of ``trainers.loop`` (DS-Analyzer, Mohan et
+al., VLDB 2021): the **data stall**, the share of the step time the accelerators sit
+idle for want of input, ``100 x max(0, 1 - on-device-input step s / step s)``; and the
+**host wait**, the share of wall time the training loop waited for the next batch.
+With asynchronous dispatch the host can wait while the accelerators are busy, so the
+two differ. Over a run both are ratios of sums over the logging windows (see
+:class:`MetricsStats`), not means of the windows' percentages. Runs saved before the
+stall was measured this way recorded host wait under the stall's name; they are read
+with that figure as host wait and the stall unknown (:func:`upgrade_legacy_stall`).
+
 :func:`render_run` and :func:`render_comparison` give rich renderables (drawn by
 :mod:`autotune.render`); :func:`to_markdown` a table to paste into an issue.
 
@@ -218,23 +228,39 @@ def estimate_cost(images_per_epoch: int, epochs: float, images_per_s: float, num
 class MetricsStats(Record):
     """Averages over the ``StepReport`` lines of ``metrics.jsonl``.
 
-    Each report covers a window of steps; a window's length is the step difference
-    to the previous report (for the first report, and after a resume where the step
-    count restarts lower, the previous window's length, or ``step - 1`` when there is
-    none: the first step is compilation and belongs to no window). Means are
-    weighted by time (``window steps x step seconds``), so ``mean_images_per_s`` =
-    images / seconds over all windows.
+    Each report covers a window of steps; a window's length ``n`` is the step
+    difference to the previous report (for the first report, and after a resume where
+    the step count restarts lower, the previous window's length, or ``step - 1`` when
+    there is none: the first step is compilation and belongs to no window). Sums run
+    over windows ``w`` with ``n_w`` steps of ``t_w`` mean step seconds, ``h_w`` mean
+    host-wait seconds and ``s_w`` on-device (synthetic) step seconds:
+
+    * ``mean_images_per_s = sum(images_w) / sum(n_w t_w)`` (time-weighted);
+    * ``mean_data_stall_pct = 100 x max(0, 1 - sum(n_w s_w) / sum(n_w t_w))`` over the
+      windows with a reference ``s_w`` (the DS-Analyzer stall of the mean step time
+      against the mean on-device step time; with one reference, as in one run, it is
+      ``1 - s / mean step``, the summary's formula), NaN when no window has one (runs
+      saved before the stall was measured, or ``synthetic_steps = 0``);
+    * ``mean_host_wait_pct = 100 x sum(n_w h_w) / sum(n_w t_w)`` (share of wall time).
 
     Attributes:
       step_reports, eval_reports: lines of each kind.
       first_step, last_step, total_steps: steps of the first and last report, and of
         the schedule.
       segments: runs of increasing steps (2+ after a resume).
-      window_seconds: time covered by the windows (s).
+      window_steps, window_seconds: steps and time covered by the windows (s).
       mean_images_per_s / peak_images_per_s / last_images_per_s: global images/s.
-      mean_data_stall_pct / last_data_stall_pct: input wait / wall time (%).
-      mean_step_seconds / mean_wait_seconds / mean_compute_seconds: per step (s);
-        compute = step - wait.
+      mean_data_stall_pct / last_data_stall_pct: accelerators idle for want of input,
+        share of step time (%), see above; NaN when unknown.
+      stall_steps: steps of the windows the stall figure covers (< the windows' steps
+        when only part of the file has an on-device reference).
+      mean_host_wait_pct / last_host_wait_pct: the training loop waiting for the next
+        batch, share of wall time (%).
+      mean_step_seconds / mean_wait_seconds: per step (s); wait = host wait.
+      synthetic_step_seconds: mean on-device (synthetic input) step time over the
+        windows with a reference, ``sum(n_w s_w) / sum(n_w)`` (s); NaN without.
+      skipped_steps: steps skipped for a non-finite loss or gradient (the last
+        report's run total).
       last_loss, last_learning_rate, last_epoch, last_elapsed_seconds,
       last_eta_seconds, bad_records: from the last report.
     """
@@ -245,15 +271,20 @@ class MetricsStats(Record):
     last_step: int
     total_steps: int
     segments: int
+    window_steps: int
     window_seconds: float
     mean_images_per_s: float
     peak_images_per_s: float
     last_images_per_s: float
     mean_data_stall_pct: float
     last_data_stall_pct: float
+    stall_steps: int
+    mean_host_wait_pct: float
+    last_host_wait_pct: float
     mean_step_seconds: float
     mean_wait_seconds: float
-    mean_compute_seconds: float
+    synthetic_step_seconds: float
+    skipped_steps: int
     last_loss: float
     last_learning_rate: float
     last_epoch: float
@@ -262,11 +293,15 @@ class MetricsStats(Record):
     bad_records: int
 
 
+def _ratio(num: float, den: float, scale: float = 1.0) -> float:
+    return scale * num / den if den > 0 else float("nan")
+
+
 class StepAverager:
-    """Running time-weighted averages of :class:`trainers.loop.StepReport` windows
-    (see :class:`MetricsStats` for the window rule). Used by :func:`load_run` and by
-    the live view (``autotune.render.TrainView``); not thread-safe (the view calls it
-    under its lock).
+    """Running averages of :class:`trainers.loop.StepReport` windows (see
+    :class:`MetricsStats` for the window rule and the formulas). Used by
+    :func:`load_run` and by the live view (``autotune.render.TrainView``); not
+    thread-safe (the view calls it under its lock).
     """
 
     def __init__(self):
@@ -278,6 +313,9 @@ class StepAverager:
         self.seconds = 0.0
         self.images = 0.0
         self.wait = 0.0
+        self.ref_steps = 0  # windows with an on-device reference: steps,
+        self.ref_seconds = 0.0  # their step time,
+        self.ref_synthetic = 0.0  # and their on-device step time
         self.peak = float("nan")
         self.last: StepReport | None = None
         self.first_step: int | None = None
@@ -294,6 +332,10 @@ class StepAverager:
         self.seconds += t
         self.images += r.images_per_s * t
         self.wait += window * r.wait_seconds
+        if r.synthetic_step_seconds > 0 and t > 0:
+            self.ref_steps += window
+            self.ref_seconds += t
+            self.ref_synthetic += window * r.synthetic_step_seconds
         if not r.images_per_s <= self.peak:
             self.peak = r.images_per_s
         if self.first_step is None:
@@ -304,20 +346,32 @@ class StepAverager:
     @property
     def mean_images_per_s(self) -> float:
         """Images / seconds over the windows so far (NaN before any)."""
-        return self.images / self.seconds if self.seconds > 0 else float("nan")
+        return _ratio(self.images, self.seconds)
 
     @property
     def mean_data_stall_pct(self) -> float:
-        """100 x input wait / wall time over the windows so far (NaN before any)."""
-        return 100.0 * self.wait / self.seconds if self.seconds > 0 else float("nan")
+        """``100 x max(0, 1 - sum(n s) / sum(n t))`` over the windows with an on-device
+        reference (NaN without one)."""
+        if not self.ref_seconds > 0:
+            return float("nan")
+        return max(0.0, 100.0 * (1.0 - self.ref_synthetic / self.ref_seconds))
+
+    @property
+    def mean_host_wait_pct(self) -> float:
+        """100 x host wait / wall time over the windows so far (NaN before any)."""
+        return _ratio(self.wait, self.seconds, 100.0)
 
     @property
     def mean_step_seconds(self) -> float:
-        return self.seconds / self.steps if self.steps else float("nan")
+        return _ratio(self.seconds, self.steps)
 
     @property
     def mean_wait_seconds(self) -> float:
-        return self.wait / self.steps if self.steps else float("nan")
+        return _ratio(self.wait, self.steps)
+
+    @property
+    def synthetic_step_seconds(self) -> float:
+        return _ratio(self.ref_synthetic, self.ref_steps)
 
     def stats(self, eval_reports: int = 0) -> MetricsStats | None:
         """The :class:`MetricsStats` so far; None before any report."""
@@ -327,12 +381,13 @@ class StepAverager:
         return MetricsStats(
             step_reports=self.reports, eval_reports=eval_reports,
             first_step=int(self.first_step), last_step=r.step, total_steps=r.total_steps,
-            segments=self.segments, window_seconds=self.seconds,
+            segments=self.segments, window_steps=self.steps, window_seconds=self.seconds,
             mean_images_per_s=self.mean_images_per_s, peak_images_per_s=self.peak,
             last_images_per_s=r.images_per_s, mean_data_stall_pct=self.mean_data_stall_pct,
-            last_data_stall_pct=r.data_stall_pct, mean_step_seconds=self.mean_step_seconds,
-            mean_wait_seconds=self.mean_wait_seconds,
-            mean_compute_seconds=self.mean_step_seconds - self.mean_wait_seconds,
+            last_data_stall_pct=r.data_stall_pct, stall_steps=self.ref_steps,
+            mean_host_wait_pct=self.mean_host_wait_pct, last_host_wait_pct=r.host_wait_pct,
+            mean_step_seconds=self.mean_step_seconds, mean_wait_seconds=self.mean_wait_seconds,
+            synthetic_step_seconds=self.synthetic_step_seconds, skipped_steps=r.skipped_steps,
             last_loss=r.loss, last_learning_rate=r.learning_rate, last_epoch=r.epoch,
             last_elapsed_seconds=r.elapsed_seconds, last_eta_seconds=r.eta_seconds,
             bad_records=r.bad_records)
@@ -348,6 +403,25 @@ def metrics_stats(steps: Iterable[StepReport], eval_reports: int = 0) -> Metrics
 
 # ---------------------------------------------------------------- saved runs
 
+#: Why a run has no data stall figure: it was saved before the stall was measured
+#: against on-device input (its ``data_stall_pct`` then meant host wait).
+LEGACY_STALL_NOTE = ("not measured: this run was saved before autotune measured the stall "
+                     "against on-device input; its old 'data stall' figure was host wait and "
+                     "is shown as host wait")
+#: Why a run has no data stall figure: no on-device reference step time was timed.
+NO_REFERENCE_NOTE = "not measured: no on-device reference step time (synthetic_steps = 0)"
+
+
+def upgrade_legacy_stall(data: Any) -> tuple[Any, bool]:
+    """Read a ``StepReport`` / ``TrainSummary`` dict written before the data stall was
+    measured against on-device input. Such a dict has no ``host_wait_pct`` key and its
+    ``data_stall_pct`` was host wait / wall time; it comes back with that value as
+    ``host_wait_pct`` and the stall unknown (null, read as NaN), and True. Any other
+    value comes back unchanged, with False."""
+    if not isinstance(data, dict) or "host_wait_pct" in data or "data_stall_pct" not in data:
+        return data, False
+    return {**data, "host_wait_pct": data["data_stall_pct"], "data_stall_pct": None}, True
+
 
 @dataclass(frozen=True)
 class RunFigures(Record):
@@ -356,11 +430,24 @@ class RunFigures(Record):
     Attributes:
       status: ``completed`` / ``max_steps`` / ``stopped`` (summary.json),
         ``probe only``, or ``no summary`` (still running, or killed).
+      stop_reason: why a stopped run stopped (``"SIGTERM on process 1"``).
       images_per_s: measured global images/s: the summary's mean, else the
         metrics.jsonl average (``images_per_s_source`` says which).
       images_per_s_per_device: the same per device.
-      data_stall_pct: input wait / wall time (%), same source.
-      step_seconds, wait_seconds, compute_seconds: per step (s), from metrics.jsonl.
+      data_stall_pct: share of the step time the accelerators sat idle for want of
+        input (%, DS-Analyzer): ``100 x max(0, 1 - on-device step s / step s)``, same
+        source (see :class:`MetricsStats` for the average); None when not measured.
+      data_stall_note: why the stall is missing, or which steps it covers ("" when
+        it covers the whole run).
+      host_wait_pct: share of wall time the training loop waited for the next batch
+        (%), same source.
+      step_seconds, wait_seconds: mean step time and host wait per step (s), from
+        metrics.jsonl.
+      synthetic_step_seconds: step time on on-device input, the stall's reference (s):
+        metrics.jsonl's mean, else global batch / the summary's reference images/s.
+      synthetic_images_per_s: global images/s on on-device input (summary.json).
+      skipped_steps: steps skipped for a non-finite loss or gradient (summary, else
+        the last report).
       predicted_images_per_s: the plan's global prediction (images/s).
       measured_vs_predicted_pct: 100 x measured / predicted.
       bottleneck: the plan's predicted bottleneck.
@@ -380,7 +467,6 @@ class RunFigures(Record):
     data_stall_pct: float | None = None
     step_seconds: float | None = None
     wait_seconds: float | None = None
-    compute_seconds: float | None = None
     predicted_images_per_s: float | None = None
     measured_vs_predicted_pct: float | None = None
     bottleneck: str | None = None
@@ -395,6 +481,12 @@ class RunFigures(Record):
     compile_seconds: float | None = None
     probe_step_images_per_s: float | None = None
     decode_best_images_per_s: float | None = None
+    data_stall_note: str = ""
+    host_wait_pct: float | None = None
+    synthetic_step_seconds: float | None = None
+    synthetic_images_per_s: float | None = None
+    skipped_steps: int | None = None
+    stop_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -406,13 +498,16 @@ class SavedRun(Record):
       kind: ``train`` (a plan, metrics or summary is there) or ``probe``.
       probe, plan, pack, summary: the saved records.
       run_meta: ``run.json`` (data, packed folder, config, options, argv).
-      steps, evals: the ``metrics.jsonl`` records in file order.
+      steps, evals: the ``metrics.jsonl`` records in file order (old-format records
+        read through :func:`upgrade_legacy_stall`).
       metrics: averages over ``steps`` (None without step reports).
       figures: the headline figures.
       costs: time and cost estimates (empty without a price).
       bad_images: entries of ``bad_images.json``.
       plots: PNG files in the folder (names).
       problems: files that could not be read, with the reason.
+      legacy_stall: some record was written before the data stall was measured
+        against on-device input (its old stall figure is read as host wait).
     """
 
     path: str
@@ -431,42 +526,85 @@ class SavedRun(Record):
     bad_images: int
     plots: tuple[str, ...]
     problems: tuple[str, ...]
+    legacy_stall: bool = False
 
 
 def _finite(x: float | None) -> float | None:
     return x if isinstance(x, (int, float)) and math.isfinite(x) else None
 
 
-def _figures(probe, plan, summary, metrics: MetricsStats | None,
-             evals: Sequence[EvalReport], kind: str) -> RunFigures:
+def _stall_note(stall: float | None, metrics: MetricsStats | None, measured: bool,
+                legacy: bool) -> str:
+    if stall is None:
+        return (LEGACY_STALL_NOTE if legacy else NO_REFERENCE_NOTE) if measured else ""
+    if metrics is not None and 0 < metrics.stall_steps < metrics.window_steps:
+        return (f"over the {metrics.stall_steps:,} of {metrics.window_steps:,} logged steps "
+                f"that have an on-device reference")
+    return ""
+
+
+def _input_figures(plan, summary, metrics: MetricsStats | None,
+                   legacy: tuple[bool, bool]) -> dict[str, Any]:
+    """Throughput, data stall and host wait, from the summary when it has a
+    throughput, else from the metrics.jsonl averages (see :class:`RunFigures`);
+    ``legacy``: (summary.json, the last step report) were saved in the old format."""
+    out: dict[str, Any] = {}
+    if summary is not None and _finite(summary.images_per_s):
+        out.update(images_per_s=summary.images_per_s, images_per_s_source="summary.json",
+                   images_per_s_per_device=_finite(summary.images_per_s_per_device),
+                   data_stall_pct=_finite(summary.data_stall_pct),
+                   host_wait_pct=_finite(summary.host_wait_pct))
+    elif metrics is not None and _finite(metrics.mean_images_per_s):
+        devices = summary.num_devices if summary else (
+            plan.local_devices * plan.num_hosts if plan else None)
+        out.update(images_per_s=metrics.mean_images_per_s,
+                   images_per_s_source="metrics.jsonl average",
+                   images_per_s_per_device=metrics.mean_images_per_s / devices if devices else None,
+                   data_stall_pct=_finite(metrics.mean_data_stall_pct),
+                   host_wait_pct=_finite(metrics.mean_host_wait_pct))
+    synthetic_ips = _finite(summary.synthetic_images_per_s) if summary else None
+    synthetic_s = _finite(metrics.synthetic_step_seconds) if metrics else None
+    if synthetic_s is None and synthetic_ips:
+        synthetic_s = summary.global_batch / synthetic_ips
+    from_metrics = out.get("images_per_s_source") == "metrics.jsonl average"
+    out.update(data_stall_note=_stall_note(out.get("data_stall_pct"),
+                                           metrics if from_metrics else None,
+                                           "images_per_s" in out, legacy[from_metrics]),
+               step_seconds=_finite(metrics.mean_step_seconds) if metrics else None,
+               wait_seconds=_finite(metrics.mean_wait_seconds) if metrics else None,
+               synthetic_step_seconds=synthetic_s, synthetic_images_per_s=synthetic_ips)
+    return out
+
+
+def _skipped_steps(summary, metrics: MetricsStats | None,
+                   legacy: tuple[bool, bool]) -> int | None:
+    if summary is not None:
+        return None if legacy[0] else summary.skipped_steps
+    return None if metrics is None or legacy[1] else metrics.skipped_steps
+
+
+def _figures(probe, plan, summary, metrics: MetricsStats | None, evals: Sequence[EvalReport],
+             kind: str, legacy: tuple[bool, bool] = (False, False)) -> RunFigures:
+    """The :class:`RunFigures`; ``legacy``: whether (summary.json, the last step report)
+    were saved before the data stall was measured against on-device input (their stall
+    figure is unknown and their skipped steps were not counted)."""
     if summary is not None:
         status = summary.status
     elif kind == "probe":
         status = "probe only"
     else:
         status = "no summary"
-    ips = per_dev = stall = None
-    source = ""
-    if summary is not None and _finite(summary.images_per_s):
-        ips, per_dev = summary.images_per_s, _finite(summary.images_per_s_per_device)
-        stall, source = _finite(summary.data_stall_pct), "summary.json"
-    elif metrics is not None and _finite(metrics.mean_images_per_s):
-        ips, stall = metrics.mean_images_per_s, _finite(metrics.mean_data_stall_pct)
-        source = "metrics.jsonl average"
-        devices = summary.num_devices if summary else (
-            plan.local_devices * plan.num_hosts if plan else None)
-        per_dev = ips / devices if devices else None
+    inputs = _input_figures(plan, summary, metrics, legacy)
+    ips = inputs.get("images_per_s")
     predicted = _finite(plan.predicted_global_images_per_s) if plan else None
     ratio = 100.0 * ips / predicted if ips and predicted else None
     last_eval = summary.final_eval if summary is not None and summary.final_eval else (
         evals[-1] if evals else None)
     step_rate = probe.accelerator.step_rate if probe is not None else None
     return RunFigures(
-        status=status, images_per_s=ips, images_per_s_source=source,
-        images_per_s_per_device=per_dev, data_stall_pct=stall,
-        step_seconds=_finite(metrics.mean_step_seconds) if metrics else None,
-        wait_seconds=_finite(metrics.mean_wait_seconds) if metrics else None,
-        compute_seconds=_finite(metrics.mean_compute_seconds) if metrics else None,
+        status=status, **inputs,
+        skipped_steps=_skipped_steps(summary, metrics, legacy),
+        stop_reason=(summary.stop_reason or None) if summary else None,
         predicted_images_per_s=predicted, measured_vs_predicted_pct=ratio,
         bottleneck=plan.bottleneck if plan else None,
         top1=last_eval.top1 if last_eval else None, top5=last_eval.top5 if last_eval else None,
@@ -558,14 +696,52 @@ def run_costs(probe, plan, pack, summary, figures: RunFigures,
     return tuple(out)
 
 
-def _load_record(cls, path: Path, problems: list[str]):
+def _load_record(cls, path: Path, problems: list[str], legacy: list[bool] | None = None):
+    """``cls`` from ``path`` (None when absent; unreadable: None and a line in
+    ``problems``). With ``legacy``, the document is read through
+    :func:`upgrade_legacy_stall` and whether it was upgraded appended to ``legacy``."""
     if not path.is_file():
         return None
     try:
-        return cls.load(path)
+        if legacy is None:
+            return cls.load(path)
+        data, old = upgrade_legacy_stall(json.loads(path.read_text()))
+        record = cls.from_dict(data)
+        legacy.append(old)
+        return record
     except (RecordError, OSError, ValueError, TypeError) as exc:
         problems.append(f"{path.name}: {exc}")
         return None
+
+
+def _read_metrics(path: Path, problems: list[str], legacy: list[bool]
+                  ) -> tuple[list[StepReport], list[EvalReport]]:
+    """The step and evaluation reports of ``metrics.jsonl`` (step reports read through
+    :func:`upgrade_legacy_stall`, whether each was upgraded appended to ``legacy``);
+    lines that do not parse are counted in ``problems``."""
+    steps: list[StepReport] = []
+    evals: list[EvalReport] = []
+    if not path.is_file():
+        return steps, evals
+    bad_lines = 0
+    for obj in res.read_metrics(path):
+        kind = obj.pop("kind", None) if isinstance(obj, dict) else None
+        try:
+            if kind == "StepReport":
+                obj, old = upgrade_legacy_stall(obj)
+                steps.append(StepReport.from_dict(obj))
+                legacy.append(old)
+            elif kind == "EvalReport":
+                evals.append(EvalReport.from_dict(obj))
+            else:
+                bad_lines += 1
+        except RecordError as exc:
+            bad_lines += 1
+            if bad_lines == 1:
+                problems.append(f"{path.name}: {exc}")
+    if bad_lines > 1:
+        problems.append(f"{path.name}: {bad_lines} lines not read")
+    return steps, evals
 
 
 def load_run(path: str | os.PathLike, *, price: str | float | None = None) -> SavedRun:
@@ -573,7 +749,10 @@ def load_run(path: str | os.PathLike, *, price: str | float | None = None) -> Sa
 
     Files that are missing are None / empty; files that do not parse are listed in
     ``problems`` (the rest is still shown). A torn last line of ``metrics.jsonl``
-    (killed writer) is skipped.
+    (killed writer) is skipped. Records saved before the data stall was measured
+    against on-device input are read through :func:`upgrade_legacy_stall`: their old
+    stall figure (host wait) becomes ``host_wait_pct``, the stall unknown
+    (``legacy_stall`` and ``figures.data_stall_note`` say so).
 
     Args:
       path: ``results/<run>`` folder.
@@ -595,32 +774,16 @@ def load_run(path: str | os.PathLike, *, price: str | float | None = None) -> Sa
     probe = _load_record(ProbeReport, p / res.PROBE, problems)
     plan = _load_record(Plan, p / res.PLAN, problems)
     pack = _load_record(PackResult, p / res.PACK, problems)
-    summary = _load_record(TrainSummary, p / res.SUMMARY, problems)
+    old_summary: list[bool] = []  # summary.json, each step report: saved in the old format?
+    summary = _load_record(TrainSummary, p / res.SUMMARY, problems, old_summary)
     meta = None
     if (p / res.RUN).is_file():
         try:
             meta = json.loads((p / res.RUN).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             problems.append(f"{res.RUN}: {exc}")
-    steps: list[StepReport] = []
-    evals: list[EvalReport] = []
-    if (p / res.METRICS).is_file():
-        bad_lines = 0
-        for obj in res.read_metrics(p / res.METRICS):
-            kind = obj.pop("kind", None) if isinstance(obj, dict) else None
-            try:
-                if kind == "StepReport":
-                    steps.append(StepReport.from_dict(obj))
-                elif kind == "EvalReport":
-                    evals.append(EvalReport.from_dict(obj))
-                else:
-                    bad_lines += 1
-            except RecordError as exc:
-                bad_lines += 1
-                if bad_lines == 1:
-                    problems.append(f"{res.METRICS}: {exc}")
-        if bad_lines > 1:
-            problems.append(f"{res.METRICS}: {bad_lines} lines not read")
+    old_steps: list[bool] = []
+    steps, evals = _read_metrics(p / res.METRICS, problems, old_steps)
     bad_images = 0
     if (p / res.BAD_IMAGES).is_file():
         try:
@@ -629,13 +792,15 @@ def load_run(path: str | os.PathLike, *, price: str | float | None = None) -> Sa
             problems.append(f"{res.BAD_IMAGES}: {exc}")
     kind = "train" if (plan is not None or summary is not None or steps or meta) else "probe"
     metrics = metrics_stats(steps, len(evals))
-    figures = _figures(probe, plan, summary, metrics, evals, kind)
+    figures = _figures(probe, plan, summary, metrics, evals, kind,
+                       (any(old_summary), bool(old_steps) and old_steps[-1]))
     costs = run_costs(probe, plan, pack, summary, figures, price)
     plots = tuple(sorted(f.name for f in p.glob("*.png")))
     return SavedRun(path=str(p), name=p.resolve().name, kind=kind, probe=probe, plan=plan,
                     pack=pack, summary=summary, run_meta=meta, steps=tuple(steps),
                     evals=tuple(evals), metrics=metrics, figures=figures, costs=costs,
-                    bad_images=bad_images, plots=plots, problems=tuple(problems))
+                    bad_images=bad_images, plots=plots, problems=tuple(problems),
+                    legacy_stall=any(old_summary + old_steps))
 
 
 # ---------------------------------------------------------------- comparison
@@ -706,10 +871,15 @@ _SPECS: tuple[tuple[str, str, str, Callable[[SavedRun], Any], str, float], ...] 
     ("throughput", "images/s", "img/s", lambda r: r.figures.images_per_s, "higher", 1),
     ("throughput", "images/s per device", "img/s", lambda r: r.figures.images_per_s_per_device,
      "higher", 1),
-    ("throughput", "data stall", "%", lambda r: r.figures.data_stall_pct, "lower", 1),
+    ("throughput", render.STALL_SHORT, "%", lambda r: r.figures.data_stall_pct, "lower", 1),
+    ("throughput", render.HOST_WAIT_SHORT, "%", lambda r: r.figures.host_wait_pct, "lower", 1),
     ("throughput", "step time", "ms", lambda r: r.figures.step_seconds, "lower", 1e3),
-    ("throughput", "input wait per step", "ms", lambda r: r.figures.wait_seconds, "lower", 1e3),
-    ("throughput", "compute per step", "ms", lambda r: r.figures.compute_seconds, "lower", 1e3),
+    ("throughput", "on-device input step time", "ms", lambda r: r.figures.synthetic_step_seconds,
+     "lower", 1e3),
+    ("throughput", "host wait per step", "ms", lambda r: r.figures.wait_seconds, "lower", 1e3),
+    ("throughput", "on-device input images/s", "img/s",
+     lambda r: r.figures.synthetic_images_per_s, "higher", 1),
+    ("throughput", "skipped steps", "", lambda r: r.figures.skipped_steps, "lower", 1),
     ("throughput", "plan predicted", "img/s", lambda r: r.figures.predicted_images_per_s, "", 1),
     ("throughput", "measured / predicted", "%", lambda r: r.figures.measured_vs_predicted_pct,
      "higher", 1),
@@ -721,6 +891,7 @@ _SPECS: tuple[tuple[str, str, str, Callable[[SavedRun], Any], str, float], ...] 
     ("accuracy", "last training loss", "", lambda r: r.figures.train_loss, "lower", 1),
     ("accuracy", "epochs done", "", lambda r: r.figures.epochs_done, "", 1),
     ("plan", "status", "", lambda r: r.figures.status, "", 1),
+    ("plan", "stop reason", "", lambda r: r.figures.stop_reason, "", 1),
     ("plan", "preset", "", lambda r: _g(r.plan, "preset"), "", 1),
     ("plan", "per-device batch", "", lambda r: _g(r.plan, "per_device_batch"), "", 1),
     ("plan", "global batch", "", lambda r: _g(r.plan, "global_batch"), "", 1),
@@ -835,8 +1006,8 @@ def format_delta(d: Difference) -> str:
 def render_run(run: SavedRun):
     """A rich renderable of a saved run: probe (with text charts), plan with the
     reasons, packing, training summary with the measured-vs-predicted figures,
-    throughput and data stall over time, evaluation history, cost estimates, and the
-    plot files."""
+    throughput, data stall and host wait over time, evaluation history, cost
+    estimates, and the plot files."""
     return render.render_saved_run(run)
 
 
@@ -852,12 +1023,21 @@ def _md(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def _md_notes(runs: Sequence[SavedRun]) -> list[str]:
+    """The input figures' definitions, and each run's note on its data stall."""
+    notes = [f"{render.INPUT_FIGURES_NOTE}."]
+    notes += [f"`{_md(r.name)}`: data stall {_md(r.figures.data_stall_note)}."
+              for r in runs if r.figures.data_stall_note]
+    return [""] + [f"- {n}" for n in notes]
+
+
 def to_markdown(runs: Sequence[SavedRun]) -> str:
     """Markdown to paste into an issue.
 
     One run: its headline figures and the plan's decisions with their reasons. Two
     runs: one table with both columns and B's change (bold where a figure changed).
-    More: one column per run, no deltas.
+    More: one column per run, no deltas. Under the figures: what data stall and host
+    wait mean, and why a run has no data stall (e.g. saved before it was measured).
 
     Raises:
       ValueError: no runs.
@@ -875,6 +1055,7 @@ def to_markdown(runs: Sequence[SavedRun]) -> str:
             if d.verdict in ("better", "worse", "changed"):
                 ch = "**" + " ".join(x for x in (format_delta(d), d.verdict) if x) + "**"
             lines.append(f"| {_md(d.name)} | {_md(d.a)} | {_md(d.b)} | {_md(ch)} |")
+        lines += _md_notes(runs)
         changes = decision_changes(a, b)
         if changes:
             lines += ["", "Plan decisions that differ (B's reasons):", "",
@@ -891,6 +1072,7 @@ def to_markdown(runs: Sequence[SavedRun]) -> str:
             continue
         lines.append(f"| {_md(name)} | " + " | ".join(_md(_show(v, unit, scale)) for v in vals)
                      + " |")
+    lines += _md_notes(runs)
     if len(runs) == 1:
         r = base
         if r.plan is not None:

@@ -1,9 +1,10 @@
 """Tests for autotune/render.py: number formatting, the text charts, the record
 tables, and the live training view (its plain-line fallback off a terminal, its panel
-in a terminal, quiet mode, failing samplers)."""
+in a terminal, quiet mode, failing samplers; data stall and host wait apart)."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 from pathlib import Path
@@ -93,9 +94,14 @@ def test_render_probe_plan_pack_summary():
     assert "decode_threads" in text and "covers the step" in text  # value and reason
     text = to_text(render.render_pack(make_pack()))
     assert "1,281,034 in = 1,281,024 packed + 10 skipped" in text
-    text = to_text(render.render_summary(make_summary(), make_plan()))
+    text = to_text(render.render_summary(make_summary(stall=1.0, host_wait=30.0), make_plan()),
+                   120)
+    assert "status           completed " in text
     assert "10,000 img/s (1,250 img/s per device, 8 devices, 1 hosts)" in text
-    assert "10.0% of wall time waiting for input" in text
+    assert ("data stall       1.0% of step time accelerators idle for input (on-device input: "
+            "10,101 img/s)") in text
+    assert "host wait        30.0% of wall time waiting for the next batch" in text
+    assert "skipped steps    0 (non-finite loss or gradient)" in text
     assert "plan predicted   12,000 img/s (bottleneck compute)" in text
     assert "held-out top-1   70.00%" in text
 
@@ -133,10 +139,62 @@ def test_trainview_plain_lines_when_not_a_terminal():
     assert len(lines) == 3
     first = lines[0]
     assert first.startswith("step 100/56250 epoch 0.16 | 10,000 img/s, avg 10,000 (plan 12,000)")
-    assert "step 205 ms = compute 184 + input wait 20.5 ms, stall 10.0%" in first
+    assert ("step 205 ms (on-device input 184 ms), data stall 10.0%, host wait 10.0% "
+            "(20.5 ms/step)") in first
+    assert "skipped" not in first
     assert "loss 6.800 lr 0.8" in first and "ETA 3h11m40s" in first
     assert "GPU 95% -" in first and "CPU 50% RAM 100.0 GiB/256.0 GiB" in first
     assert lines[2].startswith("eval epoch 0.32: top-1 25.00% top-5 50.00% loss 1.250")
+
+
+def _row(text: str, key: str) -> str:
+    """The panel line whose first cell is ``key``."""
+    return next(ln for ln in text.splitlines() if ln.strip("│ ").startswith(key + " "))
+
+
+def test_trainview_fast_pipeline_shows_stall_and_host_wait_apart():
+    # Accelerators busy (0.3% stall) while the loop waits 45% of the wall time for
+    # the next batch (asynchronous dispatch): two figures, each on its own row.
+    steps = make_steps(2, stall=0.3, host_wait=45.0, skipped=2)
+    console, buf = _plain_console()
+    with TrainView(console, gpu_sampler=lambda: (), host_sampler=lambda: None) as view:
+        view(steps[0])
+    line = buf.getvalue()
+    assert "data stall 0.3%, host wait 45.0% (92.2 ms/step)" in line
+    assert "| 2 steps skipped (non-finite)" in line
+    view = TrainView(Console(file=io.StringIO(), width=160, force_terminal=True,
+                             color_system=None), gpu_sampler=lambda: (), host_sampler=lambda: None)
+    for r in steps:
+        view(r)
+    text = to_text(view._render(), 160)
+    stall, wait = _row(text, "data stall"), _row(text, "host wait")
+    assert "0.3% now, 0.3% average" in stall and "45.0%" not in stall
+    assert "45.0% now (92.2 ms/step), 45.0% average" in wait and "0.3%" not in wait
+    assert "2 (non-finite loss or gradient)" in _row(text, "skipped steps")
+
+
+def test_trainview_without_an_on_device_reference():
+    # synthetic_steps = 0: no reference, the stall is unknown (not 0, not red).
+    r = dataclasses.replace(make_steps(1)[0], data_stall_pct=float("nan"),
+                            synthetic_step_seconds=float("nan"))
+    console, buf = _plain_console()
+    with TrainView(console, gpu_sampler=lambda: (), host_sampler=lambda: None) as view:
+        view(r)
+    assert "(on-device input -), data stall -, host wait 10.0%" in buf.getvalue()
+    text = to_text(view._render(), 160)
+    assert "- now, - average" in _row(text, "data stall")
+
+
+def test_render_summary_stopped_and_unmeasured_stall():
+    summary = dataclasses.replace(make_summary(status="stopped", skipped=5,
+                                               stop_reason="SIGINT on process 0"),
+                                  data_stall_pct=float("nan"),
+                                  synthetic_images_per_s=float("nan"))
+    text = to_text(render.render_summary(summary), 120)
+    assert "status           stopped (SIGINT on process 0)" in text
+    assert "data stall       not measured (no on-device reference step time)" in text
+    assert "host wait        10.0% of wall time" in text
+    assert "skipped steps    5 (non-finite loss or gradient)" in text
 
 
 def test_trainview_quiet_prints_nothing():
@@ -164,8 +222,11 @@ def test_trainview_panel_in_a_terminal():
                    "step 300/56,250 · epoch 0.48/90 · elapsed",
                    "9,000 img/s now, 9,000 img/s average",
                    "plan 12,000 img/s (bottleneck compute) = 75% of plan",
-                   "228 ms = compute 182 ms + input wait 45.5 ms",
+                   "228 ms now, 182 ms on on-device input (the accelerators alone)",
                    "20.0% now, 20.0% average",
+                   "accelerators idle for input, % of step time",
+                   "10.0% now (22.8 ms/step), 10.0% average",
+                   "loop waiting for the next batch, % of wall time",
                    "loss / lr", "6.6000 / 0.8",
                    "top-1 31.00%, top-5 60.00%",
                    "GPU 0", "95% busy, 60.0 GiB used of 80.0 GiB",

@@ -5,7 +5,9 @@ the PNG plots, and ``autotune report`` through the CLI.
 
 The fixture helpers here (``make_probe``, ``make_plan``, ``make_summary``,
 ``make_steps``, ``write_run``) build complete records without a probe or a training
-run; tests/test_render.py imports them.
+run, and ``make_legacy`` rewrites a run folder the way runs were saved before the data
+stall was measured against on-device input (its "data stall" then was host wait);
+tests/test_render.py imports them.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -29,7 +32,7 @@ from probes.decode import DecodePoint, DecodeReport
 from probes.disk import DiskReport, ReadStats
 from probes.gpu import GpuInfo, GpuReport, JaxDeviceInfo, JaxDevicesReport
 from probes.host import HostReport
-from trainers.loop import EvalReport, StepReport, TrainSummary
+from trainers.loop import EvalReport, StepReport, TrainSummary, stall_pct
 from trainers.pack import PackOptions, PackResult, SplitSummary
 
 GiB = 2**30
@@ -153,29 +156,64 @@ def make_eval(step: int = 625, epoch: float = 1.0, top1: float = 0.70,
                       bad_records=0, seconds=40.0)
 
 
-def make_summary(*, ips: float = 10_000.0, stall: float = 10.0, top1: float = 0.70,
-                 status: str = "completed", steps: int = 56_250, devices: int = 8) -> TrainSummary:
+def make_summary(*, ips: float = 10_000.0, stall: float = 10.0, host_wait: float = 10.0,
+                 top1: float = 0.70, status: str = "completed", steps: int = 56_250,
+                 devices: int = 8, skipped: int = 0, stop_reason: str = "") -> TrainSummary:
+    """A run summary: data stall ``stall`` % (on-device input runs at
+    ``ips / (1 - stall / 100)``), host wait ``host_wait`` %."""
     spe = 625
     return TrainSummary(status=status, steps=steps, epochs=steps / spe, resumed_from_step=0,
                         wall_seconds=12_000.0, compile_seconds=35.0, images_per_s=ips,
                         images_per_s_per_device=ips / devices, data_stall_pct=stall,
                         final_eval=make_eval(steps, steps / spe, top1), bad_records=3,
                         num_devices=devices, num_hosts=1, global_batch=2048, steps_per_epoch=spe,
-                        checkpoint_step=steps)
+                        checkpoint_step=steps, host_wait_pct=host_wait,
+                        synthetic_images_per_s=ips / (1 - stall / 100), skipped_steps=skipped,
+                        stop_reason=stop_reason)
 
 
 def make_steps(n: int = 20, *, every: int = 100, ips: float = 10_000.0, stall: float = 10.0,
-               total: int = 56_250) -> list[StepReport]:
+               host_wait: float = 10.0, total: int = 56_250,
+               skipped: int = 0) -> list[StepReport]:
+    """``n`` windows of ``every`` steps at ``ips`` (global batch 2048): data stall
+    ``stall`` % (on-device step time ``(1 - stall / 100) x`` the step time), host wait
+    ``host_wait`` %."""
     out = []
     for i in range(1, n + 1):
         step = i * every
         step_s = 2048 / ips
         out.append(StepReport(step=step, total_steps=total, epoch=step / 625, images_per_s=ips,
-                              step_seconds=step_s, wait_seconds=step_s * stall / 100,
+                              step_seconds=step_s, wait_seconds=step_s * host_wait / 100,
                               data_stall_pct=stall, loss=6.9 - 0.1 * i, accuracy=0.01 * i,
                               learning_rate=0.8, bad_records=0, elapsed_seconds=step * step_s,
-                              eta_seconds=(total - step) * step_s))
+                              eta_seconds=(total - step) * step_s, host_wait_pct=host_wait,
+                              synthetic_step_seconds=step_s * (1 - stall / 100),
+                              skipped_steps=skipped))
     return out
+
+
+#: Fields the records gained when the data stall became "accelerators idle for input".
+NEW_STEP_FIELDS = ("host_wait_pct", "synthetic_step_seconds", "skipped_steps")
+NEW_SUMMARY_FIELDS = ("host_wait_pct", "synthetic_images_per_s", "skipped_steps", "stop_reason")
+
+
+def make_legacy(folder: Path) -> Path:
+    """Rewrite a run folder's metrics.jsonl and summary.json the way runs were saved
+    before the change: no new fields, and ``data_stall_pct`` = host wait / wall time."""
+    lines = []
+    for line in (folder / res.METRICS).read_text().splitlines():
+        obj = json.loads(line)
+        if obj["kind"] == "StepReport":
+            obj["data_stall_pct"] = obj["host_wait_pct"]
+            obj = {k: v for k, v in obj.items() if k not in NEW_STEP_FIELDS}
+        lines.append(json.dumps(obj))
+    (folder / res.METRICS).write_text("\n".join(lines) + "\n")
+    if (folder / res.SUMMARY).is_file():
+        doc = json.loads((folder / res.SUMMARY).read_text())
+        doc["data_stall_pct"] = doc["host_wait_pct"]
+        doc = {k: v for k, v in doc.items() if k not in NEW_SUMMARY_FIELDS}
+        (folder / res.SUMMARY).write_text(json.dumps(doc, indent=2) + "\n")
+    return folder
 
 
 def write_run(folder: Path, *, probe: ProbeReport | None = None, plan: Plan | None = None,
@@ -292,27 +330,50 @@ def test_example_price_matches_device_names(name, gpu):
 # ---------------------------------------------------------------- metrics
 
 
-def _step(step, ips, step_s, wait_s, total=100):
+def _step(step, ips, step_s, wait_s, synth_s=float("nan"), total=100, skipped=0):
     return StepReport(step=step, total_steps=total, epoch=step / 10, images_per_s=ips,
                       step_seconds=step_s, wait_seconds=wait_s,
-                      data_stall_pct=100 * wait_s / step_s, loss=1.0, accuracy=0.5,
+                      data_stall_pct=stall_pct(synth_s, step_s), loss=1.0, accuracy=0.5,
                       learning_rate=0.1, bad_records=0, elapsed_seconds=float(step),
-                      eta_seconds=0.0)
+                      eta_seconds=0.0, host_wait_pct=100 * wait_s / step_s,
+                      synthetic_step_seconds=synth_s, skipped_steps=skipped)
 
 
 def test_metrics_stats_are_time_weighted_by_hand():
     # Report at step 10 covers steps 2..10 (9 steps; step 1 is compilation): 9 x 1.0 s
-    # = 9 s, 900 images, 0.9 s waiting. Report at step 20 covers 10 steps x 0.5 s =
-    # 5 s, 1,000 images, 0 s waiting. Mean = 1,900 / 14 = 135.71 img/s; stall =
-    # 0.9 / 14 = 6.43%; mean step = 14 / 19 s.
-    m = rp.metrics_stats([_step(10, 100.0, 1.0, 0.1), _step(20, 200.0, 0.5, 0.0)], 1)
+    # = 9 s, 900 images, 0.9 s host wait, 9 x 0.5 s on on-device input. Report at step
+    # 20 covers 10 steps x 0.5 s = 5 s, 1,000 images, 0 s host wait, 10 x 0.5 s on
+    # device. Mean = 1,900 / 14 = 135.71 img/s; host wait = 0.9 / 14 = 6.43% of wall
+    # time; stall = 1 - (4.5 + 5) / 14 = 32.14% of step time; mean step = 14 / 19 s.
+    m = rp.metrics_stats([_step(10, 100.0, 1.0, 0.1, 0.5),
+                          _step(20, 200.0, 0.5, 0.0, 0.5, skipped=2)], 1)
     assert m.mean_images_per_s == pytest.approx(1900 / 14)
-    assert m.mean_data_stall_pct == pytest.approx(100 * 0.9 / 14)
+    assert m.mean_host_wait_pct == pytest.approx(100 * 0.9 / 14)
+    assert m.mean_data_stall_pct == pytest.approx(100 * (1 - 9.5 / 14))
+    assert (m.last_data_stall_pct, m.last_host_wait_pct) == (0.0, 0.0)
     assert m.mean_step_seconds == pytest.approx(14 / 19)
     assert m.mean_wait_seconds == pytest.approx(0.9 / 19)
-    assert m.mean_compute_seconds == pytest.approx(13.1 / 19)
+    assert m.synthetic_step_seconds == pytest.approx(0.5)
+    assert (m.stall_steps, m.window_steps, m.skipped_steps) == (19, 19, 2)
     assert m.peak_images_per_s == 200.0 and m.last_images_per_s == 200.0
     assert (m.step_reports, m.eval_reports, m.first_step, m.last_step, m.segments) == (2, 1, 10, 20, 1)
+
+
+def test_metrics_stall_is_the_mean_step_against_the_reference():
+    # Window 1: 9 steps x 1.0 s against 0.5 s on device (50% stall); window 2: 10 steps
+    # x 0.4 s, faster than the 0.5 s reference (clipped to 0% on its own); window 3: no
+    # reference (NaN), left out. Run stall = 1 - (9 x 0.5 + 10 x 0.5) / (9 x 1.0 + 10 x
+    # 0.4) = 1 - 9.5 / 13 = 26.92%, not the time-weighted mean of the windows' clipped
+    # percentages (9 x 50 / 13 = 34.6%) nor their step-weighted mean (23.7%).
+    m = rp.metrics_stats([_step(10, 100.0, 1.0, 0.0, 0.5), _step(20, 250.0, 0.4, 0.0, 0.5),
+                          _step(30, 100.0, 1.0, 0.0)])
+    assert m.mean_data_stall_pct == pytest.approx(100 * (1 - 9.5 / 13))
+    assert (m.stall_steps, m.window_steps) == (19, 29)
+    assert m.synthetic_step_seconds == pytest.approx(0.5)
+    # No window with a reference: the stall is unknown, host wait still known.
+    m = rp.metrics_stats([_step(10, 100.0, 1.0, 0.25)])
+    assert math.isnan(m.mean_data_stall_pct) and m.stall_steps == 0
+    assert m.mean_host_wait_pct == pytest.approx(25.0)
 
 
 def test_metrics_stats_resumed_run_counts_segments():
@@ -419,6 +480,113 @@ def test_load_run_errors_name_the_folder(tmp_path):
         rp.load_run(tmp_path / "empty")
 
 
+def test_fast_pipeline_high_host_wait_without_stall(tmp_path):
+    # The accelerators are busy (0.2% stall against on-device input) while the loop
+    # waits 40% of the wall time for the next batch (asynchronous dispatch): two
+    # different figures, each under its own name, in every view.
+    folder = write_full_run(tmp_path / "fast", steps=make_steps(stall=0.2, host_wait=40.0),
+                            summary=make_summary(stall=0.2, host_wait=40.0))
+    run = rp.load_run(folder)
+    f = run.figures
+    assert f.data_stall_pct == pytest.approx(0.2) and f.host_wait_pct == pytest.approx(40.0)
+    assert f.data_stall_note == "" and not run.legacy_stall
+    assert run.metrics.mean_data_stall_pct == pytest.approx(0.2)
+    assert run.metrics.mean_host_wait_pct == pytest.approx(40.0)
+    text = to_text(rp.render_run(run), 120)
+    for needle in ("data stall       0.2% of step time accelerators idle for input",
+                   "host wait        40.0% of wall time waiting for the next batch",
+                   "40.0% of wall time waiting for the next batch, 81.9 ms per step",
+                   "0.2% mean, 0.2% last", "40.0% mean, 40.0% last"):
+        assert needle in text, needle
+    md = rp.to_markdown([run])
+    assert "| data stall (accelerators idle) | 0.2% |" in md
+    assert "| host wait (% of wall time) | 40.0% |" in md
+    assert "| host wait per step | 81.9 ms |" in md
+    assert "host wait = share of wall time" in md
+    assert plots.write_plots(folder)
+
+
+def test_legacy_run_loads_without_claiming_a_stall(tmp_path):
+    # Saved before the change: no host_wait_pct / synthetic / skipped fields, and the
+    # 10% "data stall" in its files was host wait.
+    folder = make_legacy(write_full_run(tmp_path / "old", steps=make_steps(stall=3.0),
+                                        summary=make_summary(stall=3.0)))
+    assert "host_wait_pct" not in (folder / res.SUMMARY).read_text()
+    run = rp.load_run(folder)
+    assert run.problems == () and run.legacy_stall
+    f = run.figures
+    assert f.data_stall_pct is None and f.host_wait_pct == pytest.approx(10.0)
+    assert f.data_stall_note == rp.LEGACY_STALL_NOTE
+    assert f.skipped_steps is None and f.synthetic_step_seconds is None
+    assert math.isnan(run.summary.data_stall_pct) and run.summary.host_wait_pct == 10.0
+    assert all(math.isnan(r.data_stall_pct) and r.host_wait_pct == 10.0 for r in run.steps)
+    assert math.isnan(run.metrics.mean_data_stall_pct)
+    assert run.metrics.mean_host_wait_pct == pytest.approx(10.0)
+    text = to_text(rp.render_run(run), 120)
+    assert "of step time accelerators idle" not in text
+    assert "- mean, - last (accelerators idle for input, % of step time)" in text
+    assert "data stall       not measured: this run was saved before" in text
+    assert "host wait        10.0% of wall time waiting for the next batch" in text
+    assert "skipped steps    not counted" in text
+    md = rp.to_markdown([run])
+    assert "| data stall" not in md and "| host wait (% of wall time) | 10.0% |" in md
+    assert "`old`: data stall not measured: this run was saved before" in md
+    assert plots.write_plots(folder)
+    # Against a new run: the stall has no old side to compare with.
+    new = rp.load_run(write_full_run(tmp_path / "new"))
+    d = {x.name: x for x in rp.compare_runs(run, new)}
+    stall = d["data stall (accelerators idle)"]
+    assert (stall.a, stall.b, stall.verdict) == ("-", "10.0%", "n/a")
+    assert d["host wait (% of wall time)"].verdict == "same"
+    assert "A (old): data stall not measured" in to_text(rp.render_comparison(run, new), 120)
+    # The JSON of the loaded run reads back.
+    assert rp.SavedRun.from_dict(json.loads(json.dumps(run.to_dict()))).to_dict() == run.to_dict()
+
+
+def test_example_run_is_an_old_format_run():
+    run = rp.load_run(Path(__file__).parent.parent / "results" / "example")
+    assert run.problems == () and run.legacy_stall
+    assert run.figures.data_stall_pct is None
+    assert run.figures.host_wait_pct == pytest.approx(4.134185720061127)
+
+
+def test_resumed_old_run_stall_covers_the_new_windows(tmp_path):
+    # An old run resumed by the new code: 5 old windows (99 + 4 x 100 steps: the first
+    # step is compilation), then 5 new ones of 100 steps (no summary yet).
+    folder = make_legacy(write_run(tmp_path / "mixed", plan=make_plan(),
+                                   steps=make_steps(5, host_wait=30.0)))
+    w = res.MetricsWriter(folder / res.METRICS)
+    for r in make_steps(10, stall=4.0, host_wait=10.0)[5:]:
+        w.write(r)
+    w.close()
+    run = rp.load_run(folder)
+    f = run.figures
+    assert f.data_stall_pct == pytest.approx(4.0)
+    assert f.host_wait_pct == pytest.approx((499 * 30 + 500 * 10) / 999)
+    assert f.data_stall_note == "over the 500 of 999 logged steps that have an on-device reference"
+    assert f.skipped_steps == 0  # the last report is new: steps are counted
+    assert "4.0% of step time accelerators idle for input (over the 500 of 999" in to_text(
+        rp.render_run(run), 140)
+
+
+def test_stopped_run_shows_the_reason_and_skipped_steps(tmp_path):
+    summary = make_summary(status="stopped", steps=6250, skipped=3,
+                           stop_reason="SIGTERM on process 1")
+    run = rp.load_run(write_full_run(tmp_path / "s", summary=summary,
+                                     steps=make_steps(skipped=3)))
+    assert run.figures.stop_reason == "SIGTERM on process 1" and run.figures.skipped_steps == 3
+    text = to_text(rp.render_run(run), 120)
+    assert "status           stopped (SIGTERM on process 1)" in text
+    assert "skipped steps    3 (non-finite loss or gradient)" in text
+    other = rp.load_run(write_full_run(tmp_path / "c"))
+    d = {x.name: x for x in rp.compare_runs(other, run)}
+    assert (d["stop reason"].a, d["stop reason"].b, d["stop reason"].verdict) == (
+        "-", "SIGTERM on process 1", "n/a")
+    assert (d["skipped steps"].a, d["skipped steps"].b, d["skipped steps"].verdict) == (
+        "0", "3", "worse")
+    assert "| stop reason | - | SIGTERM on process 1 |" in rp.to_markdown([other, run])
+
+
 # ---------------------------------------------------------------- comparison
 
 
@@ -426,8 +594,8 @@ def _pair(tmp_path):
     a = rp.load_run(write_full_run(tmp_path / "runA"))
     b = rp.load_run(write_full_run(
         tmp_path / "runB", plan=make_plan(threads=16, read_mode="sequential"),
-        summary=make_summary(ips=12_000.0, stall=5.0, top1=0.68),
-        steps=make_steps(ips=12_000.0, stall=5.0)))
+        summary=make_summary(ips=12_000.0, stall=5.0, host_wait=25.0, top1=0.68),
+        steps=make_steps(ips=12_000.0, stall=5.0, host_wait=25.0)))
     return a, b
 
 
@@ -438,9 +606,13 @@ def test_compare_runs_signs_and_verdicts(tmp_path):
     assert (ips.a_value, ips.b_value) == (10_000.0, 12_000.0)
     assert ips.delta_pct == pytest.approx(20.0) and ips.verdict == "better"
     assert rp.format_delta(ips) == "+20.0%"
-    stall = d["data stall"]
+    stall = d["data stall (accelerators idle)"]
     assert stall.delta == pytest.approx(-5.0) and stall.verdict == "better"
     assert rp.format_delta(stall) == "-5.0 pp"
+    wait = d["host wait (% of wall time)"]
+    assert (wait.a, wait.b, wait.verdict) == ("10.0%", "25.0%", "worse")
+    assert d["host wait per step"].verdict == "worse"
+    assert d["on-device input step time"].b == "162 ms"  # 2048 / 12,000 x 0.95
     top1 = d["held-out top-1"]
     assert top1.delta == pytest.approx(-2.0) and top1.verdict == "worse"
     assert d["step time"].verdict == "better" and d["step time"].delta < 0
@@ -530,7 +702,13 @@ def test_render_run_shows_every_part_with_units(tmp_path):
         "Training summary",
         "10,000 img/s (1,250 img/s per device, 8 devices, 1 hosts)",
         "10,000 img/s measured (summary.json) vs 12,000 img/s predicted = 83% of",
-        "205 ms = compute 184 ms + input wait 20.5 ms (mean per step)",
+        "205 ms mean, 184 ms on on-device input",
+        "10.0% of step time accelerators idle for input (on-device input: 11,111 img/s)",
+        "10.0% of wall time waiting for the next batch, 20.5 ms per step",
+        "10.0% mean, 10.0% last (accelerators idle for input, % of step time)",
+        "data stall (accelerators idle for input, vs on-device input)",
+        "host wait (training loop waiting for the next batch), % of wall time",
+        "skipped steps    0 (non-finite loss or gradient)",
         "images/s per logging window",
         "╌ plan 12,000 img/s",
         "Held-out evaluations",
