@@ -38,7 +38,7 @@ import re
 from dataclasses import dataclass
 from typing import Callable
 
-from autotune.records import Record
+from trainers.records import Record
 
 __all__ = [
     "BatchEvaluation",

@@ -214,7 +214,7 @@ def train_config(preset, plan, num_classes: int):
 
 def loop_options(plan, **kw):
     """The ``trainers.loop.LoopOptions`` a plan asks for (``kw`` overrides)."""
-    from trainers.loop import LoopOptions
+    from trainers.options import LoopOptions
 
     return LoopOptions(threads=plan.decode_threads, prefetch=plan.prefetch_batches,
                        device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
@@ -226,7 +226,8 @@ def loop_options(plan, **kw):
 def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):
     """Pack ``data`` as the plan says into the cache (resumes / reuses; a cached pack
     of an older state of ``data`` is replaced)."""
-    from trainers.pack import PackOptions, pack_folder
+    from trainers.pack import pack_folder
+    from trainers.options import PackOptions
 
     packed = str(packed_dir_for(data, plan, val_data))
     with _progress(console, "packing", quiet) as bar:
@@ -305,7 +306,8 @@ def cmd_plan(args, console) -> int:
 
 def cmd_pack(args, console) -> int:
     from autotune import render
-    from trainers.pack import PackOptions, pack_folder
+    from trainers.pack import pack_folder
+    from trainers.options import PackOptions
 
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
@@ -422,7 +424,8 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
     from autotune.planner import Plan, PlanRequest, make_plan
     from autotune.probe_report import ProbeReport, run_probe
     from trainers import train as tr
-    from trainers.loop import LoopOptions, train_and_evaluate
+    from trainers.loop import train_and_evaluate
+    from trainers.options import LoopOptions
 
     primary = jax.process_index() == 0
     quiet = args.quiet or not primary
@@ -596,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         from trainers.distributed import ConnectError, PeerLostError
         from trainers.pack import PackError
         from trainers.validation import ValidationLayoutError
-        from autotune.records import RecordError
+        from trainers.records import RecordError
 
         if isinstance(exc, PeerLostError):
             from trainers.distributed import EXIT_PEER_LOST

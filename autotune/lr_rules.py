@@ -33,7 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from autotune.records import Record
+from trainers.records import Record
 
 __all__ = [
     "ADAPTIVE_FAMILY",

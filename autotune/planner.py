@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from autotune.lr_rules import LrDecision, scale_learning_rate
 from autotune.presets import Preset
 from autotune.probe_report import ProbeReport
-from autotune.records import Record
+from trainers.records import Record
 
 #: Input capacity must exceed the step rate by this factor.
 DECODE_MARGIN = 1.10

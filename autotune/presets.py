@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from autotune.records import Record
+from trainers.records import Record
 
 
 @dataclass(frozen=True)

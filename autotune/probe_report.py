@@ -19,12 +19,12 @@ from typing import Callable
 
 from autotune.batch_search import BatchSearchResult
 from autotune.presets import Preset
-from autotune.records import Record
-from probes.accelerator import AcceleratorReport
-from probes.decode import DecodeReport
-from probes.disk import DiskReport
-from probes.host import HostReport
-from probes.stall import StallReport
+from trainers.records import Record
+from probes.records import AcceleratorReport
+from probes.records import DecodeReport
+from probes.records import DiskReport
+from probes.records import HostReport
+from probes.records import StallReport
 
 
 @dataclass(frozen=True)

@@ -41,9 +41,9 @@ from autotune import render
 from autotune import results as res
 from autotune.planner import Plan
 from autotune.probe_report import ProbeReport
-from autotune.records import Record, RecordError
-from trainers.loop import EvalReport, StepReport, TrainSummary
-from trainers.pack import PackResult
+from trainers.records import Record, RecordError
+from trainers.summaries import EvalReport, StepReport, TrainSummary
+from trainers.summaries import PackResult
 
 # ---------------------------------------------------------------- prices
 

@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from autotune.records import Record, write_text_atomic
+from trainers.records import Record, write_text_atomic
 
 PROBE = "probe.json"
 PLAN = "plan.json"

@@ -137,7 +137,7 @@ def worker_autotune(args) -> dict:
 
     from trainers.input_pipeline import PipelineConfig, make_train_iterator, steps_per_epoch
     from trainers.pack import load_pack_result, shard_paths
-    from trainers.preprocess import AugmentConfig
+    from trainers.options import AugmentConfig
 
     lengths = load_pack_result(args.pack_dir).split("train").shard_lengths
     paths = shard_paths(args.pack_dir, "train")
@@ -315,7 +315,8 @@ def _tf_available(python: str) -> bool:
 def ensure_packed(data: Path, pack_dir: Path) -> Path:
     """Pack ``data`` into ``pack_dir`` once (8 shards, original bytes); later calls
     reuse it (``pack_folder`` returns an existing identical pack as is)."""
-    from trainers.pack import PackOptions, pack_folder
+    from trainers.pack import pack_folder
+    from trainers.options import PackOptions
 
     t0 = time.perf_counter()
     res = pack_folder(data, pack_dir, PackOptions(num_shards=8))

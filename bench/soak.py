@@ -88,7 +88,9 @@ def _steps_per_epoch(packed: str, devices: int) -> tuple[int, int]:
 def child(packed: str, run_dir: str, steps: int, devices: int, every: float) -> None:
     """One (possibly resumed) run; prints ``{"step": k}`` per step and
     ``{"done": ..., "steps": ..., "resumed_from": ...}`` at the end."""
-    from trainers.loop import LoopOptions, StepReport, train_and_evaluate
+    from trainers.loop import train_and_evaluate
+    from trainers.summaries import StepReport
+    from trainers.options import LoopOptions
 
     classes, spe = _steps_per_epoch(packed, devices)
     config = _config(classes, spe, steps, devices)
@@ -231,7 +233,8 @@ def soak(args) -> int:
     work.mkdir(parents=True, exist_ok=True)
     log = open(work / "children.log", "a")
     rng = random.Random(args.seed)
-    from trainers.pack import PackOptions, pack_folder
+    from trainers.pack import pack_folder
+    from trainers.options import PackOptions
 
     images = work / "images"
     if not images.is_dir():

@@ -58,8 +58,10 @@ def main() -> None:
     from autotune.presets import default_preset_name, get_preset
     from probes.accelerator import device_memory_limit
     from trainers import train as tr
-    from trainers.loop import LoopOptions, train_and_evaluate
-    from trainers.pack import PackOptions, pack_folder
+    from trainers.loop import train_and_evaluate
+    from trainers.options import LoopOptions
+    from trainers.pack import pack_folder
+    from trainers.options import PackOptions
     from trainers.synthetic import default_cache_dir
 
     preset = get_preset(args.preset or default_preset_name(jax.default_backend()))

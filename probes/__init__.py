@@ -1,2 +1,2 @@
 """Probes: measure the host, disk, JPEG decode and accelerator. They decide nothing;
-each returns a frozen :class:`autotune.records.Record` dataclass."""
+each returns a frozen :class:`probes.records.Record` dataclass."""

@@ -16,77 +16,11 @@ the images/s the train step consumes on synthetic input.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 
 import psutil
 
-from autotune.records import Record
 from trainers import train as tr
-
-
-@dataclass(frozen=True)
-class StepMemory(Record):
-    """Compiled train-step memory at one per-device batch (bytes).
-
-    ``total = argument + output + temp - alias``.
-    """
-
-    per_device_batch: int
-    argument: int
-    output: int
-    temp: int
-    alias: int
-    total: int
-    compile_seconds: float
-
-
-@dataclass(frozen=True)
-class StepRate(Record):
-    """Measured train-step throughput on synthetic input.
-
-    Attributes:
-      per_device_batch: batch per device.
-      global_batch: per_device_batch x local devices.
-      images_per_s: global images/s of this host's devices.
-      images_per_s_per_device: the same per device.
-      step_seconds: mean seconds per step.
-      compile_seconds: first call (compilation) wall time.
-      steps: steps timed.
-    """
-
-    per_device_batch: int
-    global_batch: int
-    images_per_s: float
-    images_per_s_per_device: float
-    step_seconds: float
-    compile_seconds: float
-    steps: int
-
-
-@dataclass(frozen=True)
-class AcceleratorReport(Record):
-    """What the probe measured on this host's accelerators.
-
-    Attributes:
-      backend: ``gpu``, ``tpu`` or ``cpu``.
-      device_kind: e.g. ``NVIDIA H100 80GB HBM3`` or ``cpu``.
-      local_devices: devices on this host.
-      memory_limit_bytes: bytes the step may use per device.
-      memory_source: where that figure comes from (``bytes_limit`` /
-        ``cpu-ram-budget`` / ``user-budget``).
-      model: ``arch/width/image_size/dtype`` the figures are for.
-      step_memory: compiled memory at the batches evaluated (may be empty).
-      step_rate: measured step throughput (None when skipped).
-    """
-
-    backend: str
-    device_kind: str
-    local_devices: int
-    memory_limit_bytes: int
-    memory_source: str
-    model: str
-    step_memory: tuple[StepMemory, ...]
-    step_rate: StepRate | None
+from probes.records import AcceleratorReport, StepMemory, StepRate
 
 
 def device_memory_limit(budget_bytes: int | None = None, *, ram_fraction: float = 0.5) -> tuple[int, str]:

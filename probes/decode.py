@@ -20,84 +20,13 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from autotune.records import Record
 from trainers import preprocess
-
-
-@dataclass(frozen=True)
-class DecodePoint(Record):
-    """Throughput at one thread count.
-
-    Attributes:
-      threads: worker threads.
-      images_per_s: images preprocessed per second, all threads.
-      speedup: images_per_s / the 1-thread figure.
-      efficiency: speedup / threads (1.0 = perfect scaling).
-    """
-
-    threads: int
-    images_per_s: float
-    speedup: float
-    efficiency: float
-
-
-@dataclass(frozen=True)
-class DecodeReport(Record):
-    """Decode + augmentation throughput on a sample of the user's images.
-
-    Attributes:
-      data_path: folder sampled.
-      sample_images: images timed (decodable ones).
-      median_bytes: median file size of the sample (bytes).
-      median_width, median_height: median dimensions (pixels).
-      mean_pixels: mean width x height of the sample.
-      image_size: output side of the timed preprocessing (pixels).
-      min_crop_scale: smallest crop area fraction used.
-      points: one per thread count, increasing.
-      knee_threads: thread count past which adding threads stops paying.
-      raw_decode_images_per_s: full-size single-thread libjpeg-turbo decodes/s.
-      usable_cores: cores this process may use.
-      ceiling_images_per_s: raw_decode_images_per_s x usable_cores.
-      bad_images: ``"path: reason"`` for sampled files that did not decode.
-      seconds_per_point: time budget of each measurement.
-      decoder: which JPEG decode the timed preprocessing used
-        (:func:`trainers.preprocess.decoder_description`); empty in older reports.
-    """
-
-    data_path: str
-    sample_images: int
-    median_bytes: int
-    median_width: int
-    median_height: int
-    mean_pixels: float
-    image_size: int
-    min_crop_scale: float
-    points: tuple[DecodePoint, ...]
-    knee_threads: int
-    raw_decode_images_per_s: float
-    usable_cores: int
-    ceiling_images_per_s: float
-    bad_images: tuple[str, ...]
-    seconds_per_point: float
-    decoder: str = ""
-
-    def rate_at(self, threads: int) -> float:
-        """Images/s at ``threads`` (the nearest measured count not above it)."""
-        best = self.points[0].images_per_s
-        for p in self.points:
-            if p.threads <= threads:
-                best = p.images_per_s
-        return best
-
-    @property
-    def best(self) -> DecodePoint:
-        return max(self.points, key=lambda p: p.images_per_s)
+from probes.records import DecodePoint, DecodeReport
 
 
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")

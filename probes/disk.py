@@ -46,14 +46,13 @@ import stat
 import threading
 import time
 from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import psutil
 
-from autotune.records import Record
+from probes.records import DiskReport, ReadStats
 
 ALIGN = 4096
 """Alignment in bytes of ``O_DIRECT`` offsets, lengths and buffers (the page size; it
@@ -86,96 +85,6 @@ _NOT_WRITABLE_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, er
 
 class DiskProbeError(RuntimeError):
     """The disk probe cannot measure the given path (the message names it and why)."""
-
-
-@dataclass(frozen=True)
-class ReadStats(Record):
-    """One read measurement.
-
-    Fields:
-      pattern: ``'seq'`` (consecutive blocks, wrapping at the end), ``'rand'``
-        (uniform offsets, multiples of :data:`ALIGN`, inside the read space, with
-        replacement) or ``'shuffle'`` (each block-sized slot once, in random order);
-        see :func:`measure_reads`.
-      requested_bytes: block size asked for, bytes.
-      block_bytes: bytes per read as issued (``requested_bytes`` rounded up to
-        :data:`ALIGN` for ``O_DIRECT``); ``bytes_read == ops * block_bytes`` unless a
-        read came back short (``short_reads``).
-      queue_depth: concurrent reader threads, each with one blocking read in flight.
-      direct: True when the page cache was bypassed (``O_DIRECT`` or the fadvise drop);
-        False for the buffered, "as the loader sees it" figure.
-      ops: completed reads.
-      bytes_read: sum of the byte counts the read calls returned.
-      seconds: wall time from the start of the measurement to the last read's end.
-      iops: ``ops / seconds``.
-      mb_per_s: ``bytes_read / seconds / 1e6`` (1 MB = 1e6 bytes).
-      p50_ms, p99_ms, mean_ms: per-read latency in milliseconds (NaN when ``ops == 0``;
-        percentiles by linear interpolation, ``numpy.percentile``).
-      short_reads: reads that returned fewer bytes than ``block_bytes``.
-    """
-
-    pattern: str
-    requested_bytes: int
-    block_bytes: int
-    queue_depth: int
-    direct: bool
-    ops: int
-    bytes_read: int
-    seconds: float
-    iops: float
-    mb_per_s: float
-    p50_ms: float
-    p99_ms: float
-    mean_ms: float
-    short_reads: int = 0
-
-
-@dataclass(frozen=True)
-class DiskReport(Record):
-    """What :func:`probe_disk` measured.
-
-    Fields:
-      path: the data path probed (absolute).
-      method: ``'O_DIRECT'`` or ``'fadvise'`` (buffered reads after
-        ``POSIX_FADV_DONTNEED``): how the page cache was bypassed.
-      source: ``'test-file'`` (the probe wrote, read and deleted a file of random bytes)
-        or ``'existing-files'`` (the folder was not writable; the largest data files were
-        read, concatenated, and nothing was written).
-      file_bytes: bytes of the read space (test file size, or the usable bytes of the
-        existing files read).
-      record_bytes: record size asked for (median bytes per record of the data set).
-      queue_depth: N, the reader threads of the input pipeline.
-      sequential: 1 MiB sequential reads at depth 1.
-      random_4k: 4 KiB random reads at depth 1.
-      random_record: record-size random reads at depth 1.
-      random_record_qd: record-size random reads at depth N.
-      buffered_random_record: record-size reads at depth N through the page cache,
-        as the loader sees them in its first epoch: the read space's cache dropped,
-        then every record-size slot read once in shuffled order (pattern
-        ``'shuffle'``; kernel readahead and caching as they come). The measurement ends
-        early when the read space is exhausted.
-      dataset_bytes: bytes of the data set (given, or summed over the files under
-        ``path`` when 0 was given).
-      ram_bytes: total RAM (``psutil.virtual_memory().total``), bytes.
-      fits_page_cache: ``0 < dataset_bytes <= ram_bytes``.
-      notes: human-readable remarks (units, fallbacks, what the cache figure means).
-    """
-
-    path: str
-    method: str
-    source: str
-    file_bytes: int
-    record_bytes: int
-    queue_depth: int
-    sequential: ReadStats
-    random_4k: ReadStats
-    random_record: ReadStats
-    random_record_qd: ReadStats
-    buffered_random_record: ReadStats
-    dataset_bytes: int
-    ram_bytes: int
-    fits_page_cache: bool
-    notes: tuple[str, ...] = ()
 
 
 # --------------------------------------------------------------------------- helpers

@@ -30,11 +30,10 @@ import os
 import subprocess
 import sys
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from autotune.records import Record
+from probes.records import GpuInfo, GpuReport, GpuSample, JaxDeviceInfo, JaxDevicesReport
 
 __all__ = [
     "GpuInfo",
@@ -52,140 +51,6 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------- records
-
-
-@dataclass(frozen=True)
-class GpuInfo(Record):
-    """Facts about one NVIDIA GPU from NVML. Any field NVML could not give (for example
-    ``NVMLError_NotSupported`` on a given board or driver) is ``None``.
-
-    Fields:
-      index: NVML device index (0-based; NVML order is PCI bus order, which can differ
-        from ``CUDA_VISIBLE_DEVICES`` / JAX order unless ``CUDA_DEVICE_ORDER=PCI_BUS_ID``).
-      name: product name, e.g. ``"NVIDIA H100 80GB HBM3"``.
-      uuid: ``"GPU-xxxxxxxx-..."``.
-      memory_total_bytes / memory_free_bytes / memory_used_bytes: device memory, bytes.
-      gpu_utilisation_percent: percent of the last sample period (1/6 s to 1 s, driver
-        dependent) in which one or more kernels ran; 0..100.
-      memory_utilisation_percent: percent of that period in which device memory was
-        read or written; 0..100.
-      pcie_gen_current / pcie_gen_max: PCIe link generation now and the most the link
-        (GPU and slot together) supports; the link drops generation when idle.
-      pcie_width_current / pcie_width_max: PCIe lanes now and at most (e.g. 16).
-      power_draw_watts: board power draw, W (NVML gives mW).
-      power_limit_watts: enforced power limit, W (falls back to the management limit).
-      sm_clock_mhz / memory_clock_mhz: current SM and memory clocks, MHz.
-      sm_clock_max_mhz / memory_clock_max_mhz: maximum SM and memory clocks, MHz.
-      error: why the device handle itself could not be had (then every other field is
-        ``None``); ``None`` when the handle was fine.
-    """
-
-    index: int
-    name: str | None = None
-    uuid: str | None = None
-    memory_total_bytes: int | None = None
-    memory_free_bytes: int | None = None
-    memory_used_bytes: int | None = None
-    gpu_utilisation_percent: int | None = None
-    memory_utilisation_percent: int | None = None
-    pcie_gen_current: int | None = None
-    pcie_gen_max: int | None = None
-    pcie_width_current: int | None = None
-    pcie_width_max: int | None = None
-    power_draw_watts: float | None = None
-    power_limit_watts: float | None = None
-    sm_clock_mhz: int | None = None
-    memory_clock_mhz: int | None = None
-    sm_clock_max_mhz: int | None = None
-    memory_clock_max_mhz: int | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
-class GpuReport(Record):
-    """What NVML says about this host's NVIDIA GPUs.
-
-    Fields:
-      status: one human-readable line: ``"NVML ok: 8 GPU(s), driver 550.54.15, CUDA
-        12.4"`` or, with ``gpus == ()``, why NVML is unavailable (``"NVML unavailable:
-        ..."``).
-      driver_version: NVIDIA kernel driver version string, e.g. ``"550.54.15"``; ``None``
-        without NVML.
-      gpus: one :class:`GpuInfo` per GPU NVML lists, in NVML index order.
-      cuda_driver_version: highest CUDA version the driver supports, ``"12.4"``;
-        ``None`` without NVML or where NVML cannot say.
-      nvml_available: ``True`` when ``nvmlInit`` succeeded (even with zero GPUs).
-    """
-
-    status: str
-    driver_version: str | None
-    gpus: tuple[GpuInfo, ...]
-    cuda_driver_version: str | None = None
-    nvml_available: bool = False
-
-
-@dataclass(frozen=True)
-class GpuSample(Record):
-    """One cheap live sample of one GPU (see :func:`sample_utilisation`).
-
-    Fields:
-      index: NVML device index.
-      gpu_utilisation_percent: 0..100, or ``None`` where NVML cannot say.
-      memory_used_bytes: device memory in use, bytes, or ``None``.
-    """
-
-    index: int
-    gpu_utilisation_percent: int | None
-    memory_used_bytes: int | None
-
-
-@dataclass(frozen=True)
-class JaxDeviceInfo(Record):
-    """One ``jax.Device`` and its allocator statistics.
-
-    The memory fields come from ``Device.memory_stats()`` (XLA's allocator: on GPU the
-    BFC allocator's ``bytes_limit`` / ``bytes_in_use`` / ``peak_bytes_in_use``, bytes).
-    They are ``None`` where JAX gives no statistics (``memory_stats()`` returns
-    ``None`` on CPU) or omits that key.
-
-    Fields:
-      id: ``Device.id``.
-      platform: ``"cpu"``, ``"gpu"``, ``"tpu"``.
-      device_kind: e.g. ``"NVIDIA H100 80GB HBM3"``, ``"cpu"``.
-      process_index: host process the device belongs to (0 on one host).
-      bytes_limit / bytes_in_use / peak_bytes_in_use: bytes, or ``None``.
-    """
-
-    id: int
-    platform: str
-    device_kind: str
-    process_index: int = 0
-    bytes_limit: int | None = None
-    bytes_in_use: int | None = None
-    peak_bytes_in_use: int | None = None
-
-
-@dataclass(frozen=True)
-class JaxDevicesReport(Record):
-    """The JAX backend and its devices.
-
-    Fields:
-      backend: ``jax.default_backend()`` (``"cpu"``, ``"gpu"``, ``"tpu"``); ``None``
-        when the probe failed.
-      devices: one :class:`JaxDeviceInfo` per ``jax.devices()`` entry.
-      status: one line: ``"JAX ok: backend gpu, 8 device(s)"`` or why the probe failed
-        (with the child's stderr tail).
-      jax_version: ``jax.__version__`` as the probed interpreter saw it, or ``None``.
-      in_child: ``True`` when read in a child process with preallocation off, ``False``
-        when read in this process (where ``bytes_limit`` reflects this process's
-        allocator settings).
-    """
-
-    backend: str | None
-    devices: tuple[JaxDeviceInfo, ...]
-    status: str
-    jax_version: str | None = None
-    in_child: bool = True
 
 
 # ---------------------------------------------------------------------------- NVML

@@ -22,91 +22,15 @@ import platform
 import shutil
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from autotune.records import Record
-from probes.gpu import (
-    GpuReport,
-    JaxDevicesReport,
-    probe_gpus,
-    probe_jax_memory,
-    probe_jax_memory_in_process,
-)
+from probes.gpu import probe_gpus, probe_jax_memory, probe_jax_memory_in_process
+from probes.records import HostReport
 
-__all__ = ["HostReport", "probe_host", "cpu_model", "mount_for_path", "cgroup_limits"]
-
-
-@dataclass(frozen=True)
-class HostReport(Record):
-    """Facts about this host, for the planner and the report.
-
-    Fields:
-      hostname: ``socket.gethostname()``.
-      os_name: ``platform.system()``, e.g. ``"Linux"``.
-      os_release: distribution name from ``/etc/os-release`` (``PRETTY_NAME``), or
-        ``platform.platform()`` where there is none.
-      kernel: ``platform.release()``, e.g. ``"5.15.0-105-generic"``.
-      python_version: ``platform.python_version()``, e.g. ``"3.11.7"``.
-      python_executable: ``sys.executable``.
-      cpu_model: CPU model name from ``/proc/cpuinfo``, or ``platform.processor()``;
-        ``None`` where neither says.
-      logical_cores: ``psutil.cpu_count(logical=True)`` (hardware threads).
-      physical_cores: ``psutil.cpu_count(logical=False)``; ``None`` where unknown.
-      usable_cores: cores this process may run on, ``len(os.sched_getaffinity(0))``
-        (``taskset``, cpusets); ``logical_cores`` where the OS has no affinity call.
-      cpu_quota_cores: container CPU quota in cores (cgroup quota / period, e.g. 2.5
-        for ``docker --cpus 2.5``); ``None`` when unlimited or unknown.
-      ram_total_bytes / ram_available_bytes: ``psutil.virtual_memory()`` total and
-        available, bytes.
-      memory_limit_bytes: container memory limit (cgroup), bytes; ``None`` when
-        unlimited or unknown.
-      data_path: the probed data path, absolute and with symlinks resolved.
-      disk_total_bytes / disk_free_bytes: ``shutil.disk_usage(data_path)`` total and
-        free (free to this user), bytes.
-      fs_type: file system type of the data path (``"ext4"``, ``"nfs4"``,
-        ``"overlay"``...), from the longest mount point containing it; ``None`` if no
-        mount matched.
-      fs_mount_point / fs_device: that mount point and its device or source
-        (``"/dev/nvme0n1p1"``, ``"server:/export"``).
-      jax_version / jaxlib_version: installed distribution versions, ``None`` if not
-        installed.
-      jax: backend, devices and memory stats (:class:`probes.gpu.JaxDevicesReport`).
-      gpu: NVML facts (:class:`probes.gpu.GpuReport`).
-    """
-
-    hostname: str
-    os_name: str
-    os_release: str
-    kernel: str
-    python_version: str
-    python_executable: str
-    cpu_model: str | None
-    logical_cores: int
-    physical_cores: int | None
-    usable_cores: int
-    cpu_quota_cores: float | None
-    ram_total_bytes: int
-    ram_available_bytes: int
-    memory_limit_bytes: int | None
-    data_path: str
-    disk_total_bytes: int
-    disk_free_bytes: int
-    fs_type: str | None
-    fs_mount_point: str | None
-    fs_device: str | None
-    jax_version: str | None
-    jaxlib_version: str | None
-    jax: JaxDevicesReport
-    gpu: GpuReport
-
-    @property
-    def jax_backend(self) -> str | None:
-        """``jax.default_backend()`` as the JAX probe saw it (``"cpu"``, ``"gpu"``...)."""
-        return self.jax.backend
+__all__ = ["probe_host", "cpu_model", "mount_for_path", "cgroup_limits"]
 
 
 def cpu_model(cpuinfo_path: str = "/proc/cpuinfo") -> str | None:

@@ -21,36 +21,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
-from dataclasses import dataclass
 
-from autotune.records import Record
-
-
-@dataclass(frozen=True)
-class StallReport(Record):
-    """Data-stall attribution of a short training run.
-
-    Attributes:
-      synthetic_images_per_s: compute only.
-      cached_images_per_s: real input, page cache warm.
-      cold_images_per_s: real input, page cache dropped.
-      compute_pct: share of the cold step time that is compute.
-      prep_stall_pct: share spent waiting on decode/augmentation.
-      fetch_stall_pct: share spent waiting on storage.
-      bottleneck: ``compute``, ``preprocessing`` or ``fetch``.
-      steps: steps timed per real-input run.
-      cache_dropped: whether the page cache could be dropped for the cold run.
-    """
-
-    synthetic_images_per_s: float
-    cached_images_per_s: float
-    cold_images_per_s: float
-    compute_pct: float
-    prep_stall_pct: float
-    fetch_stall_pct: float
-    bottleneck: str
-    steps: int
-    cache_dropped: bool
+from probes.records import StallReport
 
 
 def attribute(synthetic_ips: float, cached_ips: float, cold_ips: float, *, steps: int = 0,

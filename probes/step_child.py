@@ -22,36 +22,11 @@ import os
 import resource
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-from autotune.records import Record
+from probes.records import ChildStepResult
 
 MARK = "STEP_CHILD "
-
-
-@dataclass(frozen=True)
-class ChildStepResult(Record):
-    """What the child saw.
-
-    Attributes:
-      per_device_batch: the batch run.
-      ok: the steps ran.
-      oom: the child ran out of memory (allocator error, or killed by the kernel).
-      peak_bytes: device peak bytes in use (GPU) or peak RSS growth (CPU); None if
-        unknown.
-      peak_source: ``peak_bytes_in_use`` or ``ru_maxrss``.
-      step_seconds: mean seconds per step after the first.
-      error: the last line of the child's error output when not ok.
-    """
-
-    per_device_batch: int
-    ok: bool
-    oom: bool
-    peak_bytes: int | None
-    peak_source: str
-    step_seconds: float | None
-    error: str
 
 
 def _child(config_json: str, batch: int, steps: int) -> dict:

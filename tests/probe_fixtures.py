@@ -4,11 +4,11 @@ so the expected plan can be worked out by hand."""
 from __future__ import annotations
 
 from autotune.probe_report import DatasetStats, ProbeReport
-from probes.accelerator import AcceleratorReport, StepMemory, StepRate
-from probes.decode import DecodePoint, DecodeReport
-from probes.disk import DiskReport, ReadStats
-from probes.gpu import GpuReport, JaxDevicesReport
-from probes.host import HostReport
+from probes.records import AcceleratorReport, StepMemory, StepRate
+from probes.records import DecodePoint, DecodeReport
+from probes.records import DiskReport, ReadStats
+from probes.records import GpuReport, JaxDevicesReport
+from probes.records import HostReport
 
 GiB = 2**30
 

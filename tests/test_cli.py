@@ -9,7 +9,7 @@ from autotune import cli, results
 from autotune.planner import Plan
 from autotune.probe_report import ProbeReport
 from conftest import write_jpeg_folder
-from trainers.loop import TrainSummary
+from trainers.summaries import TrainSummary
 
 
 @pytest.fixture(scope="module")

@@ -45,9 +45,9 @@ from PIL import Image
 from conftest import free_port, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
-from trainers.pack import (PACK_SUMMARY, PackError, PackOptions, is_packed, load_pack_result,
-                           pack_folder, shard_paths)
-from trainers.preprocess import AugmentConfig
+from trainers.pack import PACK_SUMMARY, PackError, is_packed, load_pack_result, pack_folder, shard_paths
+from trainers.options import PackOptions
+from trainers.options import AugmentConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -606,7 +606,8 @@ TINY = dict(arch="resnet_tiny", width=4, small_images=True, image_size=16, num_c
 
 def _loop_run(small_pack, workdir: Path, on_bad_record: str):
     from trainers import train as tr
-    from trainers.loop import LoopOptions, train_and_evaluate
+    from trainers.loop import train_and_evaluate
+    from trainers.options import LoopOptions
 
     config = tr.TrainConfig(**TINY)  # 8 devices x 1 = 8 images a step, 4 steps
     opts = LoopOptions(threads=1, prefetch=1, device_prefetch=1, eval_every_epochs=0,

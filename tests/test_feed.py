@@ -12,7 +12,8 @@ import simplejpeg
 
 from trainers import preprocess as P
 from trainers.feed import DeviceFeed, batch_sharding, to_device_layout
-from trainers.preprocess import AugmentConfig, BadImageError
+from trainers.preprocess import BadImageError
+from trainers.options import AugmentConfig
 
 N = 8  # conftest's --xla_force_host_platform_device_count
 

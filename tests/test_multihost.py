@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from conftest import free_port, write_jpeg_folder
-from trainers.pack import PackOptions, pack_folder
+from trainers.pack import pack_folder
+from trainers.options import PackOptions
 
 HERE = Path(__file__).parent
 

@@ -10,9 +10,10 @@ import pytest
 
 from conftest import write_jpeg_folder
 from trainers import input_pipeline as ip
-from trainers.pack import (PackError, PackOptions, PackResult, is_packed, pack_folder,
-                           scan_image_folder, shard_paths)
-from trainers.preprocess import AugmentConfig
+from trainers.pack import PackError, is_packed, pack_folder, scan_image_folder, shard_paths
+from trainers.summaries import PackResult
+from trainers.options import PackOptions
+from trainers.options import AugmentConfig
 
 
 @pytest.fixture

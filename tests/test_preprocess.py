@@ -12,7 +12,8 @@ import simplejpeg
 from PIL import Image
 
 from trainers import preprocess as P
-from trainers.preprocess import AugmentConfig, BadImageError
+from trainers.preprocess import BadImageError
+from trainers.options import AugmentConfig
 
 
 def gradient(h: int, w: int) -> np.ndarray:

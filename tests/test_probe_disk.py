@@ -12,17 +12,8 @@ import numpy as np
 import pytest
 
 import probes.disk as disk
-from probes.disk import (
-    ALIGN,
-    TEST_FILE_PREFIX,
-    DiskReport,
-    ReadStats,
-    align_up,
-    measure_reads,
-    probe_disk,
-    random_offsets,
-    write_test_file,
-)
+from probes.disk import ALIGN, TEST_FILE_PREFIX, align_up, measure_reads, probe_disk, random_offsets, write_test_file
+from probes.records import DiskReport, ReadStats
 
 MiB = 1 << 20
 FAST = dict(duration_s=0.02)

@@ -12,18 +12,10 @@ from types import SimpleNamespace
 import pytest
 
 from probes import gpu as gpu_mod
-from probes.gpu import (
-    GpuInfo,
-    GpuReport,
-    GpuSample,
-    JaxDeviceInfo,
-    JaxDevicesReport,
-    probe_gpus,
-    probe_jax_memory,
-    reset_sampler,
-    sample_utilisation,
-)
-from probes.host import HostReport, cpu_model, mount_for_path, probe_host
+from probes.gpu import probe_gpus, probe_jax_memory, reset_sampler, sample_utilisation
+from probes.records import GpuInfo, GpuReport, GpuSample, JaxDeviceInfo, JaxDevicesReport
+from probes.host import cpu_model, mount_for_path, probe_host
+from probes.records import HostReport
 
 GiB = 1024**3
 

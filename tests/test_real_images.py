@@ -9,7 +9,8 @@ import simplejpeg
 
 from trainers import input_pipeline as ip
 from trainers import preprocess
-from trainers.pack import PackOptions, pack_folder, scan_image_folder, shard_paths
+from trainers.pack import pack_folder, scan_image_folder, shard_paths
+from trainers.options import PackOptions
 
 
 def test_class_index_is_the_imagenet2012_order(shared_data):

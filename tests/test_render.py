@@ -13,7 +13,7 @@ from rich.console import Console
 
 from autotune import render
 from autotune.render import HostSample, TrainView
-from probes.gpu import GpuSample
+from probes.records import GpuSample
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_report import (GiB, make_eval, make_pack, make_plan, make_probe, make_steps,  # noqa: E402

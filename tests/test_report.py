@@ -27,13 +27,15 @@ from autotune import results as res
 from autotune.lr_rules import LrDecision
 from autotune.planner import Decision, Plan
 from autotune.probe_report import DatasetStats, ProbeReport
-from probes.accelerator import AcceleratorReport, StepMemory, StepRate
-from probes.decode import DecodePoint, DecodeReport
-from probes.disk import DiskReport, ReadStats
-from probes.gpu import GpuInfo, GpuReport, JaxDeviceInfo, JaxDevicesReport
-from probes.host import HostReport
-from trainers.loop import EvalReport, StepReport, TrainSummary, stall_pct
-from trainers.pack import PackOptions, PackResult, SplitSummary
+from probes.records import AcceleratorReport, StepMemory, StepRate
+from probes.records import DecodePoint, DecodeReport
+from probes.records import DiskReport, ReadStats
+from probes.records import GpuInfo, GpuReport, JaxDeviceInfo, JaxDevicesReport
+from probes.records import HostReport
+from trainers.loop import stall_pct
+from trainers.summaries import EvalReport, StepReport, TrainSummary
+from trainers.summaries import PackResult, SplitSummary
+from trainers.options import PackOptions
 
 GiB = 2**30
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

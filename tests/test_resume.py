@@ -17,8 +17,11 @@ import pytest
 from conftest import write_jpeg_folder
 from trainers import train as tr
 from trainers.checkpoint import Checkpointer
-from trainers.loop import LoopOptions, OomEvent, train_and_evaluate
-from trainers.pack import PackOptions, pack_folder
+from trainers.loop import train_and_evaluate
+from trainers.summaries import OomEvent
+from trainers.options import LoopOptions
+from trainers.pack import pack_folder
+from trainers.options import PackOptions
 
 HERE = Path(__file__).parent
 

@@ -13,7 +13,8 @@ import simplejpeg
 from PIL import Image
 
 from trainers import preprocess as P
-from trainers.preprocess import AugmentConfig, BadImageError
+from trainers.preprocess import BadImageError
+from trainers.options import AugmentConfig
 
 HEADERS = any(Path(d, "jpeglib.h").exists() for d in ("/usr/include", "/usr/local/include"))
 needs_roi = pytest.mark.skipif(not P.ROI_DECODE, reason="trainers._jpegcrop not built")

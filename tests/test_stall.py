@@ -9,8 +9,9 @@ from conftest import write_jpeg_folder
 from probes.stall import attribute, measure_stall
 from trainers import preprocess
 from trainers import train as tr
-from trainers.loop import LoopOptions
-from trainers.pack import PackOptions, pack_folder
+from trainers.options import LoopOptions
+from trainers.pack import pack_folder
+from trainers.options import PackOptions
 
 
 @pytest.mark.parametrize("syn,cached,cold,expected,shares", [
@@ -64,7 +65,8 @@ def stall_pack(tmp_path_factory):
 
 
 def _loop_figures(packed, workdir, steps=12):
-    from trainers.loop import StepReport, train_and_evaluate
+    from trainers.loop import train_and_evaluate
+    from trainers.summaries import StepReport
 
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
                             num_classes=2, per_device_batch=1, epochs=5, warmup_epochs=0,

@@ -53,7 +53,9 @@ def main():
 
     initialize(peer_timeout_s=args.peer_timeout, connect_timeout_s=120)
     from trainers import train as tr
-    from trainers.loop import LoopOptions, StepReport, train_and_evaluate
+    from trainers.loop import train_and_evaluate
+    from trainers.summaries import StepReport
+    from trainers.options import LoopOptions
 
     if args.nan_batch:
         _inject_nan(args.nan_batch, args.nan_process)

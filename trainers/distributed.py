@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import sys
 import threading
 import time
 from typing import Callable, Sequence

@@ -50,7 +50,8 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
 from trainers import preprocess
-from trainers.preprocess import AugmentConfig, BadImageError
+from trainers.preprocess import BadImageError
+from trainers.options import AugmentConfig
 
 
 class BadRecordError(RuntimeError):

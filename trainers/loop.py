@@ -40,133 +40,16 @@ from typing import Callable
 import jax
 import numpy as np
 
-from autotune.records import Record
+from trainers.records import Record
 from trainers import distributed
 from trainers import input_pipeline as ip
 from trainers import pack as pack_lib
 from trainers import train as tr
 from trainers.feed import DeviceFeed, replicated_sharding
-from trainers.preprocess import AugmentConfig
+from trainers.options import AugmentConfig
 from trainers.stopping import StopSignals
-
-
-@dataclass(frozen=True)
-class LoopOptions(Record):
-    """How the run is executed (the input pipeline and the bookkeeping).
-
-    Attributes:
-      threads: input pipeline threads (decode + augment).
-      prefetch: batches prepared ahead on the host.
-      device_prefetch: batches put on the devices ahead of the step by the feed
-        thread (2 = double buffering).
-      read_mode: ``random`` or ``sequential`` (see ``trainers.input_pipeline``).
-      shuffle_window: records shuffled together in sequential mode.
-      cache_decoded: keep decoded images in RAM after the first epoch.
-      on_bad_record: ``skip`` or ``fail``.
-      eval_every_epochs: evaluate every this many epochs (0: only at the end).
-      checkpoint_every_secs: seconds between checkpoints by process 0's clock, taken
-        at the next log step by every host (0: only at the end / stop).
-      max_steps: stop after this many steps (None: the whole schedule); for probes
-        and tests.
-      partitions: shard groups with their own order (default: one per host); the
-        same value gives the same batches on any number of hosts that divides it.
-      workers: decode worker processes (0: threads only), see the input pipeline.
-      synthetic_steps: steps timed on on-device input after compilation, the
-        reference of the data-stall figure (0: no reference, stall reported as NaN).
-    """
-
-    threads: int = 2
-    prefetch: int = 4
-    device_prefetch: int = 2
-    read_mode: str = "random"
-    shuffle_window: int = 4096
-    cache_decoded: bool = False
-    on_bad_record: str = "skip"
-    eval_every_epochs: int = 1
-    checkpoint_every_secs: float = 600.0
-    max_steps: int | None = None
-    partitions: int | None = None
-    workers: int = 0
-    synthetic_steps: int = 10
-
-
-@dataclass(frozen=True)
-class StepReport(Record):
-    """Throughput and training metrics over the last window of steps.
-
-    Attributes:
-      step: steps done (global).
-      total_steps: steps in the schedule.
-      epoch: epochs done (fractional).
-      images_per_s: global images/s over the window (all hosts).
-      step_seconds: mean wall seconds per step over the window.
-      wait_seconds: mean seconds per step the training thread waited for the next
-        device batch (host wait).
-      data_stall_pct: share of the step time the accelerators were idle for want of
-        input, ``100 x (1 - synthetic_step_seconds / step_seconds)`` clipped at 0
-        (DS-Analyzer); NaN without a synthetic reference.
-      loss, accuracy: training loss and top-1 averaged over the window's steps.
-      learning_rate: at the last step.
-      bad_records: records skipped so far on this host.
-      elapsed_seconds: since the run (or the resume) started, compile included.
-      eta_seconds: remaining steps x mean step seconds.
-      host_wait_pct: ``100 x wait_seconds / step_seconds``.
-      synthetic_step_seconds: step time on on-device input (the reference).
-      skipped_steps: steps skipped for a non-finite loss or gradient so far.
-    """
-
-    step: int
-    total_steps: int
-    epoch: float
-    images_per_s: float
-    step_seconds: float
-    wait_seconds: float
-    data_stall_pct: float
-    loss: float
-    accuracy: float
-    learning_rate: float
-    bad_records: int
-    elapsed_seconds: float
-    eta_seconds: float
-    host_wait_pct: float = float("nan")
-    synthetic_step_seconds: float = float("nan")
-    skipped_steps: int = 0
-
-
-@dataclass(frozen=True)
-class EvalReport(Record):
-    """Held-out accuracy after ``epoch`` epochs (``count`` examples, all hosts)."""
-
-    step: int
-    epoch: float
-    top1: float
-    top5: float
-    loss: float
-    count: int
-    bad_records: int
-    seconds: float
-
-
-@dataclass(frozen=True)
-class OomEvent(Record):
-    """The run ran out of device memory and continued at a smaller batch.
-
-    Attributes:
-      step: step at which the error surfaced.
-      resumed_step: step the run continued from (the last checkpoint, converted to the
-        new batch by images seen).
-      old_per_device_batch / new_per_device_batch: the step-down.
-      old_learning_rate / new_learning_rate: the rescaled peak learning rate.
-      message: the first line of the allocator's error.
-    """
-
-    step: int
-    resumed_step: int
-    old_per_device_batch: int
-    new_per_device_batch: int
-    old_learning_rate: float
-    new_learning_rate: float
-    message: str
+from trainers.summaries import EvalReport, OomEvent, StepReport, TrainSummary
+from trainers.options import LoopOptions
 
 
 class DeviceOutOfMemory(RuntimeError):
@@ -183,64 +66,6 @@ def is_out_of_memory(exc: BaseException) -> bool:
     text = str(exc)
     return isinstance(exc, DeviceOutOfMemory) or (
         "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text)
-
-
-@dataclass(frozen=True)
-class TrainSummary(Record):
-    """The end of a run.
-
-    Attributes:
-      status: ``completed``, ``stopped`` (a signal on some process, checkpoint
-        written by every process at the same step) or ``max_steps``.
-      steps, epochs: done in total (resumed runs included).
-      resumed_from_step: step of the checkpoint the run started from (0: fresh).
-      wall_seconds: of this process's run, compile included.
-      compile_seconds: first step (compilation) wall time.
-      images_per_s: mean global images/s after compilation.
-      images_per_s_per_device: the same per device.
-      data_stall_pct: accelerator idle share over the run after compilation,
-        ``100 x (1 - synthetic step s / mean step s)`` (see the module docstring).
-      final_eval: the last evaluation (None when there is no held-out split).
-      bad_records: records skipped while training on this host.
-      num_devices, num_hosts, global_batch: the layout (after any OOM step-down).
-      per_device_batch: the batch the run ended with.
-      peak_bytes_in_use: device 0's ``memory_stats()['peak_bytes_in_use']`` after the
-        first measured window (None where the backend has no stats), to compare with
-        the compiled memory analysis the batch was chosen by.
-      oom_events: out-of-memory step-downs the run survived.
-      params_sha256: digest of this host's final parameters and batch statistics
-        (identical across hosts, and across an interrupted and an uninterrupted run).
-      host_wait_pct: share of wall time the training thread waited for input.
-      synthetic_images_per_s: global images/s on on-device input (the reference).
-      skipped_steps: steps skipped for a non-finite averaged loss or gradient.
-      stop_reason: why a ``stopped`` run stopped (signal and process), else "".
-    """
-
-    status: str
-    steps: int
-    epochs: float
-    resumed_from_step: int
-    wall_seconds: float
-    compile_seconds: float
-    images_per_s: float
-    images_per_s_per_device: float
-    data_stall_pct: float
-    final_eval: EvalReport | None
-    bad_records: int
-    num_devices: int
-    num_hosts: int
-    global_batch: int
-    steps_per_epoch: int
-    checkpoint_step: int | None
-    per_device_batch: int = 0
-    learning_rate: float = 0.0
-    peak_bytes_in_use: int | None = None
-    oom_events: tuple[OomEvent, ...] = ()
-    params_sha256: str = ""
-    host_wait_pct: float = float("nan")
-    synthetic_images_per_s: float = float("nan")
-    skipped_steps: int = 0
-    stop_reason: str = ""
 
 
 def _evaluate(p_eval, state, packed_dir: str, config: tr.TrainConfig, n_local: int,

@@ -36,12 +36,13 @@ import re
 import shutil
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
-from autotune.records import Record, RecordError, write_text_atomic
+from trainers.records import RecordError, write_text_atomic
 from trainers import preprocess
+from trainers.summaries import BadImage, PackResult, SplitSummary
+from trainers.options import PackOptions
 
 DATASET_NAME = "autotune_images"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
@@ -61,122 +62,6 @@ _TEMP_NAME = re.compile(rf"{DATASET_NAME}-.+\.tmp|\.(fingerprint\.txt|bad_images
 
 class PackError(RuntimeError):
     """The input folder cannot be packed (missing, empty, no class folders...)."""
-
-
-@dataclass(frozen=True)
-class BadImage(Record):
-    """One input file that was not packed: its path and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class SplitSummary(Record):
-    """One packed split.
-
-    Attributes:
-      name: ``train`` or ``validation``.
-      num_examples: records written.
-      shard_lengths: records per shard.
-      num_bytes: bytes of the shard files.
-    """
-
-    name: str
-    num_examples: int
-    shard_lengths: tuple[int, ...]
-    num_bytes: int
-
-
-@dataclass(frozen=True)
-class PackOptions(Record):
-    """What to pack and how.
-
-    Attributes:
-      num_shards: shards of the train split (validation gets proportionally fewer,
-        at least 1).
-      val_fraction: fraction of each class held out as the ``validation`` split by a
-        seeded split (0 when a separate validation folder is given).
-      resize_shorter: re-encode images whose shorter side exceeds this many pixels at
-        that size (None: store the original bytes untouched).
-      quality: JPEG quality of re-encoded images (90-95 is the MXNet im2rec / FFCV
-        habit).
-      seed: seed of the shuffle that assigns images to shards and of the held-out
-        split.
-      threads: decode/verify threads.
-
-    Raises:
-      ValueError: a value out of range (the message names it and the range).
-    """
-
-    num_shards: int = 16
-    val_fraction: float = 0.0
-    resize_shorter: int | None = None
-    quality: int = 90
-    seed: int = 0
-    threads: int = 2
-
-    def __post_init__(self):
-        if self.num_shards < 1:
-            raise ValueError(f"num_shards ({self.num_shards}) must be at least 1")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction ({self.val_fraction}) must be in [0, 1)")
-        if self.resize_shorter is not None and self.resize_shorter < 8:
-            raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= 8 pixels")
-        if not 1 <= self.quality <= 100:
-            raise ValueError(f"quality ({self.quality}) must be in 1..100")
-        if self.threads < 1:
-            raise ValueError(f"threads ({self.threads}) must be at least 1")
-
-
-@dataclass(frozen=True)
-class PackResult(Record):
-    """What ``pack_folder`` produced.
-
-    Attributes:
-      out_dir: the packed data set (``tfds.builder_from_directory`` reads it).
-      source: the input folder.
-      class_names: wnids in class-index order.
-      input_images: files found under the class folders.
-      packed: records written, all splits.
-      skipped: files not packed (== len(bad_images)).
-      bad_images: every skipped file with its reason.
-      splits: per split counts and bytes.
-      bytes_in: bytes of the packed input files.
-      bytes_out: bytes of the records' image payloads.
-      resize_shorter: pack-time resize (None: originals stored).
-      seconds: wall time of this call (a resumed pack counts only its own time).
-      resumed_shards: complete shards found and kept from an interrupted run.
-      decode_speedup: with a pack-time resize, full decode time of a sample of the
-        original files / of the same images as stored (measured, single thread).
-    """
-
-    out_dir: str
-    source: str
-    class_names: tuple[str, ...]
-    input_images: int
-    packed: int
-    skipped: int
-    bad_images: tuple[BadImage, ...]
-    splits: tuple[SplitSummary, ...]
-    bytes_in: int
-    bytes_out: int
-    resize_shorter: int | None
-    options: PackOptions
-    seconds: float
-    resumed_shards: int = 0
-    decode_speedup: float | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    def split(self, name: str) -> SplitSummary:
-        for s in self.splits:
-            if s.name == name:
-                return s
-        raise KeyError(f"packed data set {self.out_dir} has no split {name!r}; "
-                       f"it has {[s.name for s in self.splits]}")
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tuple[str, int]]]:

@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 
 import cv2
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile
+from trainers.options import AugmentConfig
 
 try:  # Built from trainers/_jpegcrop.c when libjpeg(-turbo) headers are present.
     from trainers import _jpegcrop
@@ -87,31 +87,6 @@ class BadImageError(ValueError):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
-
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Training augmentation.
-
-    Attributes:
-      image_size: output side in pixels.
-      min_scale: smallest crop area as a fraction of the image (0.08 in the
-        Inception / Goyal et al. recipe; larger for short CPU schedules).
-      max_scale: largest crop area fraction.
-      flip: random horizontal flip.
-    """
-
-    image_size: int = 224
-    min_scale: float = 0.08
-    max_scale: float = 1.0
-    flip: bool = True
-
-    def __post_init__(self):
-        if self.image_size < 8:
-            raise ValueError(f"image_size ({self.image_size}) must be at least 8 pixels")
-        if not 0 < self.min_scale <= self.max_scale <= 1:
-            raise ValueError(f"need 0 < min_scale ({self.min_scale}) <= max_scale "
-                             f"({self.max_scale}) <= 1")
 
 
 def image_header(data: bytes) -> tuple[int, int]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
 import jax
@@ -28,72 +27,9 @@ import optax
 from flax import jax_utils
 from flax.training import train_state
 
-from autotune.records import Record
 from trainers import models
 from trainers.preprocess import MEAN_RGB, STDDEV_RGB
-
-
-@dataclass(frozen=True)
-class TrainConfig(Record):
-    """Model, optimizer and schedule of one run.
-
-    Attributes:
-      arch: ``resnet50``, ``resnet18``, ``resnet_tiny`` ... (see ``trainers.models``).
-      width: filters of the first stage.
-      small_images: stride-1 3x3 stem without max-pool (for <= 64 px).
-      image_size: training side in pixels.
-      num_classes: from the data (1,000 for ImageNet-1k, 21,841 for ImageNet-21k).
-      per_device_batch: images per device per step.
-      epochs: epochs to train (may be fractional).
-      optimizer: ``sgd`` (momentum, Nesterov optional), ``lars`` or ``adamw``.
-      learning_rate: peak learning rate, already scaled to the global batch.
-      warmup_epochs: linear warmup from 0 to the peak (Goyal et al. 2017).
-      schedule: ``cosine`` (to 0 at the end, Loshchilov & Hutter 2017) or ``constant``.
-      momentum, nesterov: SGD momentum.
-      weight_decay: L2 on conv / dense kernels only (no decay on batch-norm
-        parameters and biases).
-      label_smoothing: 0.1 in the reference recipe (Szegedy et al. 2016).
-      dtype: compute dtype, ``float32`` or ``bfloat16`` (parameters stay float32).
-      min_crop_scale: smallest random-resized-crop area fraction.
-      seed: parameter init and data order.
-      log_every_steps: steps between metric fetches (the only host syncs).
-    """
-
-    arch: str = "resnet50"
-    width: int = 64
-    small_images: bool = False
-    image_size: int = 224
-    num_classes: int = 1000
-    per_device_batch: int = 128
-    epochs: float = 90.0
-    optimizer: str = "sgd"
-    learning_rate: float = 0.1
-    warmup_epochs: float = 5.0
-    schedule: str = "cosine"
-    momentum: float = 0.9
-    nesterov: bool = True
-    weight_decay: float = 5e-5
-    label_smoothing: float = 0.1
-    dtype: str = "float32"
-    min_crop_scale: float = 0.08
-    seed: int = 0
-    log_every_steps: int = 20
-
-    def __post_init__(self):
-        if self.per_device_batch < 1:
-            raise ValueError(f"per_device_batch ({self.per_device_batch}) must be >= 1")
-        if self.epochs <= 0:
-            raise ValueError(f"epochs ({self.epochs}) must be > 0")
-        if self.optimizer not in ("sgd", "lars", "adamw"):
-            raise ValueError(f"optimizer {self.optimizer!r}: expected sgd, lars or adamw")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule {self.schedule!r}: expected cosine or constant")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype {self.dtype!r}: expected float32 or bfloat16")
-
-    @property
-    def jnp_dtype(self):
-        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
+from trainers.options import TrainConfig
 
 
 class TrainState(train_state.TrainState):
