@@ -216,11 +216,11 @@ def loop_options(plan, **kw):
     """The ``trainers.loop.LoopOptions`` a plan asks for (``kw`` overrides)."""
     from trainers.options import LoopOptions
 
-    return LoopOptions(threads=plan.decode_threads, prefetch=plan.prefetch_batches,
+    return LoopOptions(decode_threads=plan.decode_threads, prefetch_batches=plan.prefetch_batches,
                        device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
                        shuffle_window=plan.shuffle_window or 4096,
                        cache_decoded=plan.cache_decoded and not plan.decode_workers,
-                       workers=plan.decode_workers, **kw)
+                       decode_workers=plan.decode_workers, **kw)
 
 
 def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):
@@ -236,7 +236,7 @@ def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str |
             PackOptions(num_shards=plan.num_shards,
                         val_fraction=0.0 if val_data else plan.val_fraction,
                         resize_shorter=plan.pack_resize,
-                        threads=max(1, report.decode.usable_cores)),
+                        pack_threads=max(1, report.decode.usable_cores)),
             val_source=val_data, progress=bar, replace_stale=True)
     return packed, result
 
@@ -313,7 +313,7 @@ def cmd_pack(args, console) -> int:
         raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
     try:
         opts = PackOptions(num_shards=args.shards, val_fraction=args.val_fraction,
-                           resize_shorter=args.resize or None, threads=args.threads)
+                           resize_shorter=args.resize or None, pack_threads=args.threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with _progress(console, "packing", args.quiet) as bar:
@@ -475,7 +475,7 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
         try:
             plan = make_plan(report, preset, PlanRequest(
                 num_hosts=jax.process_count(), epochs=args.epochs, per_device_batch=args.batch,
-                threads=args.threads, read_mode=args.read_mode, num_shards=args.shards))
+                decode_threads=args.threads, read_mode=args.read_mode, num_shards=args.shards))
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         if plan.local_devices != n_local:
@@ -517,7 +517,7 @@ def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
             console.print(render.render_pack(pack_result))
         config = train_config(preset, plan, pack_result.num_classes)
         options = loop_options(plan, on_bad_record=args.on_bad_record,
-                               checkpoint_every_secs=args.checkpoint_every,
+                               checkpoint_every_s=args.checkpoint_every,
                                max_steps=args.max_steps, partitions=args.partitions)
         if primary:
             results.save_json(run / results.RUN, {"data": data, "packed": packed,

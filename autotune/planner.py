@@ -79,7 +79,7 @@ class PlanRequest(Record):
       num_hosts: processes (machines) in the run.
       epochs: overrides the preset's epochs.
       per_device_batch: overrides the batch search / preset.
-      threads: overrides the decode thread choice.
+      decode_threads: overrides the decode thread choice.
       read_mode: overrides the read-mode choice.
       num_shards: overrides the shard count.
       pack_resize: overrides the pack-time resize (0: keep originals).
@@ -89,11 +89,13 @@ class PlanRequest(Record):
     num_hosts: int = 1
     epochs: float | None = None
     per_device_batch: int | None = None
-    threads: int | None = None
+    decode_threads: int | None = None
     read_mode: str | None = None
     num_shards: int | None = None
     pack_resize: int | None = None
     cache_decoded: bool | None = None
+
+    RENAMED = {"threads": "decode_threads"}
 
 
 @dataclass(frozen=True)
@@ -315,8 +317,8 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     # Decode threads.
     points = report.decode.points
     cap = max(1, report.decode.usable_cores // 2) if cpu else max(p.threads for p in points)
-    if request.threads:
-        threads = request.threads
+    if request.decode_threads:
+        threads = request.decode_threads
         dec.append(Decision("decode_threads", str(threads), "given on the command line"))
     else:
         candidates = [p for p in points if p.threads <= cap]
@@ -347,7 +349,7 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     workers = 0
     point = next((p for p in points if p.threads == threads), None)
     cores = report.decode.usable_cores
-    if (request.threads is None and not cpu and point is not None and threads > 1
+    if (request.decode_threads is None and not cpu and point is not None and threads > 1
             and point.efficiency < GIL_EFFICIENCY and cores >= 4):
         workers = min(threads, cores)
         base = report.decode.points[0].images_per_s * speedup

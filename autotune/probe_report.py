@@ -113,7 +113,7 @@ def utc_now() -> str:
 
 def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None,
               quick: bool = False, skip_disk: bool = False, read_threads: int | None = None,
-              decode_seconds: float | None = None,
+              decode_s: float | None = None,
               progress: Callable[[str], None] | None = None) -> ProbeReport:
     """Run every probe on ``data_path`` for ``preset``.
 
@@ -126,7 +126,7 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
       skip_disk: leave the disk probe out.
       read_threads: queue depth of the disk's parallel random-read figure (default:
         the decode knee, the threads the pipeline will really read with).
-      decode_seconds: measuring time per decode thread count.
+      decode_s: measuring time per decode thread count.
       progress: called with a line before each stage.
 
     Raises:
@@ -146,7 +146,7 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
     decode_report = decode.probe_decode(
         data_path, image_size=preset.image_size, min_crop_scale=preset.min_crop_scale,
         sample=100 if quick else 200,
-        seconds_per_point=decode_seconds or (0.5 if quick else 1.5))
+        seconds_per_point=decode_s or (0.5 if quick else 1.5))
     disk_report = None
     if not skip_disk:
         say("disk: sequential and random reads, page cache bypassed")

@@ -94,9 +94,9 @@ def fmt_stall(pct: float | None, note: str = "") -> str:
         f" ({note})" if note else "")
 
 
-def fmt_host_wait(pct: float | None, wait_seconds: float | None = None) -> str:
+def fmt_host_wait(pct: float | None, wait_s: float | None = None) -> str:
     """Host wait as a share of wall time, and in ms per step when given."""
-    per_step = "" if _bad(wait_seconds) else f", {fmt_num(wait_seconds * 1e3, 'ms')} per step"
+    per_step = "" if _bad(wait_s) else f", {fmt_num(wait_s * 1e3, 'ms')} per step"
     return f"{fmt_num(pct, '%', 1)} of wall time waiting for the next batch{per_step}"
 
 
@@ -377,8 +377,8 @@ def render_probe(report) -> Group:
         r = acc.step_rate
         rows.append(("train step", f"{fmt_num(r.images_per_s, 'img/s')} at per-device batch "
                                    f"{r.per_device_batch} ({fmt_num(r.images_per_s_per_device, 'img/s')}"
-                                   f" per device, {fmt_num(r.step_seconds * 1e3, 'ms')}/step, "
-                                   f"compile {fmt_num(r.compile_seconds, 's')})"))
+                                   f" per device, {fmt_num(r.step_s * 1e3, 'ms')}/step, "
+                                   f"compile {fmt_num(r.compile_s, 's')})"))
     parts.append(_kv_table("Accelerator", rows))
     return Group(*parts)
 
@@ -448,7 +448,7 @@ def render_summary(summary, plan=None, figures=None) -> Table:
              + ("" if _bad(synthetic) else
                 f" (on-device input: {fmt_num(synthetic, 'img/s')})")),
             ("host wait", fmt_host_wait(summary.host_wait_pct)),
-            ("wall time", f"{fmt_secs(summary.wall_seconds)} (compile {fmt_num(summary.compile_seconds, 's')})"),
+            ("wall time", f"{fmt_secs(summary.wall_s)} (compile {fmt_num(summary.compile_s, 's')})"),
             ("bad records", f"{summary.bad_records:,}"),
             ("skipped steps", "not counted (run saved before they were)" if skipped is None else
              f"{skipped:,} (non-finite loss or gradient)")]
@@ -489,12 +489,12 @@ def render_measured_vs_plan(figures) -> Table:
                               if f.measured_vs_predicted_pct is not None else ""))]
     if f.bottleneck:
         rows.append(("predicted bottleneck", f.bottleneck))
-    if f.step_seconds is not None or f.synthetic_step_seconds is not None:
-        rows.append(("step time", f"{fmt_num(_ms(f.step_seconds), 'ms')} mean, "
-                                  f"{fmt_num(_ms(f.synthetic_step_seconds), 'ms')} on on-device "
+    if f.step_s is not None or f.synthetic_step_s is not None:
+        rows.append(("step time", f"{fmt_num(_ms(f.step_s), 'ms')} mean, "
+                                  f"{fmt_num(_ms(f.synthetic_step_s), 'ms')} on on-device "
                                   f"input (the accelerators alone)"))
     rows.append(("data stall", fmt_stall(f.data_stall_pct, f.data_stall_note)))
-    rows.append(("host wait", fmt_host_wait(f.host_wait_pct, f.wait_seconds)))
+    rows.append(("host wait", fmt_host_wait(f.host_wait_pct, f.wait_s)))
     if f.skipped_steps:
         rows.append(("skipped steps", Text(f"{f.skipped_steps:,} (non-finite loss or gradient)",
                                            style="yellow")))
@@ -593,7 +593,7 @@ def render_saved_run(run) -> Group:
                 ("host wait", f"{fmt_num(m.mean_host_wait_pct, '%', 1)} mean, "
                               f"{fmt_num(m.last_host_wait_pct, '%', 1)} last (% of wall time)"),
                 ("last", f"epoch {m.last_epoch:.2f}, loss {fmt_num(m.last_loss, digits=4)}, "
-                         f"lr {m.last_learning_rate:.4g}, elapsed {fmt_secs(m.last_elapsed_seconds)}"),
+                         f"lr {m.last_learning_rate:.4g}, elapsed {fmt_secs(m.last_elapsed_s)}"),
             ]))
         parts.append(render_measured_vs_plan(f))
         if run.steps:
@@ -848,11 +848,11 @@ class TrainView:
                 if self.plan is not None else "")
         s = (f"step {r.step}/{r.total_steps} epoch {r.epoch:.2f} | "
              f"{fmt_num(r.images_per_s)} img/s, avg {fmt_num(self.avg.mean_images_per_s)}{pred} | "
-             f"step {fmt_num(r.step_seconds * 1e3, 'ms')} (on-device input "
-             f"{fmt_num(r.synthetic_step_seconds * 1e3, 'ms')}), data stall "
+             f"step {fmt_num(r.step_s * 1e3, 'ms')} (on-device input "
+             f"{fmt_num(r.synthetic_step_s * 1e3, 'ms')}), data stall "
              f"{fmt_num(r.data_stall_pct, '%', 1)}, host wait {fmt_num(r.host_wait_pct, '%', 1)} "
-             f"({fmt_num(r.wait_seconds * 1e3, 'ms')}/step) | "
-             f"loss {r.loss:.3f} lr {r.learning_rate:.4g} | ETA {fmt_secs(r.eta_seconds)}")
+             f"({fmt_num(r.wait_s * 1e3, 'ms')}/step) | "
+             f"loss {r.loss:.3f} lr {r.learning_rate:.4g} | ETA {fmt_secs(r.eta_s)}")
         if gpus:
             s += " | GPU " + " ".join(f"{fmt_num(g.gpu_utilisation_percent, '%', 0)}"
                                       for g in gpus)
@@ -880,7 +880,7 @@ class TrainView:
         bar.append("░" * (24 - int(24 * frac)), style="dim")
         bar.append(f" {frac:.0%}  step {r.step:,}/{r.total_steps:,} · epoch {r.epoch:.2f}"
                    + (f"/{epochs:g}" if epochs else "")
-                   + f" · elapsed {fmt_secs(r.elapsed_seconds)} · ETA {fmt_secs(r.eta_seconds)}")
+                   + f" · elapsed {fmt_secs(r.elapsed_s)} · ETA {fmt_secs(r.eta_s)}")
         t.add_row("progress", bar)
         thr = Text(f"{fmt_num(r.images_per_s, 'img/s')} now, "
                    f"{fmt_num(hist['avg_ips'], 'img/s')} average")
@@ -895,8 +895,8 @@ class TrainView:
                   + ([plan.predicted_global_images_per_s] if plan is not None else [])
                   + [1e-9])
         t.add_row("", Text(self._sparkline(hist["ips"], top), style="green"))
-        t.add_row("step time", f"{fmt_num(r.step_seconds * 1e3, 'ms')} now, "
-                               f"{fmt_num(r.synthetic_step_seconds * 1e3, 'ms')} on on-device "
+        t.add_row("step time", f"{fmt_num(r.step_s * 1e3, 'ms')} now, "
+                               f"{fmt_num(r.synthetic_step_s * 1e3, 'ms')} on on-device "
                                f"input (the accelerators alone)")
         style = _stall_style(r.data_stall_pct)
         t.add_row("data stall", Text(f"{fmt_num(r.data_stall_pct, '%', 1)} now, "
@@ -904,7 +904,7 @@ class TrainView:
                                      f"idle for input, % of step time", style=style))
         t.add_row("", Text(self._sparkline(hist["stall"], 100.0), style=style))
         t.add_row("host wait", f"{fmt_num(r.host_wait_pct, '%', 1)} now "
-                               f"({fmt_num(r.wait_seconds * 1e3, 'ms')}/step), "
+                               f"({fmt_num(r.wait_s * 1e3, 'ms')}/step), "
                                f"{fmt_num(hist['avg_wait'], '%', 1)} average: loop waiting for "
                                f"the next batch, % of wall time")
         t.add_row("", Text(self._sparkline(hist["wait"], 100.0), style="magenta"))

@@ -248,7 +248,7 @@ class MetricsStats(Record):
       first_step, last_step, total_steps: steps of the first and last report, and of
         the schedule.
       segments: runs of increasing steps (2+ after a resume).
-      window_steps, window_seconds: steps and time covered by the windows (s).
+      window_steps, window_s: steps and time covered by the windows (s).
       mean_images_per_s / peak_images_per_s / last_images_per_s: global images/s.
       mean_data_stall_pct / last_data_stall_pct: accelerators idle for want of input,
         share of step time (%), see above; NaN when unknown.
@@ -256,13 +256,13 @@ class MetricsStats(Record):
         when only part of the file has an on-device reference).
       mean_host_wait_pct / last_host_wait_pct: the training loop waiting for the next
         batch, share of wall time (%).
-      mean_step_seconds / mean_wait_seconds: per step (s); wait = host wait.
-      synthetic_step_seconds: mean on-device (synthetic input) step time over the
+      mean_step_s / mean_wait_s: per step (s); wait = host wait.
+      synthetic_step_s: mean on-device (synthetic input) step time over the
         windows with a reference, ``sum(n_w s_w) / sum(n_w)`` (s); NaN without.
       skipped_steps: steps skipped for a non-finite loss or gradient (the last
         report's run total).
-      last_loss, last_learning_rate, last_epoch, last_elapsed_seconds,
-      last_eta_seconds, bad_records: from the last report.
+      last_loss, last_learning_rate, last_epoch, last_elapsed_s,
+      last_eta_s, bad_records: from the last report.
     """
 
     step_reports: int
@@ -272,7 +272,7 @@ class MetricsStats(Record):
     total_steps: int
     segments: int
     window_steps: int
-    window_seconds: float
+    window_s: float
     mean_images_per_s: float
     peak_images_per_s: float
     last_images_per_s: float
@@ -281,15 +281,15 @@ class MetricsStats(Record):
     stall_steps: int
     mean_host_wait_pct: float
     last_host_wait_pct: float
-    mean_step_seconds: float
-    mean_wait_seconds: float
-    synthetic_step_seconds: float
+    mean_step_s: float
+    mean_wait_s: float
+    synthetic_step_s: float
     skipped_steps: int
     last_loss: float
     last_learning_rate: float
     last_epoch: float
-    last_elapsed_seconds: float
-    last_eta_seconds: float
+    last_elapsed_s: float
+    last_eta_s: float
     bad_records: int
 
 
@@ -314,7 +314,7 @@ class StepAverager:
         self.images = 0.0
         self.wait = 0.0
         self.ref_steps = 0  # windows with an on-device reference: steps,
-        self.ref_seconds = 0.0  # their step time,
+        self.ref_s = 0.0  # their step time,
         self.ref_synthetic = 0.0  # and their on-device step time
         self.peak = float("nan")
         self.last: StepReport | None = None
@@ -327,15 +327,15 @@ class StepAverager:
             self.segments += 1
         else:
             window = r.step - self.prev_step
-        t = window * r.step_seconds
+        t = window * r.step_s
         self.steps += window
         self.seconds += t
         self.images += r.images_per_s * t
-        self.wait += window * r.wait_seconds
-        if r.synthetic_step_seconds > 0 and t > 0:
+        self.wait += window * r.wait_s
+        if r.synthetic_step_s > 0 and t > 0:
             self.ref_steps += window
-            self.ref_seconds += t
-            self.ref_synthetic += window * r.synthetic_step_seconds
+            self.ref_s += t
+            self.ref_synthetic += window * r.synthetic_step_s
         if not r.images_per_s <= self.peak:
             self.peak = r.images_per_s
         if self.first_step is None:
@@ -352,9 +352,9 @@ class StepAverager:
     def mean_data_stall_pct(self) -> float:
         """``100 x max(0, 1 - sum(n s) / sum(n t))`` over the windows with an on-device
         reference (NaN without one)."""
-        if not self.ref_seconds > 0:
+        if not self.ref_s > 0:
             return float("nan")
-        return max(0.0, 100.0 * (1.0 - self.ref_synthetic / self.ref_seconds))
+        return max(0.0, 100.0 * (1.0 - self.ref_synthetic / self.ref_s))
 
     @property
     def mean_host_wait_pct(self) -> float:
@@ -362,15 +362,15 @@ class StepAverager:
         return _ratio(self.wait, self.seconds, 100.0)
 
     @property
-    def mean_step_seconds(self) -> float:
+    def mean_step_s(self) -> float:
         return _ratio(self.seconds, self.steps)
 
     @property
-    def mean_wait_seconds(self) -> float:
+    def mean_wait_s(self) -> float:
         return _ratio(self.wait, self.steps)
 
     @property
-    def synthetic_step_seconds(self) -> float:
+    def synthetic_step_s(self) -> float:
         return _ratio(self.ref_synthetic, self.ref_steps)
 
     def stats(self, eval_reports: int = 0) -> MetricsStats | None:
@@ -381,15 +381,15 @@ class StepAverager:
         return MetricsStats(
             step_reports=self.reports, eval_reports=eval_reports,
             first_step=int(self.first_step), last_step=r.step, total_steps=r.total_steps,
-            segments=self.segments, window_steps=self.steps, window_seconds=self.seconds,
+            segments=self.segments, window_steps=self.steps, window_s=self.seconds,
             mean_images_per_s=self.mean_images_per_s, peak_images_per_s=self.peak,
             last_images_per_s=r.images_per_s, mean_data_stall_pct=self.mean_data_stall_pct,
             last_data_stall_pct=r.data_stall_pct, stall_steps=self.ref_steps,
             mean_host_wait_pct=self.mean_host_wait_pct, last_host_wait_pct=r.host_wait_pct,
-            mean_step_seconds=self.mean_step_seconds, mean_wait_seconds=self.mean_wait_seconds,
-            synthetic_step_seconds=self.synthetic_step_seconds, skipped_steps=r.skipped_steps,
+            mean_step_s=self.mean_step_s, mean_wait_s=self.mean_wait_s,
+            synthetic_step_s=self.synthetic_step_s, skipped_steps=r.skipped_steps,
             last_loss=r.loss, last_learning_rate=r.learning_rate, last_epoch=r.epoch,
-            last_elapsed_seconds=r.elapsed_seconds, last_eta_seconds=r.eta_seconds,
+            last_elapsed_s=r.elapsed_s, last_eta_s=r.eta_s,
             bad_records=r.bad_records)
 
 
@@ -441,9 +441,9 @@ class RunFigures(Record):
         it covers the whole run).
       host_wait_pct: share of wall time the training loop waited for the next batch
         (%), same source.
-      step_seconds, wait_seconds: mean step time and host wait per step (s), from
+      step_s, wait_s: mean step time and host wait per step (s), from
         metrics.jsonl.
-      synthetic_step_seconds: step time on on-device input, the stall's reference (s):
+      synthetic_step_s: step time on on-device input, the stall's reference (s):
         metrics.jsonl's mean, else global batch / the summary's reference images/s.
       synthetic_images_per_s: global images/s on on-device input (summary.json).
       skipped_steps: steps skipped for a non-finite loss or gradient (summary, else
@@ -455,7 +455,7 @@ class RunFigures(Record):
       train_loss: the last training-batch loss.
       steps, epochs_done: done (summary or the last report).
       planned_epochs: the plan's epochs.
-      wall_seconds, compile_seconds: from the summary (s).
+      wall_s, compile_s: from the summary (s).
       probe_step_images_per_s: the probe's measured train-step rate (images/s per host).
       decode_best_images_per_s: the probe's best decode + augment rate (images/s).
     """
@@ -465,8 +465,8 @@ class RunFigures(Record):
     images_per_s_source: str = ""
     images_per_s_per_device: float | None = None
     data_stall_pct: float | None = None
-    step_seconds: float | None = None
-    wait_seconds: float | None = None
+    step_s: float | None = None
+    wait_s: float | None = None
     predicted_images_per_s: float | None = None
     measured_vs_predicted_pct: float | None = None
     bottleneck: str | None = None
@@ -477,13 +477,13 @@ class RunFigures(Record):
     steps: int | None = None
     epochs_done: float | None = None
     planned_epochs: float | None = None
-    wall_seconds: float | None = None
-    compile_seconds: float | None = None
+    wall_s: float | None = None
+    compile_s: float | None = None
     probe_step_images_per_s: float | None = None
     decode_best_images_per_s: float | None = None
     data_stall_note: str = ""
     host_wait_pct: float | None = None
-    synthetic_step_seconds: float | None = None
+    synthetic_step_s: float | None = None
     synthetic_images_per_s: float | None = None
     skipped_steps: int | None = None
     stop_reason: str | None = None
@@ -563,16 +563,16 @@ def _input_figures(plan, summary, metrics: MetricsStats | None,
                    data_stall_pct=_finite(metrics.mean_data_stall_pct),
                    host_wait_pct=_finite(metrics.mean_host_wait_pct))
     synthetic_ips = _finite(summary.synthetic_images_per_s) if summary else None
-    synthetic_s = _finite(metrics.synthetic_step_seconds) if metrics else None
+    synthetic_s = _finite(metrics.synthetic_step_s) if metrics else None
     if synthetic_s is None and synthetic_ips:
         synthetic_s = summary.global_batch / synthetic_ips
     from_metrics = out.get("images_per_s_source") == "metrics.jsonl average"
     out.update(data_stall_note=_stall_note(out.get("data_stall_pct"),
                                            metrics if from_metrics else None,
                                            "images_per_s" in out, legacy[from_metrics]),
-               step_seconds=_finite(metrics.mean_step_seconds) if metrics else None,
-               wait_seconds=_finite(metrics.mean_wait_seconds) if metrics else None,
-               synthetic_step_seconds=synthetic_s, synthetic_images_per_s=synthetic_ips)
+               step_s=_finite(metrics.mean_step_s) if metrics else None,
+               wait_s=_finite(metrics.mean_wait_s) if metrics else None,
+               synthetic_step_s=synthetic_s, synthetic_images_per_s=synthetic_ips)
     return out
 
 
@@ -613,8 +613,8 @@ def _figures(probe, plan, summary, metrics: MetricsStats | None, evals: Sequence
         steps=summary.steps if summary else (metrics.last_step if metrics else None),
         epochs_done=summary.epochs if summary else (metrics.last_epoch if metrics else None),
         planned_epochs=plan.epochs if plan else None,
-        wall_seconds=summary.wall_seconds if summary else None,
-        compile_seconds=summary.compile_seconds if summary else None,
+        wall_s=summary.wall_s if summary else None,
+        compile_s=summary.compile_s if summary else None,
         probe_step_images_per_s=step_rate.images_per_s if step_rate else None,
         decode_best_images_per_s=probe.decode.best.images_per_s if probe else None)
 
@@ -873,18 +873,18 @@ _SPECS: tuple[tuple[str, str, str, Callable[[SavedRun], Any], str, float], ...] 
      "higher", 1),
     ("throughput", render.STALL_SHORT, "%", lambda r: r.figures.data_stall_pct, "lower", 1),
     ("throughput", render.HOST_WAIT_SHORT, "%", lambda r: r.figures.host_wait_pct, "lower", 1),
-    ("throughput", "step time", "ms", lambda r: r.figures.step_seconds, "lower", 1e3),
-    ("throughput", "on-device input step time", "ms", lambda r: r.figures.synthetic_step_seconds,
+    ("throughput", "step time", "ms", lambda r: r.figures.step_s, "lower", 1e3),
+    ("throughput", "on-device input step time", "ms", lambda r: r.figures.synthetic_step_s,
      "lower", 1e3),
-    ("throughput", "host wait per step", "ms", lambda r: r.figures.wait_seconds, "lower", 1e3),
+    ("throughput", "host wait per step", "ms", lambda r: r.figures.wait_s, "lower", 1e3),
     ("throughput", "on-device input images/s", "img/s",
      lambda r: r.figures.synthetic_images_per_s, "higher", 1),
     ("throughput", "skipped steps", "", lambda r: r.figures.skipped_steps, "lower", 1),
     ("throughput", "plan predicted", "img/s", lambda r: r.figures.predicted_images_per_s, "", 1),
     ("throughput", "measured / predicted", "%", lambda r: r.figures.measured_vs_predicted_pct,
      "higher", 1),
-    ("throughput", "wall time", "s", lambda r: r.figures.wall_seconds, "lower", 1),
-    ("throughput", "compile time", "s", lambda r: r.figures.compile_seconds, "lower", 1),
+    ("throughput", "wall time", "s", lambda r: r.figures.wall_s, "lower", 1),
+    ("throughput", "compile time", "s", lambda r: r.figures.compile_s, "lower", 1),
     ("accuracy", "held-out top-1", "%", lambda r: r.figures.top1, "higher", 100),
     ("accuracy", "held-out top-5", "%", lambda r: r.figures.top5, "higher", 100),
     ("accuracy", "held-out loss", "", lambda r: r.figures.eval_loss, "lower", 1),

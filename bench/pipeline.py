@@ -5,7 +5,7 @@ What is timed, in images/s delivered as ``uint8 [batch, 224, 224, 3]`` batches:
 
 * ``autotune``: the project's real pipeline,
   ``trainers.input_pipeline.make_train_iterator`` with ``PipelineConfig(host_batch,
-  augment=AugmentConfig(224), threads=T, cache_decoded=False)`` over the data folder
+  augment=AugmentConfig(224), decode_threads=T, cache_decoded=False)`` over the data folder
   packed once with ``trainers.pack.pack_folder(..., PackOptions(num_shards=8))`` (no
   resize): ArrayRecord read, ``tf.train.Example`` parse, region decode of the crop
   (``trainers/_jpegcrop.c``; the whole image when the extension is not built: the
@@ -142,7 +142,7 @@ def worker_autotune(args) -> dict:
     lengths = load_pack_result(args.pack_dir).split("train").shard_lengths
     paths = shard_paths(args.pack_dir, "train")
     cfg = PipelineConfig(host_batch=args.batch, augment=AugmentConfig(IMAGE_SIZE, min_scale=MIN_SCALE),
-                         threads=args.threads, cache_decoded=False, seed=args.seed)
+                         decode_threads=args.threads, cache_decoded=False, seed=args.seed)
     spe = steps_per_epoch(lengths, args.batch)
     it = make_train_iterator(paths, lengths, cfg, epochs=100_000, steps_per_epoch=spe)
 

@@ -100,8 +100,8 @@ def child(packed: str, run_dir: str, steps: int, devices: int, every: float) -> 
             print(json.dumps({"step": r.step}), flush=True)
 
     s = train_and_evaluate(config, packed, run_dir,
-                           LoopOptions(threads=1, prefetch=2, device_prefetch=1,
-                                       eval_every_epochs=0, checkpoint_every_secs=every),
+                           LoopOptions(decode_threads=1, prefetch_batches=2, device_prefetch=1,
+                                       eval_every_epochs=0, checkpoint_every_s=every),
                            callback=report, eval_at_end=False)
     print(json.dumps({"done": s.status, "steps": s.steps,
                       "resumed_from": s.resumed_from_step}), flush=True)
@@ -241,7 +241,7 @@ def soak(args) -> int:
         _write_images(images, args.classes, args.per_class)
     args.packed = work / "packed"
     args.compile_cache = None if args.no_compile_cache else work / "jax-cache"
-    pack_folder(images, args.packed, PackOptions(num_shards=4, threads=2))
+    pack_folder(images, args.packed, PackOptions(num_shards=4, pack_threads=2))
     _, spe = _steps_per_epoch(str(args.packed), args.devices)
     print(f"soak: {args.steps} steps of {PRESET} ({spe} steps/epoch, {args.devices} CPU "
           f"device(s)), checkpoint every {args.checkpoint_every} s, kills for "
@@ -260,10 +260,10 @@ def soak(args) -> int:
     if ref.proc.returncode != 0 or not done or done["done"] != "completed":
         print(f"soak: the reference run failed (exit {ref.proc.returncode}); see {log.name}")
         return 1
-    ref_seconds = time.monotonic() - t0
+    ref_s = time.monotonic() - t0
     startup = first_step_at or 5.0
     reference = _final_state(ref_dir, str(args.packed), args.steps, args.devices)
-    print(f"reference: {done['steps']} steps in {ref_seconds:.1f} s (first step after "
+    print(f"reference: {done['steps']} steps in {ref_s:.1f} s (first step after "
           f"{startup:.1f} s)", flush=True)
 
     startups: list[float] = []

@@ -87,19 +87,19 @@ def main() -> None:
     util_syn = statistics.fmean(sampler.samples) if sampler.samples else None
     sampler.samples.clear()
     print(f"synthetic: {syn['images_per_s']:,.0f} img/s = {syn['images_per_s'] / n:,.0f} img/s per "
-          f"device, {syn['step_seconds'] * 1e3:,.1f} ms/step, GPU utilisation "
+          f"device, {syn['step_s'] * 1e3:,.1f} ms/step, GPU utilisation "
           f"{'n/a' if util_syn is None else f'{util_syn:.0f}%'}")
 
     if args.data:
         packed = default_cache_dir() / "bench-packed" / os.path.basename(os.path.normpath(args.data))
-        res = pack_folder(args.data, packed, PackOptions(num_shards=16, threads=args.threads))
+        res = pack_folder(args.data, packed, PackOptions(num_shards=16, pack_threads=args.threads))
         config = dataclasses.replace(config, num_classes=res.num_classes, epochs=10_000,
                                      warmup_epochs=0, log_every_steps=10)
         with tempfile.TemporaryDirectory() as work:
             s = train_and_evaluate(config, str(packed), work,
-                                   LoopOptions(threads=args.threads, prefetch=args.threads + 2,
+                                   LoopOptions(decode_threads=args.threads, prefetch_batches=args.threads + 2,
                                                max_steps=args.steps, eval_every_epochs=0,
-                                               checkpoint_every_secs=0), eval_at_end=False)
+                                               checkpoint_every_s=0), eval_at_end=False)
         util = statistics.fmean(sampler.samples) if sampler.samples else None
         print(f"packed real JPEGs ({res.packed:,} images, {args.threads} decode threads): "
               f"{s.images_per_s:,.0f} img/s = {s.images_per_s_per_device:,.0f} img/s per device, "

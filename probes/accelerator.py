@@ -55,7 +55,7 @@ def step_memory(config: tr.TrainConfig, per_device_batch: int) -> StepMemory | N
         return None
     return StepMemory(per_device_batch=per_device_batch, argument=got["argument"],
                       output=got["output"], temp=got["temp"], alias=got["alias"],
-                      total=got["total"], compile_seconds=time.perf_counter() - t0)
+                      total=got["total"], compile_s=time.perf_counter() - t0)
 
 
 def step_rate(config: tr.TrainConfig, *, steps: int = 10, warmup: int = 2) -> StepRate:
@@ -67,7 +67,7 @@ def step_rate(config: tr.TrainConfig, *, steps: int = 10, warmup: int = 2) -> St
     return StepRate(per_device_batch=config.per_device_batch,
                     global_batch=int(got["global_batch"]), images_per_s=got["images_per_s"],
                     images_per_s_per_device=got["images_per_s"] / n,
-                    step_seconds=got["step_seconds"], compile_seconds=got["compile_seconds"],
+                    step_s=got["step_s"], compile_s=got["compile_s"],
                     steps=steps)
 
 

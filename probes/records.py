@@ -21,7 +21,7 @@ class StepMemory(Record):
     temp: int
     alias: int
     total: int
-    compile_seconds: float
+    compile_s: float
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,8 @@ class StepRate(Record):
       global_batch: per_device_batch x local devices.
       images_per_s: global images/s of this host's devices.
       images_per_s_per_device: the same per device.
-      step_seconds: mean seconds per step.
-      compile_seconds: first call (compilation) wall time.
+      step_s: mean seconds per step.
+      compile_s: first call (compilation) wall time.
       steps: steps timed.
     """
 
@@ -42,8 +42,8 @@ class StepRate(Record):
     global_batch: int
     images_per_s: float
     images_per_s_per_device: float
-    step_seconds: float
-    compile_seconds: float
+    step_s: float
+    compile_s: float
     steps: int
 
 
@@ -474,7 +474,7 @@ class ChildStepResult(Record):
       peak_bytes: device peak bytes in use (GPU) or peak RSS growth (CPU); None if
         unknown.
       peak_source: ``peak_bytes_in_use`` or ``ru_maxrss``.
-      step_seconds: mean seconds per step after the first.
+      step_s: mean seconds per step after the first.
       error: the last line of the child's error output when not ok.
     """
 
@@ -483,5 +483,5 @@ class ChildStepResult(Record):
     oom: bool
     peak_bytes: int | None
     peak_source: str
-    step_seconds: float | None
+    step_s: float | None
     error: str

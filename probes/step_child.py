@@ -12,7 +12,7 @@ growth of the process's peak resident memory (``ru_maxrss``) over the steps, and
 ``budget_bytes`` turns that into a fit / no-fit answer.
 
 Child protocol: ``python -m probes.step_child '<json config>' BATCH STEPS`` prints one
-line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_seconds``.
+line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_s``.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _child(config_json: str, batch: int, steps: int) -> dict:
         text = str(exc)
         oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
         return {"ok": False, "oom": oom, "peak_bytes": None, "peak_source": "",
-                "step_seconds": None, "error": text.splitlines()[0][:500] if text else type(exc).__name__}
+                "step_s": None, "error": text.splitlines()[0][:500] if text else type(exc).__name__}
     stats = None
     try:
         stats = jax.local_devices()[0].memory_stats()
@@ -59,7 +59,7 @@ def _child(config_json: str, batch: int, steps: int) -> dict:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
         source = "ru_maxrss"
     return {"ok": True, "oom": False, "peak_bytes": peak, "peak_source": source,
-            "step_seconds": got["step_seconds"], "error": ""}
+            "step_s": got["step_s"], "error": ""}
 
 
 def run_steps_in_child(config, per_device_batch: int, *, steps: int = 3,
@@ -81,7 +81,7 @@ def run_steps_in_child(config, per_device_batch: int, *, steps: int = 3,
              str(steps)], capture_output=True, text=True, timeout=timeout_s, env=child_env)
     except subprocess.TimeoutExpired:
         return ChildStepResult(per_device_batch=per_device_batch, ok=False, oom=False,
-                               peak_bytes=None, peak_source="", step_seconds=None,
+                               peak_bytes=None, peak_source="", step_s=None,
                                error=f"timed out after {timeout_s:.0f} s")
     for line in proc.stdout.splitlines():
         if line.startswith(MARK):
@@ -91,7 +91,7 @@ def run_steps_in_child(config, per_device_batch: int, *, steps: int = 3,
     tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
     return ChildStepResult(per_device_batch=per_device_batch, ok=False,
                            oom=killed or "RESOURCE_EXHAUSTED" in proc.stderr,
-                           peak_bytes=None, peak_source="", step_seconds=None,
+                           peak_bytes=None, peak_source="", step_s=None,
                            error=f"child {'killed by signal ' + str(-proc.returncode) if killed else 'failed'}: {tail[:300]}")
 
 

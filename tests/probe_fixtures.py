@@ -60,13 +60,13 @@ def accelerator(*, backend="gpu", devices=8, step_ips=24_000.0, batch=256,
                 memory=80 * GiB, step_mem=None) -> AcceleratorReport:
     mems = () if step_mem is None else (StepMemory(per_device_batch=batch, argument=0, output=0,
                                                    temp=step_mem, alias=0, total=step_mem,
-                                                   compile_seconds=1.0),)
+                                                   compile_s=1.0),)
     return AcceleratorReport(
         backend=backend, device_kind="test", local_devices=devices, memory_limit_bytes=memory,
         memory_source="bytes_limit", model="resnet50/w64/224px/bfloat16", step_memory=mems,
         step_rate=StepRate(per_device_batch=batch, global_batch=batch * devices,
                            images_per_s=step_ips, images_per_s_per_device=step_ips / devices,
-                           step_seconds=batch * devices / step_ips, compile_seconds=10.0, steps=10))
+                           step_s=batch * devices / step_ips, compile_s=10.0, steps=10))
 
 
 def report(*, host_=None, disk_=None, decode_=None, acc=None, num_images=1_281_167,

@@ -251,7 +251,7 @@ _PACK_CHILD = textwrap.dedent("""
             time.sleep(0.005)
             return real_prepare(*a)
         pk._prepare = _prepare
-    pk.pack_folder(src, out, pk.PackOptions(num_shards=6, val_fraction=0.25, threads=2),
+    pk.pack_folder(src, out, pk.PackOptions(num_shards=6, val_fraction=0.25, pack_threads=2),
                    progress=progress)
     Path(marker).write_text("finished")
 """)
@@ -552,8 +552,8 @@ def _flip(path: str, offset: int, n: int = 16) -> None:
 def _iterate(packed, mode, threads=2):
     out, res = packed
     lengths = res.split("train").shard_lengths
-    cfg = ip.PipelineConfig(host_batch=4, augment=AugmentConfig(image_size=16), threads=threads,
-                            prefetch=2, on_bad_record=mode)
+    cfg = ip.PipelineConfig(host_batch=4, augment=AugmentConfig(image_size=16), decode_threads=threads,
+                            prefetch_batches=2, on_bad_record=mode)
     spe = ip.steps_per_epoch(lengths, 4)
     return list(ip.make_train_iterator(shard_paths(out, "train"), lengths, cfg, 1, spe))
 
@@ -610,8 +610,8 @@ def _loop_run(small_pack, workdir: Path, on_bad_record: str):
     from trainers.options import LoopOptions
 
     config = tr.TrainConfig(**TINY)  # 8 devices x 1 = 8 images a step, 4 steps
-    opts = LoopOptions(threads=1, prefetch=1, device_prefetch=1, eval_every_epochs=0,
-                       checkpoint_every_secs=0, on_bad_record=on_bad_record)
+    opts = LoopOptions(decode_threads=1, prefetch_batches=1, device_prefetch=1, eval_every_epochs=0,
+                       checkpoint_every_s=0, on_bad_record=on_bad_record)
     return train_and_evaluate(config, str(small_pack[0]), str(workdir), opts)
 
 

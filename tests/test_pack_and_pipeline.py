@@ -137,8 +137,8 @@ def packed(tmp_path):
 
 
 def _cfg(**kw):
-    base = dict(host_batch=8, augment=AugmentConfig(image_size=16, min_scale=0.3), threads=2,
-                prefetch=2, seed=3)
+    base = dict(host_batch=8, augment=AugmentConfig(image_size=16, min_scale=0.3), decode_threads=2,
+                prefetch_batches=2, seed=3)
     base.update(kw)
     return ip.PipelineConfig(**base)
 
@@ -154,8 +154,8 @@ def _batches(packed, cfg, epochs=2, start=0, n=None):
 
 @pytest.mark.parametrize("mode", ["random", "sequential"])
 def test_same_seed_same_batches_whatever_the_threads(packed, mode):
-    a = _batches(packed, _cfg(read_mode=mode, threads=1, shuffle_window=8))
-    b = _batches(packed, _cfg(read_mode=mode, threads=3, shuffle_window=8))
+    a = _batches(packed, _cfg(read_mode=mode, decode_threads=1, shuffle_window=8))
+    b = _batches(packed, _cfg(read_mode=mode, decode_threads=3, shuffle_window=8))
     assert len(a) == len(b) == 2 * (40 // 8)
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])
@@ -233,9 +233,9 @@ def test_eval_batches_cover_each_record_once_across_hosts(packed):
 
 
 def test_worker_processes_give_the_same_batches_and_resume(packed):
-    a = _batches(packed, _cfg(threads=1))
-    b = _batches(packed, _cfg(threads=1, workers=2))
-    c = _batches(packed, _cfg(threads=1, workers=2), start=3)
+    a = _batches(packed, _cfg(decode_threads=1))
+    b = _batches(packed, _cfg(decode_threads=1, decode_workers=2))
+    c = _batches(packed, _cfg(decode_threads=1, decode_workers=2), start=3)
     assert len(b) == len(a) and len(c) == len(a) - 3
     for x, y in zip(a, b):
         np.testing.assert_array_equal(x["image"], y["image"])

@@ -130,7 +130,7 @@ def test_fixed_batch_that_does_not_fit_is_an_error():
 
 def test_command_line_overrides_win():
     plan = make_plan(gpu_ssd_report(), get_preset("resnet50"),
-                     PlanRequest(per_device_batch=128, threads=8, read_mode="sequential",
+                     PlanRequest(per_device_batch=128, decode_threads=8, read_mode="sequential",
                                  num_shards=1024, epochs=16))
     assert (plan.per_device_batch, plan.global_batch, plan.decode_threads) == (128, 1024, 8)
     assert (plan.read_mode, plan.num_shards, plan.epochs) == ("sequential", 1024, 16)

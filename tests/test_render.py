@@ -176,7 +176,7 @@ def test_trainview_fast_pipeline_shows_stall_and_host_wait_apart():
 def test_trainview_without_an_on_device_reference():
     # synthetic_steps = 0: no reference, the stall is unknown (not 0, not red).
     r = dataclasses.replace(make_steps(1)[0], data_stall_pct=float("nan"),
-                            synthetic_step_seconds=float("nan"))
+                            synthetic_step_s=float("nan"))
     console, buf = _plain_console()
     with TrainView(console, gpu_sampler=lambda: (), host_sampler=lambda: None) as view:
         view(r)

@@ -99,10 +99,10 @@ def make_probe(*, gpus: int = 8, gpu_name: str = "NVIDIA H100 80GB HBM3", disk: 
         backend="cpu" if cpu else "gpu", device_kind="cpu" if cpu else gpu_name, local_devices=n,
         memory_limit_bytes=79 * GiB, memory_source="bytes_limit", model="resnet50/w64/224px/bfloat16",
         step_memory=(StepMemory(per_device_batch=256, argument=1, output=1, temp=1, alias=0,
-                                total=40 * GiB, compile_seconds=30.0),),
+                                total=40 * GiB, compile_s=30.0),),
         step_rate=StepRate(per_device_batch=256, global_batch=256 * n, images_per_s=step_ips,
-                           images_per_s_per_device=step_ips / n, step_seconds=256 * n / step_ips,
-                           compile_seconds=30.0, steps=10))
+                           images_per_s_per_device=step_ips / n, step_s=256 * n / step_ips,
+                           compile_s=30.0, steps=10))
     return ProbeReport(created_utc="2026-11-23T00:00:00Z", data_path="/data/train",
                        preset="resnet50", host=host,
                        dataset=DatasetStats(path="/data/train", num_classes=1000,
@@ -165,7 +165,7 @@ def make_summary(*, ips: float = 10_000.0, stall: float = 10.0, host_wait: float
     ``ips / (1 - stall / 100)``), host wait ``host_wait`` %."""
     spe = 625
     return TrainSummary(status=status, steps=steps, epochs=steps / spe, resumed_from_step=0,
-                        wall_seconds=12_000.0, compile_seconds=35.0, images_per_s=ips,
+                        wall_s=12_000.0, compile_s=35.0, images_per_s=ips,
                         images_per_s_per_device=ips / devices, data_stall_pct=stall,
                         final_eval=make_eval(steps, steps / spe, top1), bad_records=3,
                         num_devices=devices, num_hosts=1, global_batch=2048, steps_per_epoch=spe,
@@ -185,17 +185,17 @@ def make_steps(n: int = 20, *, every: int = 100, ips: float = 10_000.0, stall: f
         step = i * every
         step_s = 2048 / ips
         out.append(StepReport(step=step, total_steps=total, epoch=step / 625, images_per_s=ips,
-                              step_seconds=step_s, wait_seconds=step_s * host_wait / 100,
+                              step_s=step_s, wait_s=step_s * host_wait / 100,
                               data_stall_pct=stall, loss=6.9 - 0.1 * i, accuracy=0.01 * i,
-                              learning_rate=0.8, bad_records=0, elapsed_seconds=step * step_s,
-                              eta_seconds=(total - step) * step_s, host_wait_pct=host_wait,
-                              synthetic_step_seconds=step_s * (1 - stall / 100),
+                              learning_rate=0.8, bad_records=0, elapsed_s=step * step_s,
+                              eta_s=(total - step) * step_s, host_wait_pct=host_wait,
+                              synthetic_step_s=step_s * (1 - stall / 100),
                               skipped_steps=skipped))
     return out
 
 
 #: Fields the records gained when the data stall became "accelerators idle for input".
-NEW_STEP_FIELDS = ("host_wait_pct", "synthetic_step_seconds", "skipped_steps")
+NEW_STEP_FIELDS = ("host_wait_pct", "synthetic_step_s", "skipped_steps")
 NEW_SUMMARY_FIELDS = ("host_wait_pct", "synthetic_images_per_s", "skipped_steps", "stop_reason")
 
 
@@ -334,11 +334,11 @@ def test_example_price_matches_device_names(name, gpu):
 
 def _step(step, ips, step_s, wait_s, synth_s=float("nan"), total=100, skipped=0):
     return StepReport(step=step, total_steps=total, epoch=step / 10, images_per_s=ips,
-                      step_seconds=step_s, wait_seconds=wait_s,
+                      step_s=step_s, wait_s=wait_s,
                       data_stall_pct=stall_pct(synth_s, step_s), loss=1.0, accuracy=0.5,
-                      learning_rate=0.1, bad_records=0, elapsed_seconds=float(step),
-                      eta_seconds=0.0, host_wait_pct=100 * wait_s / step_s,
-                      synthetic_step_seconds=synth_s, skipped_steps=skipped)
+                      learning_rate=0.1, bad_records=0, elapsed_s=float(step),
+                      eta_s=0.0, host_wait_pct=100 * wait_s / step_s,
+                      synthetic_step_s=synth_s, skipped_steps=skipped)
 
 
 def test_metrics_stats_are_time_weighted_by_hand():
@@ -353,9 +353,9 @@ def test_metrics_stats_are_time_weighted_by_hand():
     assert m.mean_host_wait_pct == pytest.approx(100 * 0.9 / 14)
     assert m.mean_data_stall_pct == pytest.approx(100 * (1 - 9.5 / 14))
     assert (m.last_data_stall_pct, m.last_host_wait_pct) == (0.0, 0.0)
-    assert m.mean_step_seconds == pytest.approx(14 / 19)
-    assert m.mean_wait_seconds == pytest.approx(0.9 / 19)
-    assert m.synthetic_step_seconds == pytest.approx(0.5)
+    assert m.mean_step_s == pytest.approx(14 / 19)
+    assert m.mean_wait_s == pytest.approx(0.9 / 19)
+    assert m.synthetic_step_s == pytest.approx(0.5)
     assert (m.stall_steps, m.window_steps, m.skipped_steps) == (19, 19, 2)
     assert m.peak_images_per_s == 200.0 and m.last_images_per_s == 200.0
     assert (m.step_reports, m.eval_reports, m.first_step, m.last_step, m.segments) == (2, 1, 10, 20, 1)
@@ -371,7 +371,7 @@ def test_metrics_stall_is_the_mean_step_against_the_reference():
                           _step(30, 100.0, 1.0, 0.0)])
     assert m.mean_data_stall_pct == pytest.approx(100 * (1 - 9.5 / 13))
     assert (m.stall_steps, m.window_steps) == (19, 29)
-    assert m.synthetic_step_seconds == pytest.approx(0.5)
+    assert m.synthetic_step_s == pytest.approx(0.5)
     # No window with a reference: the stall is unknown, host wait still known.
     m = rp.metrics_stats([_step(10, 100.0, 1.0, 0.25)])
     assert math.isnan(m.mean_data_stall_pct) and m.stall_steps == 0
@@ -400,8 +400,8 @@ def test_load_full_run(tmp_path):
     assert f.predicted_images_per_s == 12_000.0
     assert f.measured_vs_predicted_pct == pytest.approx(100 * 10_000 / 12_000)
     assert f.top1 == 0.70 and f.bottleneck == "compute"
-    assert f.step_seconds == pytest.approx(2048 / 10_000)
-    assert f.wait_seconds == pytest.approx(2048 / 10_000 * 0.1)
+    assert f.step_s == pytest.approx(2048 / 10_000)
+    assert f.wait_s == pytest.approx(2048 / 10_000 * 0.1)
     assert len(run.steps) == 20 and len(run.evals) == 2
     assert run.metrics.step_reports == 20 and run.metrics.eval_reports == 2
     assert run.run_meta["argv"] == ["train"]
@@ -519,7 +519,7 @@ def test_legacy_run_loads_without_claiming_a_stall(tmp_path):
     f = run.figures
     assert f.data_stall_pct is None and f.host_wait_pct == pytest.approx(10.0)
     assert f.data_stall_note == rp.LEGACY_STALL_NOTE
-    assert f.skipped_steps is None and f.synthetic_step_seconds is None
+    assert f.skipped_steps is None and f.synthetic_step_s is None
     assert math.isnan(run.summary.data_stall_pct) and run.summary.host_wait_pct == 10.0
     assert all(math.isnan(r.data_stall_pct) and r.host_wait_pct == 10.0 for r in run.steps)
     assert math.isnan(run.metrics.mean_data_stall_pct)

@@ -106,7 +106,7 @@ def test_out_of_memory_mid_run_steps_down_and_finishes(packed, tmp_path):
 
     seen = []
     summary = train_and_evaluate(config, str(packed), str(tmp_path / "run"),
-                                 LoopOptions(threads=1, checkpoint_every_secs=0.001,
+                                 LoopOptions(decode_threads=1, checkpoint_every_s=0.001,
                                              eval_every_epochs=0),
                                  callback=seen.append, on_oom=step_down, step_hook=inject)
     assert summary.status == "completed"
@@ -133,4 +133,4 @@ def test_out_of_memory_without_a_smaller_batch_is_a_clear_error(packed, tmp_path
 
     with pytest.raises(DeviceOutOfMemory, match="out of device memory at step 0"):
         train_and_evaluate(config, str(packed), str(tmp_path / "run"),
-                           LoopOptions(threads=1, eval_every_epochs=0), step_hook=inject)
+                           LoopOptions(decode_threads=1, eval_every_epochs=0), step_hook=inject)

@@ -51,7 +51,7 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
                             num_classes=2, per_device_batch=1, epochs=5, warmup_epochs=0)
-    r = measure_stall(config, str(tmp_path / "packed"), LoopOptions(threads=1), steps=6)
+    r = measure_stall(config, str(tmp_path / "packed"), LoopOptions(decode_threads=1), steps=6)
     assert r.bottleneck == "preprocessing", r
     assert r.prep_stall_pct > 50
 
@@ -73,8 +73,8 @@ def _loop_figures(packed, workdir, steps=12):
                             log_every_steps=4)
     reports = []
     summary = train_and_evaluate(config, str(packed), str(workdir),
-                                 LoopOptions(threads=1, max_steps=steps, eval_every_epochs=0,
-                                             checkpoint_every_secs=0, synthetic_steps=4),
+                                 LoopOptions(decode_threads=1, max_steps=steps, eval_every_epochs=0,
+                                             checkpoint_every_s=0, synthetic_steps=4),
                                  callback=lambda r: reports.append(r)
                                  if isinstance(r, StepReport) else None, eval_at_end=False)
     return summary, reports
@@ -111,7 +111,7 @@ def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_p
         assert s.synthetic_images_per_s > 0 and 0 <= s.data_stall_pct <= 100
         assert 0 <= s.host_wait_pct <= 100
     for r in slow_reports + fast_reports:  # every window carries both figures
-        assert r.synthetic_step_seconds > 0 and r.data_stall_pct >= 0 and r.host_wait_pct >= 0
+        assert r.synthetic_step_s > 0 and r.data_stall_pct >= 0 and r.host_wait_pct >= 0
     # 8 devices x 1 image x 10 ms on one thread: >= 80 ms of input per step against
     # a step of a few ms: the accelerators mostly wait.
     assert slow.data_stall_pct > 50, slow

@@ -71,7 +71,7 @@ def main():
             print(json.dumps({"step": r.step}), flush=True)
 
     summary = train_and_evaluate(config, args.packed, args.workdir,
-                                 LoopOptions(threads=1, checkpoint_every_secs=args.every,
+                                 LoopOptions(decode_threads=1, checkpoint_every_s=args.every,
                                              eval_every_epochs=0, partitions=args.partitions,
                                              max_steps=args.max_steps,
                                              synthetic_steps=args.synthetic_steps),

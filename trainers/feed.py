@@ -87,7 +87,7 @@ class DeviceFeed:
       depth: batches transferred ahead of the step (2: one in use, one arriving).
 
     Attributes:
-      wait_seconds: seconds the consumer spent blocked in ``next()`` (host wait).
+      wait_s: seconds the consumer spent blocked in ``next()`` (host wait).
       batches_out: batches handed to the consumer.
     """
 
@@ -100,7 +100,7 @@ class DeviceFeed:
         self._source = iter(batches)
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
-        self.wait_seconds = 0.0
+        self.wait_s = 0.0
         self.batches_out = 0
         self._done = False
         self._thread = threading.Thread(target=self._run, name="autotune-device-feed",
@@ -139,7 +139,7 @@ class DeviceFeed:
             raise StopIteration
         t0 = time.perf_counter()
         item = self._queue.get()
-        self.wait_seconds += time.perf_counter() - t0
+        self.wait_s += time.perf_counter() - t0
         if item is _END:
             self._done = True
             raise StopIteration

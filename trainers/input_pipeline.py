@@ -67,31 +67,31 @@ class PipelineConfig:
       augment: crop/flip settings and the output ``image_size`` (pixels).
       read_mode: ``random`` or ``sequential``.
       shuffle_window: records shuffled together in sequential mode.
-      threads: Grain threads building batches.
-      prefetch: batches built ahead (Grain's prefetch buffer), host memory.
+      decode_threads: Grain threads building batches.
+      prefetch_batches: batches built ahead (Grain's prefetch buffer), host memory.
       cache_decoded: keep decoded images (at their stored resolution) in RAM after
         their first decode, so later epochs only crop and flip.
       seed: seed of the order and the augmentation.
       process_index: this host's index; ``process_count`` hosts in all.
       on_bad_record: ``skip`` (count and replace) or ``fail`` (raise).
       partitions: shard groups (default: one per host); a multiple of the host count.
-      workers: worker processes (Grain's ``mp_prefetch``) for when the GIL limits
-        threads; each runs ``threads`` threads. 0: threads in this process only.
+      decode_workers: worker processes (Grain's ``mp_prefetch``) for when the GIL limits
+        threads; each runs ``decode_threads`` threads. 0: threads in this process only.
     """
 
     host_batch: int
     augment: AugmentConfig = AugmentConfig()
     read_mode: str = "random"
     shuffle_window: int = 4096
-    threads: int = 2
-    prefetch: int = 4
+    decode_threads: int = 2
+    prefetch_batches: int = 4
     cache_decoded: bool = False
     seed: int = 0
     process_index: int = 0
     process_count: int = 1
     on_bad_record: str = "skip"
     partitions: int | None = None
-    workers: int = 0
+    decode_workers: int = 0
 
     @property
     def num_partitions(self) -> int:
@@ -107,8 +107,8 @@ class PipelineConfig:
             raise ValueError(f"host_batch ({self.host_batch}) must be >= 1")
         if self.read_mode not in ("random", "sequential"):
             raise ValueError(f"read_mode {self.read_mode!r}: expected 'random' or 'sequential'")
-        if self.threads < 1 or self.prefetch < 1:
-            raise ValueError(f"threads ({self.threads}) and prefetch ({self.prefetch}) must be >= 1")
+        if self.decode_threads < 1 or self.prefetch_batches < 1:
+            raise ValueError(f"decode_threads ({self.decode_threads}) and prefetch_batches ({self.prefetch_batches}) must be >= 1")
         if not 0 <= self.process_index < self.process_count:
             raise ValueError(f"process_index ({self.process_index}) must be in "
                              f"[0, process_count={self.process_count})")
@@ -421,19 +421,19 @@ def make_train_iterator(paths: Sequence[str], lengths: Sequence[int], cfg: Pipel
       ``set_state()`` (Grain's; the state records the next batch index).
     """
     ds = TrainBatches(paths, lengths, cfg, steps_per_epoch, epochs)
-    if cfg.workers > 0:
+    if cfg.decode_workers > 0:
         from absl import flags
 
         if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags
             flags.FLAGS.mark_as_parsed()
         # Batches are a pure function of their index: resuming is slicing.
         ids = ds.slice(slice(int(start_step), None)) if start_step else ds
-        ids = ids.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads,
-                                                    prefetch_buffer_size=cfg.prefetch))
+        ids = ids.to_iter_dataset(grain.ReadOptions(num_threads=cfg.decode_threads,
+                                                    prefetch_buffer_size=cfg.prefetch_batches))
         return iter(ids.mp_prefetch(grain.MultiprocessingOptions(
-            num_workers=cfg.workers, per_worker_buffer_size=max(1, cfg.prefetch // cfg.workers))))
-    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.threads,
-                                                   prefetch_buffer_size=cfg.prefetch)))
+            num_workers=cfg.decode_workers, per_worker_buffer_size=max(1, cfg.prefetch_batches // cfg.decode_workers))))
+    it = iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=cfg.decode_threads,
+                                                   prefetch_buffer_size=cfg.prefetch_batches)))
     if start_step:
         it.set_state({**it.get_state(), "next_index": int(start_step)})
     return it

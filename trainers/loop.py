@@ -25,7 +25,7 @@ and Mitigating Data Stalls in DNN Training", VLDB 2021, section 3):
   ``t_step`` the measured step time on real input. JAX dispatch is asynchronous, so
   the time the Python loop waits is not the time the devices wait.
 * **host wait** = share of wall time the training thread spent blocked waiting for
-  the next device batch (``DeviceFeed.wait_seconds``); reported separately.
+  the next device batch (``DeviceFeed.wait_s``); reported separately.
 """
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ class _Decisions:
     Each host offers ``(signal number, its process index + 1 if signalled, checkpoint
     request)``; :func:`trainers.distributed.agree` returns the maxima to all. Only
     process 0 raises checkpoint requests (a counter, bumped when
-    ``checkpoint_every_secs`` have passed since its last checkpoint), so the timed
+    ``checkpoint_every_s`` have passed since its last checkpoint), so the timed
     checkpoint follows one clock.
     """
 
@@ -261,7 +261,7 @@ class _Meter:
     def restart(self) -> None:
         """Start a window now (after compilation, an evaluation or a checkpoint)."""
         self.t0 = time.perf_counter()
-        self.wait0 = self.feed.wait_seconds
+        self.wait0 = self.feed.wait_s
         self.metrics: list = []
 
     def pause(self, seconds: float) -> None:
@@ -273,7 +273,7 @@ class _Meter:
         ms = jax.device_get(self.metrics)
         now = time.perf_counter()
         n = len(ms)
-        wall, wait = now - self.t0, self.feed.wait_seconds - self.wait0
+        wall, wait = now - self.t0, self.feed.wait_s - self.wait0
         self.run_time += wall
         self.run_wait += wait
         self.run_steps += n
@@ -281,24 +281,24 @@ class _Meter:
         sps = wall / n
         report = StepReport(
             step=step, total_steps=layout.total_steps, epoch=step / layout.steps_per_epoch,
-            images_per_s=n * self.global_batch / wall, step_seconds=sps, wait_seconds=wait / n,
+            images_per_s=n * self.global_batch / wall, step_s=sps, wait_s=wait / n,
             data_stall_pct=stall_pct(self.synthetic_s, sps),
             loss=float(np.mean([m["loss"][0] for m in ms])),
             accuracy=float(np.mean([m["accuracy"][0] for m in ms])),
             learning_rate=float(ms[-1]["learning_rate"][0]), bad_records=bad,
-            elapsed_seconds=now - t_start, eta_seconds=sps * (layout.total_steps - step),
-            host_wait_pct=100.0 * wait / wall, synthetic_step_seconds=self.synthetic_s,
+            elapsed_s=now - t_start, eta_s=sps * (layout.total_steps - step),
+            host_wait_pct=100.0 * wait / wall, synthetic_step_s=self.synthetic_s,
             skipped_steps=self.skipped)
         self.restart()
         return report
 
 
-def stall_pct(synthetic_step_seconds: float, step_seconds: float) -> float:
+def stall_pct(synthetic_step_s: float, step_s: float) -> float:
     """Data stall in percent: ``100 x (1 - t_synthetic / t_step)``, at least 0; NaN
     when either time is unknown (DS-Analyzer, Mohan et al. 2021)."""
-    if not (synthetic_step_seconds > 0 and step_seconds > 0):
+    if not (synthetic_step_s > 0 and step_s > 0):
         return float("nan")
-    return max(0.0, 100.0 * (1.0 - synthetic_step_seconds / step_seconds))
+    return max(0.0, 100.0 * (1.0 - synthetic_step_s / step_s))
 
 
 def _synthetic_step_seconds(p_train, state, batch, steps: int) -> float:
@@ -363,11 +363,11 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         host_batch=lay.host_batch,
         augment=AugmentConfig(image_size=config.image_size, min_scale=config.min_crop_scale),
         read_mode=options.read_mode, shuffle_window=options.shuffle_window,
-        threads=options.threads, prefetch=options.prefetch,
+        decode_threads=options.decode_threads, prefetch_batches=options.prefetch_batches,
         cache_decoded=options.cache_decoded, seed=config.seed,
         process_index=jax.process_index(), process_count=lay.n_hosts,
         on_bad_record=options.on_bad_record, partitions=options.partitions,
-        workers=options.workers)
+        decode_workers=options.decode_workers)
     batches = ip.make_train_iterator(pack_lib.shard_paths(packed_dir, "train"),
                                      result.split("train").shard_lengths, cfg, lay.epochs,
                                      lay.steps_per_epoch, start_step=start_step)
@@ -379,7 +379,7 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
     with DeviceFeed(batches, depth=options.device_prefetch) as feed, StopSignals() as signals:
         meter = _Meter(feed, lay.global_batch)
         meter.skipped = skipped0
-        decisions = _Decisions(signals, options.checkpoint_every_secs)
+        decisions = _Decisions(signals, options.checkpoint_every_s)
 
         def save(step_now: int) -> None:
             if step_now == run.checkpoint_step:
@@ -401,7 +401,7 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         last_eval = run.last_eval
         if eval_at_end and (run.step >= lay.total_steps or status == "max_steps"):
             last_eval = _evaluate(p_eval, run.state, packed_dir, config, lay.n_local,
-                                  options.threads, run.step, run.step / lay.steps_per_epoch
+                                  options.decode_threads, run.step, run.step / lay.steps_per_epoch
                                   ) or last_eval
             if last_eval:
                 emit(last_eval)
@@ -410,8 +410,8 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
     step_s = meter.run_time / meter.run_steps if meter.run_steps else float("nan")
     return TrainSummary(
         status=status, steps=run.step, epochs=run.step / lay.steps_per_epoch,
-        resumed_from_step=start_step, wall_seconds=time.perf_counter() - t_start,
-        compile_seconds=run.compile_s, images_per_s=ips,
+        resumed_from_step=start_step, wall_s=time.perf_counter() - t_start,
+        compile_s=run.compile_s, images_per_s=ips,
         images_per_s_per_device=ips / lay.n_global,
         data_stall_pct=stall_pct(meter.synthetic_s, step_s), final_eval=last_eval,
         bad_records=run.bad, num_devices=lay.n_global, num_hosts=lay.n_hosts,
@@ -486,7 +486,7 @@ def _steps(run: _RunState, feed: DeviceFeed, meter: _Meter, decisions: _Decision
             jax.block_until_ready(run.state)  # steps in flight belong to the window
             t_e = time.perf_counter()
             run.last_eval = _evaluate(p_eval, run.state, packed_dir, config, lay.n_local,
-                                      options.threads, run.step, run.step / spe)
+                                      options.decode_threads, run.step, run.step / spe)
             if run.last_eval:
                 emit(run.last_eval)
             meter.pause(time.perf_counter() - t_e)

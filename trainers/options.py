@@ -90,8 +90,8 @@ class LoopOptions(Record):
     """How the run is executed (the input pipeline and the bookkeeping).
 
     Attributes:
-      threads: input pipeline threads (decode + augment).
-      prefetch: batches prepared ahead on the host.
+      decode_threads: input pipeline threads (decode + augment).
+      prefetch_batches: batches prepared ahead on the host.
       device_prefetch: batches put on the devices ahead of the step by the feed
         thread (2 = double buffering).
       read_mode: ``random`` or ``sequential`` (see ``trainers.input_pipeline``).
@@ -99,30 +99,33 @@ class LoopOptions(Record):
       cache_decoded: keep decoded images in RAM after the first epoch.
       on_bad_record: ``skip`` or ``fail``.
       eval_every_epochs: evaluate every this many epochs (0: only at the end).
-      checkpoint_every_secs: seconds between checkpoints by process 0's clock, taken
+      checkpoint_every_s: seconds between checkpoints by process 0's clock, taken
         at the next log step by every host (0: only at the end / stop).
       max_steps: stop after this many steps (None: the whole schedule); for probes
         and tests.
       partitions: shard groups with their own order (default: one per host); the
         same value gives the same batches on any number of hosts that divides it.
-      workers: decode worker processes (0: threads only), see the input pipeline.
+      decode_workers: decode worker processes (0: threads only), see the input pipeline.
       synthetic_steps: steps timed on on-device input after compilation, the
         reference of the data-stall figure (0: no reference, stall reported as NaN).
     """
 
-    threads: int = 2
-    prefetch: int = 4
+    decode_threads: int = 2
+    prefetch_batches: int = 4
     device_prefetch: int = 2
     read_mode: str = "random"
     shuffle_window: int = 4096
     cache_decoded: bool = False
     on_bad_record: str = "skip"
     eval_every_epochs: int = 1
-    checkpoint_every_secs: float = 600.0
+    checkpoint_every_s: float = 600.0
     max_steps: int | None = None
     partitions: int | None = None
-    workers: int = 0
+    decode_workers: int = 0
     synthetic_steps: int = 10
+
+    RENAMED = {"threads": "decode_threads", "prefetch": "prefetch_batches",
+               "workers": "decode_workers"}
 
 
 @dataclass(frozen=True)
@@ -140,7 +143,7 @@ class PackOptions(Record):
         habit).
       seed: seed of the shuffle that assigns images to shards and of the held-out
         split.
-      threads: decode/verify threads.
+      pack_threads: decode/verify threads.
 
     Raises:
       ValueError: a value out of range (the message names it and the range).
@@ -151,7 +154,9 @@ class PackOptions(Record):
     resize_shorter: int | None = None
     quality: int = 90
     seed: int = 0
-    threads: int = 2
+    pack_threads: int = 2
+
+    RENAMED = {"threads": "pack_threads"}
 
     def __post_init__(self):
         if self.num_shards < 1:
@@ -162,8 +167,8 @@ class PackOptions(Record):
             raise ValueError(f"resize_shorter ({self.resize_shorter}) must be >= 8 pixels")
         if not 1 <= self.quality <= 100:
             raise ValueError(f"quality ({self.quality}) must be in 1..100")
-        if self.threads < 1:
-            raise ValueError(f"threads ({self.threads}) must be at least 1")
+        if self.pack_threads < 1:
+            raise ValueError(f"pack_threads ({self.pack_threads}) must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -363,7 +363,7 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     shard_info: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "validation": []}
     resumed = 0
     split_counts = {"train": 0, "validation": 0}
-    pool = cf.ThreadPoolExecutor(max(1, options.threads))
+    pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
     try:
         for shard_no, (split, chunk) in enumerate(plan):
             idx = split_counts[split]

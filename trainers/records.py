@@ -102,10 +102,29 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
+def _current_names(cls: type, data: dict, names: set[str]) -> dict:
+    """``data`` with the keys of older versions of ``cls`` renamed: the class's
+    ``RENAMED`` map (old -> new), and times spelled ``*_seconds`` / ``*_secs`` before
+    the vocabulary settled on ``*_s``."""
+    renamed = dict(getattr(cls, "RENAMED", {}))
+    out = {}
+    for key, value in data.items():
+        new = renamed.get(key, key)
+        if new not in names:
+            for suffix in ("_seconds", "_secs"):
+                if key.endswith(suffix) and key[:-len(suffix)] + "_s" in names:
+                    new = key[:-len(suffix)] + "_s"
+        if new in out and new != key:
+            continue  # both spellings present: the current one wins
+        out[new] = value
+    return out
+
+
 def _from_dict(cls: type, data: dict, where: str) -> Any:
     hints = get_type_hints(cls)
     kwargs = {}
     names = {f.name for f in dataclasses.fields(cls) if f.init}
+    data = _current_names(cls, data, names)
     unknown = set(data) - names
     if unknown:
         raise RecordError(f"{where or cls.__name__}: unknown fields {sorted(unknown)}")
@@ -123,6 +142,9 @@ def _from_dict(cls: type, data: dict, where: str) -> Any:
 class Record:
     """Mixin for frozen dataclasses: ``to_dict`` / ``from_dict`` / ``to_json`` /
     ``from_json`` / ``save`` / ``load``.
+
+    A record whose fields were renamed lists the old names in a class attribute
+    ``RENAMED = {"old": "new"}`` so that files written before still load.
 
     Raises:
       RecordError: from the readers, when the document has a missing or unknown field or

@@ -96,19 +96,19 @@ class StepReport(Record):
       total_steps: steps in the schedule.
       epoch: epochs done (fractional).
       images_per_s: global images/s over the window (all hosts).
-      step_seconds: mean wall seconds per step over the window.
-      wait_seconds: mean seconds per step the training thread waited for the next
+      step_s: mean wall seconds per step over the window.
+      wait_s: mean seconds per step the training thread waited for the next
         device batch (host wait).
       data_stall_pct: share of the step time the accelerators were idle for want of
-        input, ``100 x (1 - synthetic_step_seconds / step_seconds)`` clipped at 0
+        input, ``100 x (1 - synthetic_step_s / step_s)`` clipped at 0
         (DS-Analyzer); NaN without a synthetic reference.
       loss, accuracy: training loss and top-1 averaged over the window's steps.
       learning_rate: at the last step.
       bad_records: records skipped so far on this host.
-      elapsed_seconds: since the run (or the resume) started, compile included.
-      eta_seconds: remaining steps x mean step seconds.
-      host_wait_pct: ``100 x wait_seconds / step_seconds``.
-      synthetic_step_seconds: step time on on-device input (the reference).
+      elapsed_s: since the run (or the resume) started, compile included.
+      eta_s: remaining steps x mean step seconds.
+      host_wait_pct: ``100 x wait_s / step_s``.
+      synthetic_step_s: step time on on-device input (the reference).
       skipped_steps: steps skipped for a non-finite loss or gradient so far.
     """
 
@@ -116,17 +116,17 @@ class StepReport(Record):
     total_steps: int
     epoch: float
     images_per_s: float
-    step_seconds: float
-    wait_seconds: float
+    step_s: float
+    wait_s: float
     data_stall_pct: float
     loss: float
     accuracy: float
     learning_rate: float
     bad_records: int
-    elapsed_seconds: float
-    eta_seconds: float
+    elapsed_s: float
+    eta_s: float
     host_wait_pct: float = float("nan")
-    synthetic_step_seconds: float = float("nan")
+    synthetic_step_s: float = float("nan")
     skipped_steps: int = 0
 
 
@@ -175,8 +175,8 @@ class TrainSummary(Record):
         written by every process at the same step) or ``max_steps``.
       steps, epochs: done in total (resumed runs included).
       resumed_from_step: step of the checkpoint the run started from (0: fresh).
-      wall_seconds: of this process's run, compile included.
-      compile_seconds: first step (compilation) wall time.
+      wall_s: of this process's run, compile included.
+      compile_s: first step (compilation) wall time.
       images_per_s: mean global images/s after compilation.
       images_per_s_per_device: the same per device.
       data_stall_pct: accelerator idle share over the run after compilation,
@@ -201,8 +201,8 @@ class TrainSummary(Record):
     steps: int
     epochs: float
     resumed_from_step: int
-    wall_seconds: float
-    compile_seconds: float
+    wall_s: float
+    compile_s: float
     images_per_s: float
     images_per_s_per_device: float
     data_stall_pct: float

@@ -290,8 +290,8 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     all local devices): the rate the input pipeline must sustain.
 
     The compile step and ``warmup`` steps are excluded; the clock is read after
-    ``block_until_ready``. Returns ``{'images_per_s', 'step_seconds',
-    'compile_seconds', 'global_batch'}``. On a multi-host run one local device is
+    ``block_until_ready``. Returns ``{'images_per_s', 'step_s',
+    'compile_s', 'global_batch'}``. On a multi-host run one local device is
     timed and the rate multiplied by the local device count.
     """
     devices = devices or jax.local_devices()
@@ -324,5 +324,5 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     jax.block_until_ready(metrics)
     dt = (time.perf_counter() - t0) / steps
     gb = n * scale * config.per_device_batch
-    return {"images_per_s": gb / dt, "step_seconds": dt, "compile_seconds": compile_s,
+    return {"images_per_s": gb / dt, "step_s": dt, "compile_s": compile_s,
             "global_batch": float(gb)}
