@@ -105,10 +105,14 @@ def _decode(tp: Any, value: Any, where: str) -> Any:
 def _current_names(cls: type, data: dict, names: set[str]) -> dict:
     """``data`` with the keys of older versions of ``cls`` renamed: the class's
     ``RENAMED`` map (old -> new), and times spelled ``*_seconds`` / ``*_secs`` before
-    the vocabulary settled on ``*_s``."""
+    the vocabulary settled on ``*_s``; fields the class no longer has (its ``DROPPED``
+    names) are left out."""
     renamed = dict(getattr(cls, "RENAMED", {}))
+    dropped = set(getattr(cls, "DROPPED", ()))
     out = {}
     for key, value in data.items():
+        if key in dropped:
+            continue
         new = renamed.get(key, key)
         if new not in names:
             for suffix in ("_seconds", "_secs"):
@@ -144,7 +148,8 @@ class Record:
     ``from_json`` / ``save`` / ``load``.
 
     A record whose fields were renamed lists the old names in a class attribute
-    ``RENAMED = {"old": "new"}`` so that files written before still load.
+    ``RENAMED = {"old": "new"}``, and one that lost fields lists them in ``DROPPED``,
+    so that files written before still load.
 
     Raises:
       RecordError: from the readers, when the document has a missing or unknown field or
