@@ -11,8 +11,9 @@
   (probe.json's disk record).
 
 Figures are drawn on ``matplotlib.figure.Figure`` with an explicit Agg canvas (no
-``pyplot``: no global state, safe beside other threads) and written atomically.
-Plotting shows what the records hold; it computes nothing.
+``pyplot``: no global state, safe beside other threads; matplotlib is imported on the
+first plot) and written atomically. Plotting shows what the records and the figures
+of :func:`autotune.runs.load_run` hold; it computes nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
-from autotune.render import HOST_WAIT_LABEL, STALL_LABEL
+from autotune.fmt import HOST_WAIT_LABEL, STALL_LABEL
+from autotune.runs import load_run
 
 DECODE_PNG = "decode_threads.png"
 THROUGHPUT_PNG = "throughput.png"
@@ -93,7 +95,7 @@ def plot_throughput(steps: Sequence, path: str | os.PathLike, *,
                     predicted: float | None = None, evals: Sequence = (),
                     mean_images_per_s: float | None = None, title: str = "",
                     stall_note: str = "") -> Path:
-    """Images/s per logging window against the step (``trainers.loop.StepReport``
+    """Images/s per logging window against the step (``trainers.summaries.StepReport``
     records), the plan's prediction and the run mean as lines; below, the data stall
     (% of step time the accelerators were idle for input) and the host wait (% of
     wall time the loop waited for the next batch) as two series (``stall_note``
@@ -217,10 +219,8 @@ def write_plots(run_dir: str | os.PathLike) -> list[Path]:
     plot).
 
     Raises:
-      FileNotFoundError: ``run_dir`` is not a run folder (``autotune.report.load_run``).
+      FileNotFoundError: ``run_dir`` is not a run folder (``autotune.runs.load_run``).
     """
-    from autotune.report import load_run
-
     run = load_run(run_dir)
     out = Path(run_dir)
     written: list[Path] = []

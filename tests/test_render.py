@@ -1,48 +1,77 @@
-"""Tests for autotune/render.py: number formatting, the text charts, the record
-tables, and the live training view (its plain-line fallback off a terminal, its panel
-in a terminal, quiet mode, failing samplers; data stall and host wait apart)."""
+"""Tests for autotune/fmt.py, autotune/charts.py and autotune/render.py: number
+formatting, the text charts, and the static views of records (probe with its stall
+attribution, plan, pack, summary, a saved run)."""
 
 from __future__ import annotations
 
 import dataclasses
-import io
+import subprocess
 import sys
 from pathlib import Path
 
-from rich.console import Console
+import pytest
 
-from autotune import render
-from autotune.render import HostSample, TrainView
-from probes.records import GpuSample
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_report import (GiB, make_eval, make_pack, make_plan, make_probe, make_steps,  # noqa: E402
-                         make_summary, to_text)
+from autotune import charts, fmt, render, runs
+from probes.stall import attribute
+from run_fixtures import (GiB, make_pack, make_plan, make_probe, make_summary, to_text,
+                          write_full_run, write_run)
 
 
 # ---------------------------------------------------------------- formatting
 
 
 def test_formatters_carry_units():
-    assert render.fmt_bytes(1536) == "1.5 KiB"
-    assert render.fmt_bytes(3 * GiB) == "3.0 GiB"
-    assert render.fmt_bytes(None) == "-"
-    assert render.fmt_num(1234.4, "img/s") == "1,234 img/s"
-    assert render.fmt_num(12.34, "ms") == "12.3 ms"
-    assert render.fmt_num(1.234, "s") == "1.23 s"
-    assert render.fmt_num(4.56, "%", 1) == "4.6%"
-    assert render.fmt_num(float("nan"), "img/s") == "-"
-    assert render.fmt_secs(3723) == "1h02m03s"
-    assert render.fmt_secs(65) == "1m05s"
-    assert render.fmt_secs(float("inf")) == "-"
-    assert render.fmt_pct(0.4567) == "45.7%"
+    assert fmt.fmt_bytes(1536) == "1.5 KiB"
+    assert fmt.fmt_bytes(3 * GiB) == "3.0 GiB"
+    assert fmt.fmt_bytes(None) == "-"
+    assert fmt.fmt_num(1234.4, "img/s") == "1,234 img/s"
+    assert fmt.fmt_num(12.34, "ms") == "12.3 ms"
+    assert fmt.fmt_num(1.234, "s") == "1.23 s"
+    assert fmt.fmt_num(4.56, "%", 1) == "4.6%"
+    assert fmt.fmt_num(float("nan"), "img/s") == "-"
+    assert fmt.fmt_secs(3723) == "1h02m03s"
+    assert fmt.fmt_secs(65) == "1m05s"
+    assert fmt.fmt_secs(float("inf")) == "-"
+    assert fmt.fmt_pct(0.4567) == "45.7%"
+    assert fmt.fmt_ms(0.0205) == "20.5 ms" and fmt.fmt_ms(None) == "-"
+
+
+def test_one_byte_formatter_for_every_view():
+    # The renderers' default (1 decimal), the batch search's reasons (2 decimals) and
+    # the planner's fixed MiB, all from fmt_bytes.
+    assert fmt.fmt_bytes(61.2 * GiB, 2) == "61.20 GiB"
+    assert fmt.fmt_bytes(300 * 2**20, 2) == "300.00 MiB"
+    assert fmt.fmt_bytes(512) == "512 B" and fmt.fmt_bytes(512, 2) == "512 B"
+    assert fmt.fmt_bytes(0.5) == "0 B"
+    assert fmt.fmt_bytes(3 * GiB, unit="MiB") == "3,072.0 MiB"
+    assert fmt.fmt_bytes(float("nan"), unit="MiB") == "-"
+    with pytest.raises(ValueError, match="byte unit 'MB'"):
+        fmt.fmt_bytes(1, unit="MB")
+
+
+@pytest.mark.parametrize("value, unit, scale, shown", [
+    (None, "s", 1, "-"), (True, "", 1, "yes"), (float("nan"), "%", 1, "-"),
+    (3723.0, "s", 1, "1h02m03s"), (99.837, "$", 1, "$99.84"), (1234, "img/s", 1, "1,234 img/s"),
+    (0.7, "%", 100, "70.0%"), (0.2048, "ms", 1e3, "205 ms"), ("random", "", 1, "random"),
+])
+def test_fmt_value_as_tables_show_figures(value, unit, scale, shown):
+    assert fmt.fmt_value(value, unit, scale) == shown
+
+
+def test_format_change_words():
+    d = dataclasses.make_dataclass("D", ["delta", "delta_pct", "unit", "verdict"])
+    assert fmt.format_change(d(2000.0, 20.0, "img/s", "better")) == "+20.0% better"
+    assert fmt.format_change(d(-5.0, -50.0, "%", "worse")) == "-5.0 pp worse"
+    assert fmt.format_change(d(None, None, "", "changed")) == "changed"
+    assert fmt.format_change(d(0.0, 0.0, "ms", "same")) == ""
+    assert fmt.format_delta(d(1.0, None, "", "changed")) == "+1"
 
 
 # ---------------------------------------------------------------- charts
 
 
 def test_hbar_chart_scales_bars_and_draws_the_marker():
-    text = render.hbar_chart([("a", 50.0, "50 img/s"), ("bb", 100.0, "100 img/s")], width=20,
+    text = charts.hbar_chart([("a", 50.0, "50 img/s"), ("bb", 100.0, "100 img/s")], width=20,
                              marker=25.0, marker_label="step rate 25 img/s").plain
     lines = text.splitlines()
     # 50 of 100 over 20 cells = 10 cells; the marker at 25/100 x 20 = column 5.
@@ -53,7 +82,7 @@ def test_hbar_chart_scales_bars_and_draws_the_marker():
 
 
 def test_hbar_chart_partial_blocks_and_no_marker():
-    text = render.hbar_chart([("x", 10.0, ""), ("y", 1.0, ""), ("z", 0.0, "")], width=8).plain
+    text = charts.hbar_chart([("x", 10.0, ""), ("y", 1.0, ""), ("z", 0.0, "")], width=8).plain
     lines = text.splitlines()
     assert lines[0].startswith("x ████████")
     assert lines[1].startswith("y ▊")  # 1/10 x 8 = 0.8 cell
@@ -63,7 +92,7 @@ def test_hbar_chart_partial_blocks_and_no_marker():
 
 def test_column_chart_reference_line_labels_and_clipping():
     values = [100.0] * 9 + [1000.0]  # one outlier
-    text = render.column_chart(values, height=4, width=10, ref=120.0, ref_label="plan 120 img/s",
+    text = charts.column_chart(values, height=4, width=10, ref=120.0, ref_label="plan 120 img/s",
                                unit="img/s", x_labels=("step 1", "step 10")).plain
     lines = text.splitlines()
     # Scaled to 1.5 x max(p90 = 100, ref = 120) = 180, the outlier clipped with an arrow.
@@ -71,11 +100,11 @@ def test_column_chart_reference_line_labels_and_clipping():
     assert any(ln.endswith("╌ plan 120 img/s") for ln in lines)
     assert lines[3].startswith("  0 ┤")
     assert lines[-1].strip().startswith("step 1") and lines[-1].endswith("step 10")
-    assert render.column_chart([], ref=1.0).plain.strip() == "(no data)"
+    assert charts.column_chart([], ref=1.0).plain.strip() == "(no data)"
 
 
 def test_column_chart_averages_long_series_into_columns():
-    text = render.column_chart([0.0, 10.0] * 50, height=2, width=10, vmax=10.0).plain
+    text = charts.column_chart([0.0, 10.0] * 50, height=2, width=10, vmax=10.0).plain
     bars = text.splitlines()[-1].split("┤")[1]
     assert len(bars) == 10  # 100 values averaged into 10 columns (5 each, half height)
 
@@ -106,83 +135,40 @@ def test_render_probe_plan_pack_summary():
     assert "held-out top-1   70.00%" in text
 
 
-# ---------------------------------------------------------------- live view
+def test_render_pack_shows_the_bytes_the_resize_saved():
+    pack = dataclasses.replace(make_pack(), resize_shorter=256, bytes_out=35 * GiB)
+    assert runs.pack_saved_fraction(pack) == pytest.approx(0.75)
+    text = to_text(render.render_pack(pack), 120)
+    assert "140.0 GiB in -> 35.0 GiB stored (shorter side 256 px, 75% saved)" in text
 
 
-def _gpus():
-    return (GpuSample(index=0, gpu_utilisation_percent=95, memory_used_bytes=60 * GiB),
-            GpuSample(index=1, gpu_utilisation_percent=None, memory_used_bytes=None))
+def test_render_stall_attribution_of_probe_stall():
+    # 1 / 1000 s per image on the device, 1 / 500 cached, 1 / 200 cold (ms: 1, 2, 5):
+    # compute 1 / 5 = 20%, preprocessing (2 - 1) / 5 = 20%, fetch (5 - 2) / 5 = 60%.
+    stall = attribute(1000.0, 500.0, 200.0, steps=30)
+    text = to_text(render.render_stall(stall), 120)
+    for needle in ("Data stall attribution (30 steps per run, DS-Analyzer)",
+                   "compute only   1,000 img/s (synthetic input on the device)",
+                   "cached input   500 img/s (real input, page cache warm)",
+                   "cold input     200 img/s (real input, page cache dropped)",
+                   "bottleneck     fetch",
+                   "            compute ████████████",
+                   "preprocessing stall ████████████",
+                   "        fetch stall ████████████████████████████████████ 60.0%"):
+        assert needle in text, needle
+    warm = to_text(render.render_stall(dataclasses.replace(stall, cache_dropped=False)), 120)
+    assert "the page cache could not be dropped" in warm
+    # The probe report shows it when the probe ran with --stall, and so does a saved run.
+    assert "Data stall attribution" not in to_text(render.render_probe(make_probe()), 120)
+    probe = dataclasses.replace(make_probe(), stall=stall)
+    assert "Data stall attribution (30 steps" in to_text(render.render_probe(probe), 120)
 
 
-def _host():
-    return HostSample(cpu_percent=50.0, process_cpu_percent=120.0, cores=32,
-                      ram_used_bytes=100 * GiB, ram_total_bytes=256 * GiB,
-                      process_rss_bytes=20 * GiB)
-
-
-def _plain_console() -> tuple[Console, io.StringIO]:
-    buf = io.StringIO()
-    return Console(file=buf, width=100, color_system=None), buf
-
-
-def test_trainview_plain_lines_when_not_a_terminal():
-    console, buf = _plain_console()
-    assert not console.is_terminal
-    view = TrainView(console, plan=make_plan(), gpu_sampler=_gpus, host_sampler=_host)
-    steps = make_steps(2, ips=10_000.0, stall=10.0)
-    with view:
-        assert view.live is None
-        for r in steps:
-            view(r)
-        view(make_eval(200, 0.32, 0.25, 0.5))
-    lines = buf.getvalue().splitlines()
-    assert len(lines) == 3
-    first = lines[0]
-    assert first.startswith("step 100/56250 epoch 0.16 | 10,000 img/s, avg 10,000 (plan 12,000)")
-    assert ("step 205 ms (on-device input 184 ms), data stall 10.0%, host wait 10.0% "
-            "(20.5 ms/step)") in first
-    assert "skipped" not in first
-    assert "loss 6.800 lr 0.8" in first and "ETA 3h11m40s" in first
-    assert "GPU 95% -" in first and "CPU 50% RAM 100.0 GiB/256.0 GiB" in first
-    assert lines[2].startswith("eval epoch 0.32: top-1 25.00% top-5 50.00% loss 1.250")
-
-
-def _row(text: str, key: str) -> str:
-    """The panel line whose first cell is ``key``."""
-    return next(ln for ln in text.splitlines() if ln.strip("│ ").startswith(key + " "))
-
-
-def test_trainview_fast_pipeline_shows_stall_and_host_wait_apart():
-    # Accelerators busy (0.3% stall) while the loop waits 45% of the wall time for
-    # the next batch (asynchronous dispatch): two figures, each on its own row.
-    steps = make_steps(2, stall=0.3, host_wait=45.0, skipped=2)
-    console, buf = _plain_console()
-    with TrainView(console, gpu_sampler=lambda: (), host_sampler=lambda: None) as view:
-        view(steps[0])
-    line = buf.getvalue()
-    assert "data stall 0.3%, host wait 45.0% (92.2 ms/step)" in line
-    assert "| 2 steps skipped (non-finite)" in line
-    view = TrainView(Console(file=io.StringIO(), width=160, force_terminal=True,
-                             color_system=None), gpu_sampler=lambda: (), host_sampler=lambda: None)
-    for r in steps:
-        view(r)
-    text = to_text(view._render(), 160)
-    stall, wait = _row(text, "data stall"), _row(text, "host wait")
-    assert "0.3% now, 0.3% average" in stall and "45.0%" not in stall
-    assert "45.0% now (92.2 ms/step), 45.0% average" in wait and "0.3%" not in wait
-    assert "2 (non-finite loss or gradient)" in _row(text, "skipped steps")
-
-
-def test_trainview_without_an_on_device_reference():
-    # synthetic_steps = 0: no reference, the stall is unknown (not 0, not red).
-    r = dataclasses.replace(make_steps(1)[0], data_stall_pct=float("nan"),
-                            synthetic_step_s=float("nan"))
-    console, buf = _plain_console()
-    with TrainView(console, gpu_sampler=lambda: (), host_sampler=lambda: None) as view:
-        view(r)
-    assert "(on-device input -), data stall -, host wait 10.0%" in buf.getvalue()
-    text = to_text(view._render(), 160)
-    assert "- now, - average" in _row(text, "data stall")
+def test_saved_probe_run_shows_its_stall(tmp_path):
+    probe = dataclasses.replace(make_probe(), stall=attribute(1000.0, 500.0, 200.0, steps=30))
+    run = runs.load_run(write_run(tmp_path / "p", probe=probe))
+    assert run.probe.stall.bottleneck == "fetch"
+    assert "cold input     200 img/s" in to_text(render.render_run(run), 120)
 
 
 def test_render_summary_stopped_and_unmeasured_stall():
@@ -197,86 +183,51 @@ def test_render_summary_stopped_and_unmeasured_stall():
     assert "skipped steps    5 (non-finite loss or gradient)" in text
 
 
-def test_trainview_quiet_prints_nothing():
-    console, buf = _plain_console()
-    view = TrainView(console, quiet=True, gpu_sampler=_gpus, host_sampler=_host)
-    with view:
-        for r in make_steps(3):
-            view(r)
-    assert buf.getvalue() == ""
-    assert view.last_step.step == 300  # still tracks the run
+# ---------------------------------------------------------------- render_run
 
 
-def test_trainview_panel_in_a_terminal():
-    console = Console(file=io.StringIO(), width=120, force_terminal=True, color_system=None)
-    view = TrainView(console, plan=make_plan(), probe=make_probe(), gpu_sampler=_gpus,
-                     host_sampler=_host, title="autotune train: resnet50 on train")
-    assert view.interactive
-    assert "waiting for the first step (compiling the train step" in to_text(view._render(), 120)
-    steps = make_steps(3, ips=9_000.0, stall=20.0)
-    for r in steps:
-        view(r)
-    view(make_eval(300, 0.48, 0.31, 0.6))
-    text = to_text(view._render(), 120)
-    for needle in ("autotune train: resnet50 on train",
-                   "step 300/56,250 · epoch 0.48/90 · elapsed",
-                   "9,000 img/s now, 9,000 img/s average",
-                   "plan 12,000 img/s (bottleneck compute) = 75% of plan",
-                   "228 ms now, 182 ms on on-device input (the accelerators alone)",
-                   "20.0% now, 20.0% average",
-                   "accelerators idle for input, % of step time",
-                   "10.0% now (22.8 ms/step), 10.0% average",
-                   "loop waiting for the next batch, % of wall time",
-                   "loss / lr", "6.6000 / 0.8",
-                   "top-1 31.00%, top-5 60.00%",
-                   "GPU 0", "95% busy, 60.0 GiB used of 80.0 GiB",
-                   "GPU 1", "- busy, - used of 80.0 GiB",
-                   "CPU 50% of 32 cores (this process 1.2 cores) · RAM 100.0 GiB of 256.0 GiB",
-                   "batch 256 x 8 devices x 1 hosts = 2048, 8 decode threads, random reads"):
+def test_render_run_shows_every_part_with_units(tmp_path):
+    run = runs.load_run(write_full_run(tmp_path / "full"))
+    text = to_text(render.render_run(run))
+    for needle in (
+        "run full: train, completed",
+        "Plan (resnet50): predicted 12,000 img/s, bottleneck compute",
+        "random reads deliver 21,000 img/s; need 12,000 img/s",  # a decision's reason
+        "rates per host: train step 12,000 img/s",
+        "Decode vs the step rate",
+        "train step rate 12,000 img/s",
+        "sequential 1 MiB",  # disk chart
+        "Training summary",
+        "10,000 img/s (1,250 img/s per device, 8 devices, 1 hosts)",
+        "10,000 img/s measured (summary.json) vs 12,000 img/s predicted = 83% of",
+        "205 ms mean, 184 ms on on-device input",
+        "10.0% of step time accelerators idle for input (on-device input: 11,111 img/s)",
+        "10.0% of wall time waiting for the next batch, 20.5 ms per step",
+        "10.0% mean, 10.0% last (accelerators idle for input, % of step time)",
+        "data stall (accelerators idle for input, vs on-device input)",
+        "host wait (training loop waiting for the next batch), % of wall time",
+        "skipped steps    0 (non-finite loss or gradient)",
+        "images/s per logging window",
+        "╌ plan 12,000 img/s",
+        "Held-out evaluations",
+        "45.00%",
+        "Time and cost to train",
+        "$99.84", "$57.60", "25.6 GPU-h", "$3.90/GPU-h",
+        "example list prices are approximate",
+    ):
         assert needle in text, needle
-
-
-def test_trainview_live_context_draws_the_last_state():
-    buf = io.StringIO()
-    console = Console(file=buf, width=120, force_terminal=True, color_system=None)
-    view = TrainView(console, plan=make_plan(), gpu_sampler=lambda: (), host_sampler=_host,
-                     refresh_per_second=1)
-    import threading
-
-    main_calls = []
-    draw = view._render
-
-    def counting():
-        if threading.current_thread() is threading.main_thread():
-            main_calls.append(1)
-        return draw()
-
-    view._render = counting
-    with view:
-        assert view.live is not None
-        before = len(main_calls)
-        for r in make_steps(2):
-            view(r)  # hands the record over; rich's thread draws
-        assert len(main_calls) == before
-    assert view.live is None
-    out = buf.getvalue()
-    assert "10,000 img/s now" in out and "step 200/56,250 ·" in out
-
-
-def test_trainview_survives_failing_samplers():
-    def broken():
-        raise RuntimeError("NVML gone")
-
-    console, buf = _plain_console()
-    view = TrainView(console, gpu_sampler=broken, host_sampler=broken)
-    with view:
-        view(make_steps(1)[0])
-    line = buf.getvalue()
-    assert "img/s" in line and "GPU" not in line and "CPU" not in line
-    text = to_text(view._render())
-    assert "10,000 img/s now" in text and "GPU 0" not in text
 
 
 def test_make_console_width_off_a_terminal(monkeypatch):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
     assert render.make_console().width == 120
+
+
+def test_views_import_without_jax_psutil_or_matplotlib():
+    code = ("import sys, autotune.runs, autotune.render, autotune.compare, autotune.live, "
+            "autotune.plots; "
+            "print(sorted(m for m in ('jax', 'psutil', 'matplotlib', 'pynvml') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]"
+

@@ -1,12 +1,16 @@
-"""Saved runs: load a ``results/<run>`` folder, compare two, estimate cost, export.
+"""Saved runs and the figures every view shows: load a ``results/<run>`` folder,
+average its metrics, work out its headline figures and costs.
 
 A run folder (see :mod:`autotune.results`) holds ``probe.json``, ``plan.json``,
 ``pack.json``, ``metrics.jsonl``, ``summary.json``, ``run.json`` and
 ``bad_images.json``; a probe-only run holds just ``probe.json``. :func:`load_run`
 reads whatever is there into a :class:`SavedRun` (a record: ``--json`` prints its
-``to_dict()``), with the light arithmetic the views need done once, here: averages
-over ``metrics.jsonl`` (:class:`MetricsStats`), the headline figures with their
-sources (:class:`RunFigures`), and time and cost estimates (:class:`CostEstimate`).
+``to_dict()``), with the arithmetic the views need done once, here: averages over
+``metrics.jsonl`` (:class:`MetricsStats`, also kept live by :class:`StepAverager`
+for the training view), the headline figures with their sources
+(:class:`RunFigures`), measured against the plan (:func:`plan_ratio_pct`), bytes
+saved by packing (:func:`pack_saved_fraction`), and time and cost estimates
+(:func:`run_costs`, with :mod:`autotune.costs`).
 
 Two input figures, with the definitions of ``trainers.loop`` (DS-Analyzer, Mohan et
 al., VLDB 2021): the **data stall**, the share of the step time the accelerators sit
@@ -18,13 +22,8 @@ two differ. Over a run both are ratios of sums over the logging windows (see
 stall was measured this way recorded host wait under the stall's name; they are read
 with that figure as host wait and the stall unknown (:func:`upgrade_legacy_stall`).
 
-:func:`render_run` and :func:`render_comparison` give rich renderables (drawn by
-:mod:`autotune.render`); :func:`to_markdown` a table to paste into an issue.
-
-Cost: ``estimate_cost`` multiplies out images / (images/s) x GPUs x $/GPU-hour. The
-price is the user's, or an example list price per GPU type
-(:data:`EXAMPLE_GPU_PRICES`: approximate public figures with their source and date,
-not quotes; prices differ by provider, region and month).
+Rendering lives in :mod:`autotune.render` (static) and :mod:`autotune.live` (the
+training view); comparison and Markdown in :mod:`autotune.compare`.
 """
 
 from __future__ import annotations
@@ -32,194 +31,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
-from autotune import render
 from autotune import results as res
+from autotune.costs import CostEstimate, estimate_cost, example_price, resolve_price
 from autotune.planner import Plan
 from autotune.probe_report import ProbeReport
 from trainers.records import Record, RecordError
-from trainers.summaries import EvalReport, StepReport, TrainSummary
-from trainers.summaries import PackResult
-
-# ---------------------------------------------------------------- prices
-
-
-@dataclass(frozen=True)
-class GpuPrice(Record):
-    """An example list price of one GPU type, per GPU-hour, in US dollars.
-
-    Attributes:
-      gpu: short name, e.g. ``"H100"``.
-      match: words looked for in the NVML / JAX device name
-        (``"NVIDIA H100 80GB HBM3"``), case-insensitive, whole words (``L4`` does not
-        match ``L40S``).
-      on_demand_per_gpu_hour: $/GPU-hour on demand.
-      spot_per_gpu_hour: $/GPU-hour as spot / preemptible capacity (None: no figure).
-      source: where the figures come from.
-      as_of: month of the source.
-    """
-
-    gpu: str
-    match: tuple[str, ...]
-    on_demand_per_gpu_hour: float
-    spot_per_gpu_hour: float | None
-    source: str
-    as_of: str
-
-
-#: Example list prices, $/GPU-hour (approximate public figures, not quotes: they move
-#: month to month and differ by provider and region; give your own price for a real
-#: estimate). Sources: costnimbus.com "GPU cost management for ML teams" (March 2026:
-#: AWS EC2 P5 H100 ~$3.90 on demand, GCP A3-High spot ~$2.25; GCP g2-standard-4 1x L4
-#: ~$0.70-0.80 per VM-hour); mercatus-ai.com "Cloud GPU pricing" (May 2026,
-#: hyperscaler on-demand ranges: A100 80GB $1.50-3.00, H200 $4.50-7.00; the low ends
-#: are listed); aiapiplaybook.com "GPU cloud pricing 2026" (January 2026: A100 80GB
-#: spot $0.86).
-EXAMPLE_GPU_PRICES: tuple[GpuPrice, ...] = (
-    GpuPrice("H200", ("h200",), 4.50, None,
-             "mercatus-ai.com, hyperscaler on-demand range $4.50-7.00 (low end)", "2026-05"),
-    GpuPrice("H100", ("h100",), 3.90, 2.25,
-             "costnimbus.com: AWS EC2 P5 on demand ~$3.90, GCP A3-High spot ~$2.25", "2026-03"),
-    GpuPrice("A100", ("a100",), 1.50, 0.86,
-             "mercatus-ai.com hyperscaler on-demand range $1.50-3.00 (low end, 80GB); "
-             "aiapiplaybook.com spot $0.86", "2026-01/05"),
-    GpuPrice("L4", ("l4",), 0.75, None,
-             "costnimbus.com: GCP g2-standard-4 (1x L4) ~$0.70-0.80 per VM-hour", "2026-03"),
-)
-
-PRICE_KINDS = ("on-demand", "spot")
-
-
-def example_price(device_name: str | None) -> GpuPrice | None:
-    """The :data:`EXAMPLE_GPU_PRICES` row whose ``match`` occurs in ``device_name``
-    (e.g. ``"NVIDIA H100 80GB HBM3"`` -> the H100 row); None when unknown."""
-    if not device_name:
-        return None
-    name = device_name.lower()
-    for p in EXAMPLE_GPU_PRICES:
-        if any(re.search(rf"\b{re.escape(m)}\b", name) for m in p.match):
-            return p
-    return None
-
-
-def resolve_price(text: str | float | None) -> tuple[float, str] | None:
-    """Parse a ``--gpu-hour-price`` value: a number of dollars per GPU-hour
-    (``"2.49"``), or an example price by GPU type and kind (``"H100"``,
-    ``"h100:spot"``, ``"A100:on-demand"``). Returns ``(dollars per GPU-hour, source
-    text)``, None for None.
-
-    Raises:
-      ValueError: negative price, unknown GPU type or price kind, or a kind with no
-        figure (the message lists the known types).
-    """
-    if text is None:
-        return None
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        text = repr(float(text))
-    s = str(text).strip()
-    try:
-        value = float(s.lstrip("$"))
-    except ValueError:
-        value = None
-    if value is not None:
-        if not (value >= 0 and math.isfinite(value)):
-            raise ValueError(f"GPU-hour price {text}: must be a finite number >= 0 dollars")
-        return value, "given"
-    gpu, _, kind = s.replace("-spot", ":spot").replace("-on-demand", ":on-demand").partition(":")
-    kind = (kind or "on-demand").lower().replace("_", "-")
-    row = next((p for p in EXAMPLE_GPU_PRICES if p.gpu.lower() == gpu.strip().lower()), None)
-    known = ", ".join(p.gpu for p in EXAMPLE_GPU_PRICES)
-    if row is None:
-        raise ValueError(f"GPU-hour price {text!r}: not a number of dollars and not a known "
-                         f"GPU type (known: {known}; kinds: {', '.join(PRICE_KINDS)})")
-    if kind not in PRICE_KINDS:
-        raise ValueError(f"GPU-hour price {text!r}: price kind {kind!r} is not one of "
-                         f"{', '.join(PRICE_KINDS)}")
-    value = row.on_demand_per_gpu_hour if kind == "on-demand" else row.spot_per_gpu_hour
-    if value is None:
-        raise ValueError(f"GPU-hour price {text!r}: no example {kind} price for {row.gpu}")
-    return value, f"example {row.gpu} {kind} list price ({row.source}, {row.as_of})"
-
-
-# ---------------------------------------------------------------- cost
-
-
-@dataclass(frozen=True)
-class CostEstimate(Record):
-    """Time and cost of training ``epochs`` epochs at a throughput.
-
-    Attributes:
-      label: what is estimated (``"all 8 planned epochs"``, ``"remaining 7.2 epochs"``).
-      images_per_epoch: images per epoch (images).
-      epochs: epochs estimated.
-      images: ``images_per_epoch x epochs``.
-      images_per_s: global throughput assumed (images/s, all GPUs).
-      seconds: ``images / images_per_s`` (wall seconds).
-      num_gpus: GPUs billed.
-      gpu_hours: ``seconds / 3600 x num_gpus``.
-      price_per_gpu_hour: US dollars per GPU-hour.
-      cost: ``gpu_hours x price_per_gpu_hour`` (US dollars).
-      price_source: where the price comes from.
-      rate_source: where the throughput comes from (measured or predicted).
-      arithmetic: the whole calculation in one line.
-    """
-
-    label: str
-    images_per_epoch: int
-    epochs: float
-    images: float
-    images_per_s: float
-    seconds: float
-    num_gpus: int
-    gpu_hours: float
-    price_per_gpu_hour: float
-    cost: float
-    price_source: str
-    rate_source: str
-    arithmetic: str
-
-
-def estimate_cost(images_per_epoch: int, epochs: float, images_per_s: float, num_gpus: int,
-                  price_per_gpu_hour: float, *, label: str = "",
-                  price_source: str = "given", rate_source: str = "given") -> CostEstimate:
-    """Time and cost to train ``epochs`` epochs of ``images_per_epoch`` images at
-    ``images_per_s`` (global) on ``num_gpus`` GPUs billed ``price_per_gpu_hour``
-    dollars each: ``seconds = images_per_epoch x epochs / images_per_s``,
-    ``GPU-hours = seconds / 3600 x num_gpus``, ``cost = GPU-hours x price``. Excludes
-    compilation, evaluation and checkpoint time, and start-up billing.
-
-    Raises:
-      ValueError: images_per_epoch < 0, epochs < 0, images_per_s <= 0 or not finite,
-        num_gpus < 1, price < 0 (the message names the value).
-    """
-    if images_per_epoch < 0:
-        raise ValueError(f"images per epoch ({images_per_epoch}) must be >= 0")
-    if not epochs >= 0:
-        raise ValueError(f"epochs ({epochs}) must be >= 0")
-    if not (images_per_s > 0 and math.isfinite(images_per_s)):
-        raise ValueError(f"throughput ({images_per_s} images/s) must be a finite number > 0")
-    if num_gpus < 1:
-        raise ValueError(f"GPU count ({num_gpus}) must be >= 1")
-    if not price_per_gpu_hour >= 0:
-        raise ValueError(f"price ({price_per_gpu_hour} $/GPU-hour) must be >= 0")
-    images = images_per_epoch * epochs
-    seconds = images / images_per_s
-    gpu_hours = seconds / 3600.0 * num_gpus
-    cost = gpu_hours * price_per_gpu_hour
-    arithmetic = (f"{images_per_epoch:,} images/epoch x {epochs:g} epochs = {images:,.0f} images; "
-                  f"/ {images_per_s:,.1f} images/s = {seconds:,.0f} s ({render.fmt_secs(seconds)}); "
-                  f"/ 3600 x {num_gpus} GPU{'s' if num_gpus != 1 else ''} = {gpu_hours:,.4g} GPU-h; "
-                  f"x ${price_per_gpu_hour:,.2f}/GPU-h = ${cost:,.2f}")
-    return CostEstimate(label=label or f"{epochs:g} epochs", images_per_epoch=int(images_per_epoch),
-                        epochs=float(epochs), images=float(images), images_per_s=float(images_per_s),
-                        seconds=seconds, num_gpus=int(num_gpus), gpu_hours=gpu_hours,
-                        price_per_gpu_hour=float(price_per_gpu_hour), cost=cost,
-                        price_source=price_source, rate_source=rate_source, arithmetic=arithmetic)
-
+from trainers.summaries import EvalReport, PackResult, StepReport, TrainSummary
 
 # ---------------------------------------------------------------- metrics
 
@@ -298,9 +119,9 @@ def _ratio(num: float, den: float, scale: float = 1.0) -> float:
 
 
 class StepAverager:
-    """Running averages of :class:`trainers.loop.StepReport` windows (see
+    """Running averages of :class:`trainers.summaries.StepReport` windows (see
     :class:`MetricsStats` for the window rule and the formulas). Used by
-    :func:`load_run` and by the live view (``autotune.render.TrainView``); not
+    :func:`load_run` and by the live view (``autotune.live.TrainView``); not
     thread-safe (the view calls it under its lock).
     """
 
@@ -361,18 +182,6 @@ class StepAverager:
         """100 x host wait / wall time over the windows so far (NaN before any)."""
         return _ratio(self.wait, self.seconds, 100.0)
 
-    @property
-    def mean_step_s(self) -> float:
-        return _ratio(self.seconds, self.steps)
-
-    @property
-    def mean_wait_s(self) -> float:
-        return _ratio(self.wait, self.steps)
-
-    @property
-    def synthetic_step_s(self) -> float:
-        return _ratio(self.ref_synthetic, self.ref_steps)
-
     def stats(self, eval_reports: int = 0) -> MetricsStats | None:
         """The :class:`MetricsStats` so far; None before any report."""
         r = self.last
@@ -386,11 +195,26 @@ class StepAverager:
             last_images_per_s=r.images_per_s, mean_data_stall_pct=self.mean_data_stall_pct,
             last_data_stall_pct=r.data_stall_pct, stall_steps=self.ref_steps,
             mean_host_wait_pct=self.mean_host_wait_pct, last_host_wait_pct=r.host_wait_pct,
-            mean_step_s=self.mean_step_s, mean_wait_s=self.mean_wait_s,
-            synthetic_step_s=self.synthetic_step_s, skipped_steps=r.skipped_steps,
+            mean_step_s=_ratio(self.seconds, self.steps), mean_wait_s=_ratio(self.wait, self.steps),
+            synthetic_step_s=_ratio(self.ref_synthetic, self.ref_steps),
+            skipped_steps=r.skipped_steps,
             last_loss=r.loss, last_learning_rate=r.learning_rate, last_epoch=r.epoch,
             last_elapsed_s=r.elapsed_s, last_eta_s=r.eta_s,
             bad_records=r.bad_records)
+
+
+def plan_ratio_pct(measured: float | None, predicted: float | None) -> float | None:
+    """Measured against the plan: ``100 x measured / predicted`` (both images/s), in
+    %; None when either is missing or not finite, or nothing was predicted."""
+    if _finite(measured) is None or not _finite(predicted):
+        return None
+    return 100.0 * measured / predicted
+
+
+def pack_saved_fraction(result: PackResult) -> float:
+    """The share of the input bytes packing saved, ``1 - bytes out / bytes in``
+    (a fraction; negative when the packed shards are larger)."""
+    return 1 - result.bytes_out / max(1, result.bytes_in)
 
 
 def metrics_stats(steps: Iterable[StepReport], eval_reports: int = 0) -> MetricsStats | None:
@@ -597,7 +421,7 @@ def _figures(probe, plan, summary, metrics: MetricsStats | None, evals: Sequence
     inputs = _input_figures(plan, summary, metrics, legacy)
     ips = inputs.get("images_per_s")
     predicted = _finite(plan.predicted_global_images_per_s) if plan else None
-    ratio = 100.0 * ips / predicted if ips and predicted else None
+    ratio = plan_ratio_pct(ips, predicted)
     last_eval = summary.final_eval if summary is not None and summary.final_eval else (
         evals[-1] if evals else None)
     step_rate = probe.accelerator.step_rate if probe is not None else None
@@ -801,285 +625,3 @@ def load_run(path: str | os.PathLike, *, price: str | float | None = None) -> Sa
                     evals=tuple(evals), metrics=metrics, figures=figures, costs=costs,
                     bad_images=bad_images, plots=plots, problems=tuple(problems),
                     legacy_stall=any(old_summary + old_steps))
-
-
-# ---------------------------------------------------------------- comparison
-
-
-@dataclass(frozen=True)
-class Difference(Record):
-    """One figure of two runs side by side.
-
-    Attributes:
-      group: ``throughput``, ``accuracy``, ``plan``, ``machine`` or ``cost``.
-      name: the figure, e.g. ``"images/s"``.
-      unit: its unit (``"img/s"``, ``"%"``, ``"ms"``, ``"s"``, ``"$"``, ``""``).
-      a, b: the values as shown (``"-"`` when missing).
-      a_value, b_value: the numbers (None for text or missing values).
-      delta: ``b - a`` in the unit (percentage points for ``%`` figures).
-      delta_pct: ``100 x (b - a) / |a|``.
-      better: ``"higher"``, ``"lower"`` or ``""`` (a setting: neither is better).
-      verdict: ``"better"`` / ``"worse"`` (B against A, by ``better``), ``"changed"``
-        (a setting differs), ``"same"`` (within 0.5%, or equal text) or ``"n/a"``
-        (missing on a side).
-    """
-
-    group: str
-    name: str
-    unit: str
-    a: str
-    b: str
-    a_value: float | None
-    b_value: float | None
-    delta: float | None
-    delta_pct: float | None
-    better: str
-    verdict: str
-
-
-#: Relative change (%) under which two numbers count as the same.
-SAME_WITHIN_PCT = 0.5
-
-
-def _g(obj, *names):
-    for n in names:
-        if obj is None:
-            return None
-        obj = getattr(obj, n, None)
-    return obj
-
-
-def _gpu_names(r: SavedRun) -> str | None:
-    if r.probe is None:
-        return None
-    gpus = r.probe.host.gpu.gpus
-    if gpus:
-        return f"{len(gpus)} x {gpus[0].name}"
-    return f"{r.probe.accelerator.local_devices} x {r.probe.accelerator.device_kind}"
-
-
-def _fmt_g(x) -> str | None:
-    return None if x is None else f"{x:.4g}"
-
-
-def _cost(r: SavedRun) -> float | None:
-    return r.costs[0].cost if r.costs else None
-
-
-# (group, name, unit, getter, better, scale for display)
-_SPECS: tuple[tuple[str, str, str, Callable[[SavedRun], Any], str, float], ...] = (
-    ("throughput", "images/s", "img/s", lambda r: r.figures.images_per_s, "higher", 1),
-    ("throughput", "images/s per device", "img/s", lambda r: r.figures.images_per_s_per_device,
-     "higher", 1),
-    ("throughput", render.STALL_SHORT, "%", lambda r: r.figures.data_stall_pct, "lower", 1),
-    ("throughput", render.HOST_WAIT_SHORT, "%", lambda r: r.figures.host_wait_pct, "lower", 1),
-    ("throughput", "step time", "ms", lambda r: r.figures.step_s, "lower", 1e3),
-    ("throughput", "on-device input step time", "ms", lambda r: r.figures.synthetic_step_s,
-     "lower", 1e3),
-    ("throughput", "host wait per step", "ms", lambda r: r.figures.wait_s, "lower", 1e3),
-    ("throughput", "on-device input images/s", "img/s",
-     lambda r: r.figures.synthetic_images_per_s, "higher", 1),
-    ("throughput", "skipped steps", "", lambda r: r.figures.skipped_steps, "lower", 1),
-    ("throughput", "plan predicted", "img/s", lambda r: r.figures.predicted_images_per_s, "", 1),
-    ("throughput", "measured / predicted", "%", lambda r: r.figures.measured_vs_predicted_pct,
-     "higher", 1),
-    ("throughput", "wall time", "s", lambda r: r.figures.wall_s, "lower", 1),
-    ("throughput", "compile time", "s", lambda r: r.figures.compile_s, "lower", 1),
-    ("accuracy", "held-out top-1", "%", lambda r: r.figures.top1, "higher", 100),
-    ("accuracy", "held-out top-5", "%", lambda r: r.figures.top5, "higher", 100),
-    ("accuracy", "held-out loss", "", lambda r: r.figures.eval_loss, "lower", 1),
-    ("accuracy", "last training loss", "", lambda r: r.figures.train_loss, "lower", 1),
-    ("accuracy", "epochs done", "", lambda r: r.figures.epochs_done, "", 1),
-    ("plan", "status", "", lambda r: r.figures.status, "", 1),
-    ("plan", "stop reason", "", lambda r: r.figures.stop_reason, "", 1),
-    ("plan", "preset", "", lambda r: _g(r.plan, "preset"), "", 1),
-    ("plan", "per-device batch", "", lambda r: _g(r.plan, "per_device_batch"), "", 1),
-    ("plan", "global batch", "", lambda r: _g(r.plan, "global_batch"), "", 1),
-    ("plan", "learning rate", "", lambda r: _fmt_g(_g(r.plan, "lr", "learning_rate")), "", 1),
-    ("plan", "epochs planned", "", lambda r: _fmt_g(_g(r.plan, "epochs")), "", 1),
-    ("plan", "decode threads", "", lambda r: _g(r.plan, "decode_threads"), "", 1),
-    ("plan", "read mode", "", lambda r: _g(r.plan, "read_mode"), "", 1),
-    ("plan", "shards", "", lambda r: _g(r.plan, "num_shards"), "", 1),
-    ("plan", "pack resize", "px", lambda r: _g(r.plan, "pack_resize"), "", 1),
-    ("plan", "cache decoded", "", lambda r: _g(r.plan, "cache_decoded"), "", 1),
-    ("plan", "host prefetch", "batches", lambda r: _g(r.plan, "prefetch_batches"), "", 1),
-    ("plan", "bottleneck", "", lambda r: r.figures.bottleneck, "", 1),
-    ("machine", "host", "", lambda r: _g(r.probe, "host", "hostname"), "", 1),
-    ("machine", "devices", "", _gpu_names, "", 1),
-    ("machine", "usable cores", "", lambda r: _g(r.probe, "host", "usable_cores"), "", 1),
-    ("machine", "probe step rate", "img/s", lambda r: r.figures.probe_step_images_per_s,
-     "higher", 1),
-    ("machine", "best decode rate", "img/s", lambda r: r.figures.decode_best_images_per_s,
-     "higher", 1),
-    ("machine", "disk sequential", "MB/s", lambda r: _g(r.probe, "disk", "sequential", "mb_per_s"),
-     "higher", 1),
-    ("machine", "disk random record", "IOPS",
-     lambda r: _g(r.probe, "disk", "random_record_qd", "iops"), "higher", 1),
-    ("cost", "cost of the planned epochs", "$", _cost, "lower", 1),
-)
-
-
-def _show(value, unit: str, scale: float) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            return "-"
-        v = value * scale
-        if unit == "s":
-            return render.fmt_secs(v)
-        if unit == "$":
-            return f"${v:,.2f}"
-        if isinstance(value, int) and scale == 1:
-            return f"{v:,}" + (f" {unit}" if unit else "")
-        return render.fmt_num(v, unit, 1 if unit == "%" else None)
-    return str(value)
-
-
-def compare_runs(a: SavedRun, b: SavedRun) -> tuple[Difference, ...]:
-    """The figures of :data:`_SPECS` for runs ``a`` and ``b`` with B's change against
-    A. Figures missing on both sides are left out.
-
-    Verdicts: for measured figures with a direction (``better``), ``better`` /
-    ``worse`` when they differ by more than :data:`SAME_WITHIN_PCT` percent (relative);
-    settings that differ are ``changed``.
-    """
-    out = []
-    for group, name, unit, get, better, scale in _SPECS:
-        va, vb = get(a), get(b)
-        if va is None and vb is None:
-            continue
-        num = lambda v: (float(v) * scale if isinstance(v, (int, float)) and not isinstance(v, bool)
-                         and math.isfinite(v) else None)
-        na, nb = num(va), num(vb)
-        delta = delta_pct = None
-        if na is not None and nb is not None:
-            delta = nb - na
-            delta_pct = 100.0 * delta / abs(na) if na else (0.0 if nb == na else None)
-        if va is None or vb is None:
-            verdict = "n/a"
-        elif na is not None and nb is not None:
-            same = (abs(delta_pct) < SAME_WITHIN_PCT if delta_pct is not None else na == nb)
-            if same:
-                verdict = "same"
-            elif not better:
-                verdict = "changed"
-            else:
-                verdict = "better" if (delta > 0) == (better == "higher") else "worse"
-        else:
-            verdict = "same" if va == vb else "changed"
-        out.append(Difference(group=group, name=name, unit=unit, a=_show(va, unit, scale),
-                              b=_show(vb, unit, scale), a_value=na, b_value=nb, delta=delta,
-                              delta_pct=delta_pct, better=better, verdict=verdict))
-    return tuple(out)
-
-
-def decision_changes(a: SavedRun, b: SavedRun) -> tuple[tuple[str, str, str, str], ...]:
-    """Plan decisions whose value differs: ``(name, value A, value B, reason B)``."""
-    if a.plan is None or b.plan is None:
-        return ()
-    da = {d.name: d for d in a.plan.decisions}
-    out = []
-    for d in b.plan.decisions:
-        old = da.get(d.name)
-        if old is None or old.value != d.value:
-            out.append((d.name, old.value if old else "-", d.value, d.reason))
-    return tuple(out)
-
-
-def format_delta(d: Difference) -> str:
-    """The change as shown: percentage points for ``%`` figures, else percent."""
-    if d.delta is None:
-        return ""
-    if d.unit == "%":
-        return f"{d.delta:+.1f} pp"
-    if d.delta_pct is None:
-        return f"{d.delta:+,.3g}"
-    return f"{d.delta_pct:+.1f}%"
-
-
-# ---------------------------------------------------------------- rendering
-
-
-def render_run(run: SavedRun):
-    """A rich renderable of a saved run: probe (with text charts), plan with the
-    reasons, packing, training summary with the measured-vs-predicted figures,
-    throughput, data stall and host wait over time, evaluation history, cost
-    estimates, and the plot files."""
-    return render.render_saved_run(run)
-
-
-def render_comparison(a: SavedRun, b: SavedRun):
-    """A rich renderable comparing runs ``a`` and ``b`` side by side: every figure of
-    :func:`compare_runs` with B's change in % (percentage points for % figures),
-    better in green, worse in red, changed settings in yellow; then the plan
-    decisions that differ with B's reasons, and both throughput curves."""
-    return render.render_comparison(a, b, compare_runs(a, b), decision_changes(a, b))
-
-
-def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def _md_notes(runs: Sequence[SavedRun]) -> list[str]:
-    """The input figures' definitions, and each run's note on its data stall."""
-    notes = [f"{render.INPUT_FIGURES_NOTE}."]
-    notes += [f"`{_md(r.name)}`: data stall {_md(r.figures.data_stall_note)}."
-              for r in runs if r.figures.data_stall_note]
-    return [""] + [f"- {n}" for n in notes]
-
-
-def to_markdown(runs: Sequence[SavedRun]) -> str:
-    """Markdown to paste into an issue.
-
-    One run: its headline figures and the plan's decisions with their reasons. Two
-    runs: one table with both columns and B's change (bold where a figure changed).
-    More: one column per run, no deltas. Under the figures: what data stall and host
-    wait mean, and why a run has no data stall (e.g. saved before it was measured).
-
-    Raises:
-      ValueError: no runs.
-    """
-    runs = list(runs)
-    if not runs:
-        raise ValueError("to_markdown needs at least one run")
-    lines: list[str] = []
-    if len(runs) == 2:
-        a, b = runs
-        lines += [f"**A** `{a.name}` vs **B** `{b.name}`", "",
-                  "| figure | A | B | change |", "|---|---:|---:|---|"]
-        for d in compare_runs(a, b):
-            ch = ""
-            if d.verdict in ("better", "worse", "changed"):
-                ch = "**" + " ".join(x for x in (format_delta(d), d.verdict) if x) + "**"
-            lines.append(f"| {_md(d.name)} | {_md(d.a)} | {_md(d.b)} | {_md(ch)} |")
-        lines += _md_notes(runs)
-        changes = decision_changes(a, b)
-        if changes:
-            lines += ["", "Plan decisions that differ (B's reasons):", "",
-                      "| choice | A | B | reason (B) |", "|---|---|---|---|"]
-            lines += [f"| {_md(n)} | {_md(va)} | {_md(vb)} | {_md(why)} |"
-                      for n, va, vb, why in changes]
-        return "\n".join(lines) + "\n"
-    header = "| figure | " + " | ".join(f"`{_md(r.name)}`" for r in runs) + " |"
-    lines += [header, "|---|" + "---:|" * len(runs)]
-    base = runs[0]
-    for i, (group, name, unit, get, _better, scale) in enumerate(_SPECS):
-        vals = [get(r) for r in runs]
-        if all(v is None for v in vals):
-            continue
-        lines.append(f"| {_md(name)} | " + " | ".join(_md(_show(v, unit, scale)) for v in vals)
-                     + " |")
-    lines += _md_notes(runs)
-    if len(runs) == 1:
-        r = base
-        if r.plan is not None:
-            lines += ["", "| choice | value | reason |", "|---|---|---|"]
-            lines += [f"| {_md(d.name)} | {_md(d.value)} | {_md(d.reason)} |"
-                      for d in r.plan.decisions]
-        for c in r.costs:
-            lines += ["", f"Cost ({_md(c.label)}): {_md(c.arithmetic)} "
-                          f"(price: {_md(c.price_source)}; rate: {_md(c.rate_source)})"]
-    return "\n".join(lines) + "\n"
