@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from trainers.records import Record
@@ -283,11 +283,41 @@ def find_max_batch(
         cap, margin outside [0, 1), ...).
     """
     budget_bytes = _check_int("budget_bytes", budget_bytes, 1)
-    multiple = _check_int("multiple", multiple, 1)
-    max_batch = _check_int("max_batch", max_batch, 1)
     device_count = _check_int("device_count", device_count, 1)
     prefetch = _check_int("prefetch_bytes_per_image", prefetch_bytes_per_image, 0)
     margin = _check_margin(margin)
+    cap, start = _search_bounds(multiple, lo, hi, max_batch)
+    usable_total = int(math.floor(budget_bytes * (1.0 - margin)))
+    search = _MemorySearch(memory_bytes, usable_total=usable_total, prefetch=prefetch,
+                           multiple=multiple, cap=cap)
+    search.measure(start)
+    if not search.fits(start):
+        raise NoBatchFits(
+            start,
+            f"per-device batch {start} needs {format_bytes(search.evals[start])} + "
+            f"{format_bytes(prefetch * start)} prefetch, more than the "
+            f"{format_bytes(search.usable_total)} usable ({format_bytes(budget_bytes)} x "
+            f"{1 - margin:.2f}); lower `multiple`, the image size or the model")
+    search.best = start
+    if start < cap:
+        b2 = min(4 * start, cap)
+        search.measure(b2)
+        search.record(b2)
+    search.refine()
+    return _memory_result(search, budget_bytes=budget_bytes, margin=margin,
+                          device_count=device_count)
+
+
+def _search_bounds(multiple: int, lo: int | None, hi: int | None,
+                   max_batch: int) -> tuple[int, int]:
+    """``(cap, start)`` of :func:`find_max_batch`: the largest and the first batch,
+    multiples of ``multiple``.
+
+    Raises:
+      ValueError / TypeError: the bounds are not integers or leave no multiple.
+    """
+    multiple = _check_int("multiple", multiple, 1)
+    max_batch = _check_int("max_batch", max_batch, 1)
     cap_raw = max_batch if hi is None else min(_check_int("hi", hi, 1), max_batch)
     cap = _round_down(cap_raw, multiple)
     if cap < multiple:
@@ -297,170 +327,163 @@ def find_max_batch(
     start = multiple if lo is None else _round_up(_check_int("lo", lo, 1), multiple)
     if start > cap:
         raise ValueError(f"{_FILE}: lo ({lo}, rounded up to {start}) exceeds the batch cap ({cap})")
+    return cap, start
 
-    usable_total = int(math.floor(budget_bytes * (1.0 - margin)))
-    evals: dict[int, int] = {}
-    order: list[int] = []
 
-    def measure(b: int) -> None:
-        value = memory_bytes(b)
+@dataclass
+class _MemorySearch:
+    """The state of :func:`find_max_batch`: measured bytes per batch, the bracket
+    (``best`` fits, ``fail`` does not) and the Illinois / gallop bookkeeping."""
+
+    memory_bytes: Callable[[int], int | None]
+    usable_total: int
+    prefetch: int
+    multiple: int
+    cap: int
+    evals: dict[int, int] = field(default_factory=dict)
+    order: list[int] = field(default_factory=list)
+    best: int = 0              # largest batch measured to fit
+    fail: int | None = None    # smallest batch measured not to fit
+    weight_best: float = 1.0
+    weight_fail: float = 1.0
+    last_side: str = ""
+    side_run: int = 0
+    extrap_fits: int = 0       # consecutive extrapolations that still fit (unbracketed)
+
+    def measure(self, b: int) -> None:
+        value = self.memory_bytes(b)
         if value is None or isinstance(value, bool) or value <= 0:
             raise MemoryAnalysisUnavailable(b, value)
-        evals[b] = int(value)
-        order.append(b)
+        self.evals[b] = int(value)
+        self.order.append(b)
 
-    def need(b: int) -> int:
-        return evals[b] + prefetch * b
+    def need(self, b: int) -> int:
+        return self.evals[b] + self.prefetch * b
 
-    def fits(b: int) -> bool:
-        return need(b) <= usable_total
+    def fits(self, b: int) -> bool:
+        return self.need(b) <= self.usable_total
 
-    measure(start)
-    if not fits(start):
-        raise NoBatchFits(
-            start,
-            f"per-device batch {start} needs {format_bytes(evals[start])} + "
-            f"{format_bytes(prefetch * start)} prefetch, more than the "
-            f"{format_bytes(usable_total)} usable ({format_bytes(budget_bytes)} x "
-            f"{1 - margin:.2f}); lower `multiple`, the image size or the model")
-
-    best = start          # largest batch measured to fit
-    fail: int | None = None  # smallest batch measured not to fit
-
-    def line(x0: int, x1: int) -> tuple[float, float]:
+    def line(self, x0: int, x1: int) -> tuple[float, float]:
         """(intercept, slope) in bytes and bytes/image of the total need through x0, x1."""
-        slope = (need(x1) - need(x0)) / (x1 - x0)
-        return need(x0) - slope * x0, slope
+        slope = (self.need(x1) - self.need(x0)) / (x1 - x0)
+        return self.need(x0) - slope * x0, slope
 
-    def record(b: int) -> None:
-        nonlocal best, fail
-        if fits(b):
-            best = max(best, b)
-        elif fail is None or b < fail:
-            fail = b
+    def record(self, b: int) -> None:
+        if self.fits(b):
+            self.best = max(self.best, b)
+        elif self.fail is None or b < self.fail:
+            self.fail = b
 
-    if start < cap:
-        b2 = min(4 * start, cap)
-        measure(b2)
-        record(b2)
-
-    # Once bracketed: regula falsi with Illinois weights (Dowell & Jarratt 1971): when
-    # the same bracket end moves twice in a row, the other end's excess bytes are
-    # halved, so the secant does not creep in from one side of a curved memory line.
-    # Plus a gallop: after a run of k >= 3 moves of the same end, the next step from
-    # that end is at least 2**(k-2) multiples (never past the bracket's midpoint), so a
-    # staircase-shaped memory curve costs O(log) compilations, not one per multiple.
-    weight_best = weight_fail = 1.0
-    last_side, side_run = "", 0
-    extrap_fits = 0   # consecutive extrapolations that still fit (unbracketed phase)
-    while True:
-        upper = cap if fail is None else min(cap, fail - multiple)
-        if best >= upper:
-            break
-        extrapolated = False
-        if fail is None:
-            # Extrapolate the line through the two largest fitting batches (the widest
-            # pair if that one is flat); double when the line keeps under-predicting.
-            fitting = sorted(b for b in evals if fits(b))
-            fixed, slope = line(fitting[-2], fitting[-1])
-            if slope <= 0:
-                fixed, slope = line(fitting[0], fitting[-1])
-            if slope > 0 and extrap_fits < 2:
-                predicted = _round_down((usable_total - fixed) / slope, multiple)
-                cand = predicted if predicted > best else best + multiple
-                extrapolated = True
+    def refine(self) -> None:
+        """Measure candidates until the next multiple above ``best`` is known to fail
+        or ``best`` is the cap."""
+        while True:
+            upper = self.cap if self.fail is None else min(self.cap, self.fail - self.multiple)
+            if self.best >= upper:
+                return
+            if self.fail is None:
+                cand, extrapolated = self._extrapolate()
             else:
-                cand = 2 * best
-        else:
-            g_best = (need(best) - usable_total) * weight_best   # <= 0
-            g_fail = (need(fail) - usable_total) * weight_fail   # > 0
-            root = best + (fail - best) * (-g_best) / (g_fail - g_best)
-            below = [b for b in evals if b < best]
-            if below and weight_best == 1.0 and weight_fail == 1.0:
-                # Curvature: the parabola through a third point below the bracket
-                # (Brent-style; used only while the ends alternate, i.e. no stall).
-                third = max(below)
-                quad = _quadratic_root(
-                    [(x, need(x)) for x in (third, best, fail)], usable_total, best, fail)
-                if quad is not None:
-                    root = quad
-            predicted = _round_down(root, multiple)
-            cand = predicted if predicted > best else best + multiple
-            if side_run >= 3:
-                step = multiple * 2 ** (side_run - 2)
-                mid = best + ((fail - best) // multiple // 2) * multiple
-                if last_side == "best":
-                    cand = max(cand, min(best + step, mid))
-                else:
-                    cand = min(cand, max(fail - step, mid))
-        cand = max(best + multiple, min(cand, upper))
-        if cand in evals:  # cannot happen with a consistent bracket; guard anyway
-            break
-        measure(cand)
-        record(cand)
-        side = "best" if fits(cand) else "fail"
-        if side == "best":
-            weight_best = 1.0
-            weight_fail = weight_fail * 0.5 if last_side == "best" else 1.0
-        else:
-            weight_fail = 1.0
-            weight_best = weight_best * 0.5 if last_side == "fail" else 1.0
-        side_run = side_run + 1 if side == last_side else 1
-        last_side = side
-        extrap_fits = extrap_fits + 1 if (extrapolated and side == "best") else 0
+                cand, extrapolated = self._interpolate(), False
+            cand = max(self.best + self.multiple, min(cand, upper))
+            if cand in self.evals:  # cannot happen with a consistent bracket; guard anyway
+                return
+            self.measure(cand)
+            self.record(cand)
+            self._update_weights(cand, extrapolated)
 
-    limited_by = "memory" if fail is not None and fail - multiple <= best else "max_batch"
-    chosen = best
-    step_bytes = evals[chosen]
-    prefetch_at = prefetch * chosen
-    usable_at = usable_total - prefetch_at
-    global_batch = chosen * device_count
-    # The line through the two points nearest the boundary, for the report.
+    def _extrapolate(self) -> tuple[int, bool]:
+        """Unbracketed: the line through the two largest fitting batches (the widest
+        pair if that one is flat) predicts the largest fit; double when the line keeps
+        under-predicting. Returns ``(candidate, extrapolated)``."""
+        fitting = sorted(b for b in self.evals if self.fits(b))
+        fixed, slope = self.line(fitting[-2], fitting[-1])
+        if slope <= 0:
+            fixed, slope = self.line(fitting[0], fitting[-1])
+        if slope > 0 and self.extrap_fits < 2:
+            predicted = _round_down((self.usable_total - fixed) / slope, self.multiple)
+            return (predicted if predicted > self.best else self.best + self.multiple), True
+        return 2 * self.best, False
+
+    def _interpolate(self) -> int:
+        """Bracketed: regula falsi with Illinois weights (Dowell & Jarratt 1971; the end
+        that stays put twice has its excess halved), or the parabola through a third
+        point below the bracket while the ends alternate (Brent-style, for curved
+        memory); after a run of k >= 3 moves of the same end, a gallop of at least
+        2**(k-2) multiples from it, never past the bracket's midpoint (staircase
+        memory curves then cost O(log) compilations)."""
+        best, fail, m = self.best, self.fail, self.multiple
+        g_best = (self.need(best) - self.usable_total) * self.weight_best   # <= 0
+        g_fail = (self.need(fail) - self.usable_total) * self.weight_fail   # > 0
+        root = best + (fail - best) * (-g_best) / (g_fail - g_best)
+        below = [b for b in self.evals if b < best]
+        if below and self.weight_best == 1.0 and self.weight_fail == 1.0:
+            quad = _quadratic_root([(x, self.need(x)) for x in (max(below), best, fail)],
+                                   self.usable_total, best, fail)
+            if quad is not None:
+                root = quad
+        predicted = _round_down(root, m)
+        cand = predicted if predicted > best else best + m
+        if self.side_run >= 3:
+            step = m * 2 ** (self.side_run - 2)
+            mid = best + ((fail - best) // m // 2) * m
+            if self.last_side == "best":
+                cand = max(cand, min(best + step, mid))
+            else:
+                cand = min(cand, max(fail - step, mid))
+        return cand
+
+    def _update_weights(self, cand: int, extrapolated: bool) -> None:
+        side = "best" if self.fits(cand) else "fail"
+        if side == "best":
+            self.weight_best = 1.0
+            self.weight_fail = self.weight_fail * 0.5 if self.last_side == "best" else 1.0
+        else:
+            self.weight_fail = 1.0
+            self.weight_best = self.weight_best * 0.5 if self.last_side == "fail" else 1.0
+        self.side_run = self.side_run + 1 if side == self.last_side else 1
+        self.last_side = side
+        self.extrap_fits = self.extrap_fits + 1 if (extrapolated and side == "best") else 0
+
+
+def _memory_result(s: _MemorySearch, *, budget_bytes: int, margin: float,
+                   device_count: int) -> BatchSearchResult:
+    """The :class:`BatchSearchResult` of a finished :class:`_MemorySearch`, with the
+    line through the two measurements nearest the boundary and the reason."""
+    best, fail, prefetch = s.best, s.fail, s.prefetch
+    limited_by = "memory" if fail is not None and fail - s.multiple <= best else "max_batch"
+    prefetch_at = prefetch * best
+    usable_at = s.usable_total - prefetch_at
     if fail is not None:
-        fixed_bytes, per_image = line(best, fail)
-    elif len(evals) >= 2:
-        top = sorted(evals)[-2:]
-        fixed_bytes, per_image = line(top[0], top[1])
+        fixed_bytes, per_image = s.line(best, fail)
+    elif len(s.evals) >= 2:
+        fixed_bytes, per_image = s.line(*sorted(s.evals)[-2:])
     else:
         fixed_bytes, per_image = None, None
-    per_image_step = None if per_image is None else per_image - prefetch
-
     pre = (f" - {format_bytes(prefetch_at)} input prefetch" if prefetch else "")
     if limited_by == "memory":
-        assert fail is not None
-        beyond = (f"; batch {fail} would need {format_bytes(evals[fail])}"
+        beyond = (f"; batch {fail} would need {format_bytes(s.evals[fail])}"
                   + (f" + {format_bytes(prefetch * fail)} prefetch" if prefetch else ""))
     else:
-        beyond = f"; capped at max batch {cap}"
+        beyond = f"; capped at max batch {s.cap}"
     reason = (
-        f"per-device batch {chosen}: {format_bytes(step_bytes)} of "
+        f"per-device batch {best}: {format_bytes(s.evals[best])} of "
         f"{format_bytes(usable_at)} usable ({format_bytes(budget_bytes)} x "
-        f"{1 - margin:.2f}{pre}){beyond}; {len(order)} compilations; global batch "
-        f"{global_batch} = {chosen} x {device_count} device(s), divisible by the device "
+        f"{1 - margin:.2f}{pre}){beyond}; {len(s.order)} compilations; global batch "
+        f"{best * device_count} = {best} x {device_count} device(s), divisible by the device "
         f"count because the search is per device; {margin:.0%} margin for allocator "
         "fragmentation")
     return BatchSearchResult(
-        per_device_batch=chosen,
-        device_count=device_count,
-        global_batch=global_batch,
-        multiple=multiple,
-        predicted_bytes=step_bytes,
-        prefetch_bytes=prefetch_at,
-        prefetch_bytes_per_image=prefetch,
-        usable_budget_bytes=usable_at,
-        budget_bytes=budget_bytes,
-        margin=margin,
-        margin_reason=MARGIN_REASON,
-        compilations=len(order),
-        evaluations=tuple(
-            BatchEvaluation(batch=b, bytes=evals[b], total_bytes=need(b), fits=fits(b))
-            for b in order),
+        per_device_batch=best, device_count=device_count, global_batch=best * device_count,
+        multiple=s.multiple, predicted_bytes=s.evals[best], prefetch_bytes=prefetch_at,
+        prefetch_bytes_per_image=prefetch, usable_budget_bytes=usable_at,
+        budget_bytes=budget_bytes, margin=margin, margin_reason=MARGIN_REASON,
+        compilations=len(s.order),
+        evaluations=tuple(BatchEvaluation(batch=b, bytes=s.evals[b], total_bytes=s.need(b),
+                                          fits=s.fits(b)) for b in s.order),
         fixed_bytes=None if fixed_bytes is None else float(fixed_bytes),
-        bytes_per_image=None if per_image_step is None else float(per_image_step),
-        limited_by=limited_by,
-        method=METHOD_MEMORY_ANALYSIS,
-        reason=reason,
-    )
+        bytes_per_image=None if per_image is None else float(per_image - prefetch),
+        limited_by=limited_by, method=METHOD_MEMORY_ANALYSIS, reason=reason)
 
 
 def _quadratic_root(points: list[tuple[int, int]], target: int, lo: int, hi: int) -> float | None:
@@ -533,75 +556,80 @@ def find_max_batch_by_trial(
     first = min(_round_up(_check_int("start", start, 1), multiple), cap)
 
     results: dict[int, bool] = {}
-    order: list[int] = []
 
     def trial(b: int) -> bool:
-        ok = bool(fits(b))
-        results[b] = ok
-        order.append(b)
-        return ok
+        results[b] = bool(fits(b))
+        return results[b]
 
     if trial(first):
-        best, fail = first, None
-        while best < cap:
-            b = min(2 * best, cap)
-            if trial(b):
-                best = b
-            else:
-                fail = b
-                break
+        best, fail = _double_until_fail(trial, first, cap)
     else:
-        fail, best = first, None
-        b = first
-        while best is None:
-            if b <= multiple:
-                raise NoBatchFits(
-                    b, f"real steps at per-device batch {b} (the smallest multiple of "
-                    f"{multiple}) ran out of memory; tried {order}")
-            b = max(multiple, _round_down(b // 2, multiple))
-            if trial(b):
-                best = b
-            else:
-                fail = b
+        best, fail = _halve_until_fit(trial, first, multiple, results)
     while fail is not None and fail - best > multiple:
         mid = best + ((fail - best) // multiple // 2) * multiple
         if trial(mid):
             best = mid
         else:
             fail = mid
+    return _trial_result(results, found=best, fail=fail, cap=cap, multiple=multiple,
+                         margin=margin, device_count=device_count)
 
-    found = best
+
+def _double_until_fail(trial: Callable[[int], bool], first: int,
+                       cap: int) -> tuple[int, int | None]:
+    """From a fitting ``first``: double until a batch fails or the cap fits.
+    Returns ``(best, fail)`` (``fail`` None when the cap fit)."""
+    best = first
+    while best < cap:
+        b = min(2 * best, cap)
+        if not trial(b):
+            return best, b
+        best = b
+    return best, None
+
+
+def _halve_until_fit(trial: Callable[[int], bool], first: int, multiple: int,
+                     results: dict[int, bool]) -> tuple[int, int]:
+    """From a failing ``first``: halve (rounded down to ``multiple``) until a batch
+    fits. Returns ``(best, fail)``.
+
+    Raises:
+      NoBatchFits: ``multiple`` itself failed.
+    """
+    fail = b = first
+    while True:
+        if b <= multiple:
+            raise NoBatchFits(
+                b, f"real steps at per-device batch {b} (the smallest multiple of "
+                f"{multiple}) ran out of memory; tried {list(results)}")
+        b = max(multiple, _round_down(b // 2, multiple))
+        if trial(b):
+            return b, fail
+        fail = b
+
+
+def _trial_result(results: dict[int, bool], *, found: int, fail: int | None, cap: int,
+                  multiple: int, margin: float, device_count: int) -> BatchSearchResult:
+    """The :class:`BatchSearchResult` of a trial search: ``found`` less the margin,
+    rounded down to ``multiple`` but not below it."""
     chosen = max(multiple, _round_down(found * (1.0 - margin), multiple))
-    limited_by = "memory" if fail is not None else "max_batch"
     global_batch = chosen * device_count
     beyond = f"batch {fail} ran out of memory" if fail is not None else f"capped at {cap}"
     reason = (
         f"per-device batch {chosen}: largest batch whose real steps ran was {found} "
         f"({beyond}), minus {margin:.0%} margin, rounded down to a multiple of "
-        f"{multiple}; {len(order)} trials; global batch {global_batch} = {chosen} x "
+        f"{multiple}; {len(results)} trials; global batch {global_batch} = {chosen} x "
         f"{device_count} device(s)")
     return BatchSearchResult(
-        per_device_batch=chosen,
-        device_count=device_count,
-        global_batch=global_batch,
-        multiple=multiple,
-        predicted_bytes=None,
-        prefetch_bytes=0,
-        prefetch_bytes_per_image=0,
-        usable_budget_bytes=None,
-        budget_bytes=None,
-        margin=margin,
-        margin_reason=MARGIN_REASON,
-        compilations=len(order),
-        evaluations=tuple(
-            BatchEvaluation(batch=b, bytes=None, total_bytes=None, fits=results[b])
-            for b in order),
-        fixed_bytes=None,
-        bytes_per_image=None,
-        limited_by=limited_by,
-        method=METHOD_TRIAL,
-        reason=reason,
-    )
+        per_device_batch=chosen, device_count=device_count, global_batch=global_batch,
+        multiple=multiple, predicted_bytes=None, prefetch_bytes=0, prefetch_bytes_per_image=0,
+        usable_budget_bytes=None, budget_bytes=None, margin=margin,
+        margin_reason=MARGIN_REASON, compilations=len(results),
+        evaluations=tuple(BatchEvaluation(batch=b, bytes=None, total_bytes=None, fits=ok)
+                          for b, ok in results.items()),
+        fixed_bytes=None, bytes_per_image=None,
+        limited_by="memory" if fail is not None else "max_batch", method=METHOD_TRIAL,
+        reason=reason)
 
 
 def next_smaller_batch(per_device_batch: int, multiple: int = 8) -> int:

@@ -230,42 +230,59 @@ def scale_learning_rate(
         lars_switch_batch = _check_batch("lars_switch_batch", lars_switch_batch)
 
     if name in SGD_FAMILY and (lars_switch_batch is None or global_batch <= lars_switch_batch):
-        lr0 = DEFAULT_BASE_LR[name] if base_lr is None else base_lr
-        lr = lr0 * global_batch / base_batch
-        return LrDecision(
-            optimizer=name, requested_optimizer=name, rule=RULE_LINEAR,
-            base_lr=lr0, base_batch=base_batch, global_batch=global_batch,
-            learning_rate=lr, warmup_epochs=5.0,
-            schedule=("linear warmup over 5 epochs, then the trainer's decay (Goyal et "
-                      "al.: /10 at epochs 30, 60, 80; cosine also common)"),
-            formula=f"{_g(lr0)} x {global_batch} / {base_batch} = {_g(lr)}",
-            source=_GOYAL, note="")
-
+        return _linear_rule(name, global_batch, base_lr, base_batch)
     if name in SGD_FAMILY or name == "lars":
-        peak, warmup = mlperf_lars_lr(global_batch)
-        note = ""
-        if name != "lars":
-            note = (f"{name} switched to LARS because the global batch {global_batch} "
-                    f"exceeds {lars_switch_batch}, where linear scaling stops holding "
-                    "(Goyal et al. 2017)")
-            if base_lr is not None:
-                note += f"; base_lr {_g(base_lr)} (an SGD rate) ignored for LARS"
-        elif base_lr is not None:
-            note = f"peak {_g(base_lr)} given; the MLPerf table says {_g(peak)}"
-            peak = base_lr
-        formula = (f"MLPerf LARS table: global batch {global_batch} "
-                   f"{_lars_band(global_batch)} -> peak {_g(peak)}, not scaled by the "
-                   "batch (LARS's layer-wise trust ratio sets each layer's step)")
-        if name == "lars" and base_lr is not None:
-            formula = f"given peak {_g(peak)} (LARS: not scaled by the batch)"
-        return LrDecision(
-            optimizer="lars", requested_optimizer=name, rule=RULE_LARS,
-            base_lr=peak, base_batch=global_batch, global_batch=global_batch,
-            learning_rate=peak, warmup_epochs=warmup,
-            schedule=(f"linear warmup over {_g(warmup)} epochs, then polynomial decay "
-                      f"(power 2) to {_g(LARS_END_LR)}; optax.lars momentum 0.9"),
-            formula=formula, source=_LARS, note=note)
+        return _lars_rule(name, global_batch, base_lr, lars_switch_batch)
+    return _sqrt_rule(name, global_batch, base_lr, base_batch)
 
+
+def _linear_rule(name: str, global_batch: int, base_lr: float | None,
+                 base_batch: int) -> LrDecision:
+    """Goyal et al.: ``base_lr x global_batch / base_batch``, 5 warmup epochs."""
+    lr0 = DEFAULT_BASE_LR[name] if base_lr is None else base_lr
+    lr = lr0 * global_batch / base_batch
+    return LrDecision(
+        optimizer=name, requested_optimizer=name, rule=RULE_LINEAR,
+        base_lr=lr0, base_batch=base_batch, global_batch=global_batch,
+        learning_rate=lr, warmup_epochs=5.0,
+        schedule=("linear warmup over 5 epochs, then the trainer's decay (Goyal et "
+                  "al.: /10 at epochs 30, 60, 80; cosine also common)"),
+        formula=f"{_g(lr0)} x {global_batch} / {base_batch} = {_g(lr)}",
+        source=_GOYAL, note="")
+
+
+def _lars_rule(name: str, global_batch: int, base_lr: float | None,
+               lars_switch_batch: int | None) -> LrDecision:
+    """LARS with the MLPerf table's peak and warmup (a given peak replaces the
+    table's only when LARS was asked for)."""
+    peak, warmup = mlperf_lars_lr(global_batch)
+    note = ""
+    if name != "lars":
+        note = (f"{name} switched to LARS because the global batch {global_batch} "
+                f"exceeds {lars_switch_batch}, where linear scaling stops holding "
+                "(Goyal et al. 2017)")
+        if base_lr is not None:
+            note += f"; base_lr {_g(base_lr)} (an SGD rate) ignored for LARS"
+    elif base_lr is not None:
+        note = f"peak {_g(base_lr)} given; the MLPerf table says {_g(peak)}"
+        peak = base_lr
+    formula = (f"MLPerf LARS table: global batch {global_batch} "
+               f"{_lars_band(global_batch)} -> peak {_g(peak)}, not scaled by the "
+               "batch (LARS's layer-wise trust ratio sets each layer's step)")
+    if name == "lars" and base_lr is not None:
+        formula = f"given peak {_g(peak)} (LARS: not scaled by the batch)"
+    return LrDecision(
+        optimizer="lars", requested_optimizer=name, rule=RULE_LARS,
+        base_lr=peak, base_batch=global_batch, global_batch=global_batch,
+        learning_rate=peak, warmup_epochs=warmup,
+        schedule=(f"linear warmup over {_g(warmup)} epochs, then polynomial decay "
+                  f"(power 2) to {_g(LARS_END_LR)}; optax.lars momentum 0.9"),
+        formula=formula, source=_LARS, note=note)
+
+
+def _sqrt_rule(name: str, global_batch: int, base_lr: float | None,
+               base_batch: int) -> LrDecision:
+    """Krizhevsky: ``base_lr x sqrt(global_batch / base_batch)``, 5 warmup epochs."""
     lr0 = DEFAULT_BASE_LR[name] if base_lr is None else base_lr
     lr = lr0 * math.sqrt(global_batch / base_batch)
     return LrDecision(

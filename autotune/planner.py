@@ -1,46 +1,73 @@
-"""The planner: a pure function from a probe report to a plan (no I/O, no JAX).
+"""The planner: pure functions from a probe report to a plan (no I/O, no JAX).
 
-Every choice comes with its reason and its numbers (:class:`Decision`). The rules:
+One small function per decision, each returning its value and a :class:`Decision`
+(name, value shown, reason with the numbers); :func:`make_plan` composes them. The
+planner also owns what follows from a plan: the trainer's settings
+(:func:`train_config`, :func:`loop_options`, :func:`pack_options`,
+:func:`pack_cache_key`, pure renames with no policy in them) and the out-of-memory
+step-down (:func:`step_down`). The rules:
 
-* **Batch**: the preset's fixed per-device batch, or the largest that fits from the
-  batch search; global batch = per-device x devices x hosts.
-* **Learning rate**: ``autotune.lr_rules.scale_learning_rate`` (linear rule with
-  warmup, Goyal et al. 2017; LARS above 8k; square root for Adam).
+* **Batch** (:func:`choose_per_device_batch`): the command line's, the batch search's,
+  or the preset's fixed per-device batch; global batch = per-device x local devices x
+  hosts, with the local device count given in the :class:`PlanRequest`.
+* **Learning rate** (:func:`choose_learning_rate`):
+  ``autotune.lr_rules.scale_learning_rate`` (linear rule with warmup, Goyal et al.
+  2017; LARS above 8k; square root for Adam); warmup capped by the preset's.
 * **Step rate**: the train step's measured images/s per host: what the input
-  pipeline must deliver.
-* **Decode threads**: the fewest threads whose measured decode + augmentation rate
-  covers the step rate with a 10% margin; on a CPU backend at most half the cores,
-  since the step computes on the same cores.
-* **Pack-time resize** (MXNet im2rec / FFCV habit): when the training side is
-  <= 64 px (decoding a full photo for a 32 px crop wastes most of the work: DCT
-  scaling stops at 1/8), or when full-size decode cannot feed the step rate; the
-  shorter side becomes ``ceil8(1.5 x image_size)`` for small images, else
-  ``ceil8(image_size x 256 / 224)``; the predicted decode speed-up is the pixel ratio.
-* **Worker processes**: when the decode curve's parallel efficiency at the chosen
-  thread count is below 50% on a host with >= 4 cores (GIL-bound threads), the same
-  count runs as Grain worker processes (assumed 90% efficient).
-* **Cache decoded images**: when the decoded data set at its stored resolution
-  takes at most 25% of the available RAM of a host.
-* **Read mode**: ``random`` when random reads at record size (queue depth = the
-  pipeline's threads) deliver >= 1.2 x the step rate, or when the data set fits in the
-  page cache (the disk then matters only for the first epoch); else ``sequential``.
-* **Shards**: at least ``hosts x threads x 4`` (parallel reading, per-host
-  partitions), each at least ``bandwidth x access latency x 19`` bytes so that the
-  seek on opening a shard costs under 5% of reading it; near 256 MiB between those
-  bounds.
-* **Prefetch**: ``threads + 2`` host batches (each thread builds a whole batch, so
-  fewer would idle threads), within 5% of RAM; 2 batches on the device (double
-  buffering).
+  pipeline must deliver, with a 10% margin.
+* **Pack-time resize** (:func:`choose_pack_resize`, MXNet im2rec / FFCV habit): when
+  the training side is <= 64 px (decoding a full photo for a 32 px crop wastes most of
+  the work: DCT scaling stops at 1/8), or when full-size decode cannot feed the step
+  rate and the resize decodes faster; the shorter side becomes ``ceil8(1.5 x S)`` for
+  small images, else ``ceil8(S x 256 / 224)``. The decode speed-up
+  (:func:`resize_speedup`) is the one the decode probe measured on the user's images
+  stored that way (its ``variants``), else modelled as the pixel ratio capped at 4x.
+* **Decode threads** (:func:`choose_decode_threads`): the fewest threads whose
+  measured decode + augmentation rate (x the resize speed-up) covers the step rate
+  with a 10% margin; on a CPU backend at most half the cores, since the step computes
+  on the same cores.
+* **Worker processes** (:func:`choose_decode_workers`): when the decode curve's
+  parallel efficiency at the chosen thread count is below 50% on a host with >= 4
+  cores (GIL-bound threads), the same count runs as Grain worker processes (assumed
+  90% efficient); not when threads or the decoded cache were asked for.
+* **Cache decoded images** (:func:`choose_cache_decoded`): when the decoded data set
+  at its stored resolution takes at most 25% of the available RAM of a host, and no
+  worker processes decode (the cache lives in the training process).
+* **Page cache** (:func:`fits_page_cache`, the one rule): a host's share of the
+  stored data set is at most half its RAM.
+* **Read mode** (:func:`choose_read_mode`): ``random`` when random reads at record
+  size (queue depth = the pipeline's threads) deliver >= 1.2 x the step rate, or when
+  the data set fits in the page cache (the disk then matters only for the first
+  epoch); else ``sequential``, with a shuffle window of 4,096 records
+  (:func:`choose_shuffle_window`).
+* **Shards** (:func:`shard_count`): at least ``hosts x threads x 4`` (parallel
+  reading, per-host partitions), each at least ``bandwidth x access latency x 19``
+  bytes so that the seek on opening a shard costs under 5% of reading it; near
+  256 MiB between those bounds.
+* **Prefetch** (:func:`choose_prefetch`): ``threads + 2`` host batches (each thread
+  builds a whole batch, so fewer would idle threads), within 5% of RAM; 2 batches on
+  the device (double buffering).
+* **Pack threads** (:func:`choose_pack_threads`): the probe's usable cores.
+* **Bottleneck** (:func:`predict_throughput`): the slowest of compute, decode and
+  (when the data set does not fit in the page cache) disk.
+* **Out of memory** (:func:`step_down`): the next smaller per-device batch and the
+  learning rate rescaled by the plan's rule.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 import math
 from dataclasses import dataclass
+from typing import Any, NamedTuple, Sequence
 
-from autotune.lr_rules import LrDecision, scale_learning_rate
+from autotune.batch_search import NoBatchFits, next_smaller_batch
+from autotune.lr_rules import LrDecision, rescale_after_batch_change, scale_learning_rate
 from autotune.presets import Preset
 from autotune.probe_report import ProbeReport
+from trainers.options import LoopOptions, PackOptions, TrainConfig
 from trainers.records import Record
 
 #: Input capacity must exceed the step rate by this factor.
@@ -50,16 +77,25 @@ RANDOM_READ_MARGIN = 1.20
 #: Shard opening overhead budget: size >= bandwidth x latency x 19 keeps it < 5%.
 SEEK_FACTOR = 19
 TARGET_SHARD_BYTES = 256 << 20
+#: The decoded cache may take this fraction of a host's available RAM.
 CACHE_RAM_FRACTION = 0.25
+#: A host's share of the stored data set stays in the page cache when it is at most
+#: this fraction of the host's RAM (the rest for the process itself).
+PAGE_CACHE_RAM_FRACTION = 0.5
 #: Below this parallel efficiency at the chosen thread count, decode threads are taken
 #: to be GIL-bound and worker processes are used instead.
 GIL_EFFICIENCY = 0.5
 #: Assumed efficiency of decode worker processes (inter-process copies).
 PROCESS_EFFICIENCY = 0.9
-#: Decode speed-up credited to a pack-time resize is at most this (fixed per-image
-#: costs: header parsing, Python, the crop's resize).
+#: Modelled decode speed-up of a pack-time resize is at most this (fixed per-image
+#: costs: header parsing, Python, the crop's resize); a measured one is not capped.
 MAX_RESIZE_SPEEDUP = 4.0
 PREFETCH_RAM_FRACTION = 0.05
+#: Batches on the device ahead of the step (double buffering).
+DEVICE_PREFETCH = 2
+#: Records shuffled together when shards are read front to back.
+SHUFFLE_WINDOW = 4096
+GIVEN = "given on the command line"
 
 
 @dataclass(frozen=True)
@@ -76,14 +112,20 @@ class PlanRequest(Record):
     """What the user asked for beyond the preset.
 
     Attributes:
-      num_hosts: processes (machines) in the run.
+      num_hosts: processes (machines) in the run (>= 1).
       epochs: overrides the preset's epochs.
       per_device_batch: overrides the batch search / preset.
       decode_threads: overrides the decode thread choice.
-      read_mode: overrides the read-mode choice.
+      read_mode: overrides the read-mode choice (``random`` or ``sequential``).
       num_shards: overrides the shard count.
       pack_resize: overrides the pack-time resize (0: keep originals).
       cache_decoded: overrides the cache choice.
+      local_devices: accelerators on each host of this run (>= 1), e.g.
+        ``jax.local_device_count()``; the plan's ``local_devices`` and global batch
+        come from it. ``None``: the probe's device count (the probe ran here).
+
+    Raises:
+      ValueError: a value out of range (the message names it).
     """
 
     num_hosts: int = 1
@@ -94,15 +136,33 @@ class PlanRequest(Record):
     num_shards: int | None = None
     pack_resize: int | None = None
     cache_decoded: bool | None = None
+    local_devices: int | None = None
 
     RENAMED = {"threads": "decode_threads"}
+
+    def __post_init__(self):
+        for name in ("num_hosts", "local_devices", "per_device_batch", "decode_threads",
+                     "num_shards"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} ({value}) must be >= 1")
+        if self.read_mode not in (None, "random", "sequential"):
+            raise ValueError(f"read mode {self.read_mode!r}: expected random or sequential")
+        if self.epochs is not None and self.epochs <= 0:
+            raise ValueError(f"epochs ({self.epochs}) must be > 0")
 
 
 @dataclass(frozen=True)
 class Plan(Record):
     """What ``autotune train --auto`` will run, with the reasons.
 
-    Throughputs are per host unless named ``global``; bytes are bytes.
+    Throughputs are per host unless named ``global``; bytes are bytes. The trainer
+    settings follow from the fields by name (:func:`loop_options`,
+    :func:`pack_options`): ``shuffle_window`` is the window used when reading
+    sequentially (filled in either mode), ``cache_decoded`` is already off when
+    ``decode_workers`` decode, ``pack_threads`` are the threads of the pack step,
+    ``resize_speedup`` is the decode speed-up credited to ``pack_resize`` (1.0
+    without it).
     """
 
     preset: str
@@ -136,6 +196,8 @@ class Plan(Record):
     decisions: tuple[Decision, ...]
     step_bytes: int | None = None
     decode_workers: int = 0
+    pack_threads: int = 2
+    resize_speedup: float = 1.0
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -156,10 +218,307 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.1f} MiB"
 
 
+def _given(name: str, value: Any) -> Decision:
+    return Decision(name, str(value), GIVEN)
+
+
+def fits_page_cache(dataset_bytes: float, ram_bytes: float, num_hosts: int = 1) -> bool:
+    """The one page-cache rule: each host reads its ``1 / num_hosts`` share of the
+    stored data set, which stays in the page cache after the first epoch when it is at
+    most half the host's RAM (:data:`PAGE_CACHE_RAM_FRACTION`; the other half for the
+    training process: decoded cache, prefetch, the model's host copies)."""
+    return dataset_bytes / max(1, num_hosts) <= PAGE_CACHE_RAM_FRACTION * ram_bytes
+
+
+# ---------------------------------------------------------------- batch and rate
+
+def _step_memory(report: ProbeReport, batch: int):
+    return next((m for m in report.accelerator.step_memory if m.per_device_batch == batch),
+                None)
+
+
+def step_bytes_at(report: ProbeReport, batch: int) -> int | None:
+    """Bytes the compiled step needs at per-device ``batch``: the batch search's
+    prediction when it chose that batch, else the probe's compiled memory there."""
+    search = report.batch_search
+    if search is not None and search.per_device_batch == batch:
+        return search.predicted_bytes
+    mem = _step_memory(report, batch)
+    return mem.total if mem else None
+
+
+def choose_per_device_batch(report: ProbeReport, preset: Preset, *, all_devices: int,
+                            requested: int | None = None) -> tuple[int, Decision]:
+    """The command line's batch, else the batch search's, else the preset's fixed one
+    for ``all_devices`` (devices over all hosts), else the step rate's batch.
+
+    Raises:
+      ValueError: the preset's fixed batch needs more memory than the device has.
+    """
+    if requested:
+        return requested, _given("per_device_batch", requested)
+    if report.batch_search is not None:
+        search = report.batch_search
+        return search.per_device_batch, Decision("per_device_batch",
+                                                 str(search.per_device_batch), search.reason)
+    acc = report.accelerator
+    batch = preset.per_device_for(all_devices) or acc.step_rate.per_device_batch
+    mem = _step_memory(report, batch)
+    fit = (f"; the compiled step needs {_mib(mem.total)} of {_mib(acc.memory_limit_bytes)} "
+           f"({acc.memory_source})" if mem else "")
+    if mem and mem.total > acc.memory_limit_bytes:
+        raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
+                         f"the {acc.memory_limit_bytes:,} available; use a smaller batch")
+    return batch, Decision("per_device_batch", str(batch), f"fixed by preset {preset.name}{fit}")
+
+
+def choose_global_batch(per_device_batch: int, local_devices: int,
+                        num_hosts: int) -> tuple[int, Decision]:
+    """``per_device_batch x local_devices x num_hosts``."""
+    g = per_device_batch * local_devices * num_hosts
+    return g, Decision("global_batch", str(g), f"{per_device_batch} per device x "
+                                               f"{local_devices} devices x {num_hosts} hosts")
+
+
+def choose_learning_rate(preset: Preset, global_batch: int) -> tuple[LrDecision, float, Decision]:
+    """The preset's optimizer scaled to ``global_batch``; the rule's warmup (5 epochs
+    for the 90-epoch recipe) capped by the preset's own, so short schedules do not
+    spend most of their epochs warming up. Returns ``(lr, warmup_epochs, decision)``."""
+    lr = scale_learning_rate(preset.optimizer, global_batch, base_lr=preset.base_lr,
+                             base_batch=preset.base_batch)
+    warmup = min(lr.warmup_epochs, preset.warmup_epochs)
+    return lr, warmup, Decision(
+        "learning_rate", f"{lr.learning_rate:.4g}",
+        f"{lr.rule} rule: {lr.formula}, {warmup:g} warmup epochs ({lr.source})"
+        + (f"; {lr.note}" if lr.note else ""))
+
+
+# ---------------------------------------------------------------- decode
+
 def pack_resize_side(image_size: int) -> int:
     """Shorter side stored at pack time: ``ceil8(1.5 x S)`` for S <= 64 px, else
     ``ceil8(S x 256 / 224)`` (256 for 224 px: the ImageNet eval resize)."""
     return _ceil8(1.5 * image_size) if image_size <= 64 else _ceil8(image_size * 256 / 224)
+
+
+def stored_pixels(mean_pixels: float, resize: int | None) -> float:
+    """Mean pixels per image as stored: a 4:3 image of shorter side ``resize``
+    (``resize^2 x 4/3``), never more than the originals."""
+    return mean_pixels if not resize else min(mean_pixels, resize * resize * 4 / 3)
+
+
+def originals_rate(decode) -> float:
+    """Best measured images/s on the original bytes: the decode probe's
+    ``originals`` variant, else (older reports) the best point of its curve."""
+    v = decode.variant(None, False)
+    return v.best_images_per_s if v is not None else decode.best.images_per_s
+
+
+def resize_speedup(resize: int, *, mean_pixels: float, originals_ips: float,
+                   resized_ips: float | None = None) -> tuple[float, str]:
+    """Decode speed-up of storing the shorter side at ``resize`` px.
+
+    Measured when the decode probe timed the sample stored that way
+    (``resized_ips``, its best images/s): ``resized_ips / originals_ips``. Else
+    modelled: the pixel ratio (originals / stored, at least 1) capped at
+    :data:`MAX_RESIZE_SPEEDUP`.
+
+    Returns ``(speedup, reason)``.
+    """
+    if resized_ips is not None and originals_ips > 0:
+        s = resized_ips / originals_ips
+        return s, (f"shorter side {resize} px: measured on the sample, {_fmt(resized_ips)} "
+                   f"img/s vs {_fmt(originals_ips)} for the originals, decode speed-up "
+                   f"{s:.2f}x")
+    stored = stored_pixels(mean_pixels, resize)
+    ratio = max(1.0, mean_pixels / stored) if mean_pixels else 1.0
+    s = min(ratio, MAX_RESIZE_SPEEDUP)
+    return s, (f"shorter side {resize} px: ~{stored:,.0f} px/image instead of "
+               f"{mean_pixels:,.0f} (pixel ratio {ratio:.1f}x), predicted decode speed-up "
+               f"{s:.1f}x (capped at {MAX_RESIZE_SPEEDUP:g}x: per-image costs that do not "
+               f"shrink with the pixels)")
+
+
+def choose_pack_resize(*, image_size: int, mean_pixels: float, originals_ips: float,
+                       step_ips: float, resized_ips: float | None = None,
+                       requested: int | None = None) -> tuple[int | None, float, Decision]:
+    """The shorter side to store at pack time (None: the original bytes) and the
+    decode speed-up credited to it. The side is ``requested`` or
+    :func:`pack_resize_side`; ``resized_ips`` is the probe's best images/s on the
+    sample stored at that side, if measured. Resize when training at <= 64 px, or when
+    the originals' best decode rate is below ``step_ips x DECODE_MARGIN`` and the
+    resize decodes faster (:func:`resize_speedup`). Returns ``(resize, speedup,
+    decision)``."""
+    need = step_ips * DECODE_MARGIN
+    side = requested or pack_resize_side(image_size)
+    speedup, how = resize_speedup(side, mean_pixels=mean_pixels, originals_ips=originals_ips,
+                                  resized_ips=resized_ips)
+    if requested is not None:
+        resize, why = requested or None, GIVEN
+    elif image_size <= 64:
+        resize, why = side, (f"training at {image_size} px: decoding {mean_pixels:,.0f}-pixel "
+                             f"photos wastes most of the work (DCT scaling stops at 1/8)")
+    elif originals_ips >= need or speedup <= 1.0:
+        resize, why = None, (f"full-size decode ({_fmt(originals_ips)} img/s at best) "
+                             + (f"covers the step rate {_fmt(step_ips)} img/s x {DECODE_MARGIN}"
+                                if originals_ips >= need else
+                                f"is short of {_fmt(need)} img/s, but a resize would not "
+                                f"decode faster ({how})") + ": keep the original bytes")
+    else:
+        resize, why = side, (f"full-size decode peaks at {_fmt(originals_ips)} img/s < "
+                             f"{_fmt(need)} img/s needed (step rate {_fmt(step_ips)} x "
+                             f"{DECODE_MARGIN})")
+    if not resize:
+        return None, 1.0, Decision("pack_resize", "none", why)
+    return resize, speedup, Decision("pack_resize", f"{resize} px", f"{why}; {how}")
+
+
+def decode_thread_cap(points: Sequence[Any], *, cpu_backend: bool, usable_cores: int) -> int:
+    """Most decode threads to consider: half the usable cores on a CPU backend (the
+    step computes on the same cores), else the largest measured thread count."""
+    return max(1, usable_cores // 2) if cpu_backend else max(p.threads for p in points)
+
+
+def choose_decode_threads(points: Sequence[Any], *, speedup: float, step_ips: float,
+                          cpu_backend: bool, usable_cores: int,
+                          requested: int | None = None) -> tuple[int, Decision]:
+    """The fewest measured thread counts (within :func:`decode_thread_cap`) whose rate
+    x ``speedup`` covers ``step_ips x DECODE_MARGIN``; else the fastest of them."""
+    if requested:
+        return requested, _given("decode_threads", requested)
+    cap = decode_thread_cap(points, cpu_backend=cpu_backend, usable_cores=usable_cores)
+    candidates = [p for p in points if p.threads <= cap]
+    ok = [p for p in candidates if p.images_per_s * speedup >= step_ips * DECODE_MARGIN]
+    if not ok:
+        p = max(candidates, key=lambda q: q.images_per_s)
+        return p.threads, Decision(
+            "decode_threads", str(p.threads),
+            f"no thread count covers the step rate {_fmt(step_ips)} img/s; {p.threads} threads "
+            f"give the most, {_fmt(p.images_per_s * speedup)} img/s: the run will be "
+            f"decode-bound")
+    p = ok[0]
+    rate = p.images_per_s * speedup
+    return p.threads, Decision(
+        "decode_threads", str(p.threads),
+        f"{p.threads} threads: {_fmt(p.images_per_s)} img/s measured"
+        + (f" x {speedup:.1f} (resize)" if speedup > 1 else "")
+        + f" = {_fmt(rate)} img/s covers the step rate {_fmt(step_ips)} img/s with "
+          f"{rate / step_ips - 1:.0%} margin"
+        + (f" (CPU backend: at most {cap} of {usable_cores} cores for decode)"
+           if cpu_backend else ""))
+
+
+def choose_decode_workers(points: Sequence[Any], *, threads: int, usable_cores: int,
+                          cpu_backend: bool, threads_given: bool = False,
+                          cache_given: bool = False) -> tuple[int, Decision]:
+    """Worker processes where the GIL limits threads: on a non-CPU backend with >= 4
+    usable cores whose decode curve's parallel efficiency at ``threads`` (> 1) is
+    below :data:`GIL_EFFICIENCY`, run ``min(threads, cores)`` Grain worker processes
+    (mp_prefetch). Not when the threads or the decoded cache (which lives in this
+    process) were given on the command line."""
+    point = next((p for p in points if p.threads == threads), None)
+    if threads_given or cache_given:
+        return 0, Decision("decode_workers", "0", "threads only: "
+                           + ("decode threads" if threads_given else "the decoded cache")
+                           + " given on the command line")
+    if (cpu_backend or point is None or threads <= 1 or usable_cores < 4
+            or point.efficiency >= GIL_EFFICIENCY):
+        eff = f"{point.efficiency:.0%} parallel efficiency at {threads} threads" if point else \
+            f"no measurement at {threads} threads"
+        return 0, Decision("decode_workers", "0", f"threads only: {eff}, {usable_cores} cores"
+                           + (", CPU backend" if cpu_backend else ""))
+    workers = min(threads, usable_cores)
+    base = points[0].images_per_s
+    return workers, Decision(
+        "decode_workers", str(workers),
+        f"threads scale poorly ({point.efficiency:.0%} parallel efficiency at {threads} "
+        f"threads, below {GIL_EFFICIENCY:.0%}: the GIL): {workers} worker processes x "
+        f"{_fmt(base)} img/s (1 thread) x {PROCESS_EFFICIENCY} expected")
+
+
+def decode_rate(*, thread_ips: float, one_thread_ips: float, workers: int,
+                speedup: float) -> float:
+    """Expected decode images/s: the curve's rate at the chosen threads
+    (``thread_ips``) x ``speedup``; with worker processes at least ``one_thread_ips x
+    speedup x workers x PROCESS_EFFICIENCY``."""
+    rate = thread_ips * speedup
+    if workers:
+        rate = max(rate, one_thread_ips * speedup * workers * PROCESS_EFFICIENCY)
+    return rate
+
+
+def choose_cache_decoded(*, num_images: int, num_hosts: int, stored_pixels: float,
+                         ram_available: float, decode_workers: int = 0,
+                         requested: bool | None = None) -> tuple[bool, Decision]:
+    """Keep decoded images in RAM after the first epoch when a host's share,
+    ``num_images / hosts x stored pixels x 3`` bytes, is at most
+    :data:`CACHE_RAM_FRACTION` of its available RAM and no worker processes decode
+    (the cache lives in the training process)."""
+    if requested is not None:
+        return requested, _given("cache_decoded", requested)
+    decoded = num_images / num_hosts * stored_pixels * 3
+    fits = decoded <= CACHE_RAM_FRACTION * ram_available
+    size = (f"decoded data set {_mib(decoded)} per host {'<=' if fits else '>'} "
+            f"{CACHE_RAM_FRACTION:.0%} of {_mib(ram_available)} available RAM")
+    if fits and decode_workers:
+        return False, Decision("cache_decoded", "no", f"{size}, but {decode_workers} worker "
+                               f"processes decode and the cache lives in this process")
+    return fits, Decision("cache_decoded", "yes" if fits else "no",
+                          size + ("; later epochs only crop and flip" if fits else ""))
+
+
+# ---------------------------------------------------------------- storage
+
+def record_bytes_stored(mean_bytes: float, mean_pixels: float, stored_px: float) -> float:
+    """Mean record bytes as stored: the files' mean scaled by the stored pixel share."""
+    return mean_bytes * (stored_px / mean_pixels if mean_pixels else 1.0)
+
+
+def read_rates(disk, record_bytes: float) -> tuple[float | None, float | None]:
+    """``(random, sequential)`` images/s of the disk at ``record_bytes`` per record:
+    random = record-size reads per second at the pipeline's queue depth; sequential =
+    bandwidth / record bytes. ``(None, None)`` without disk figures."""
+    if disk is None:
+        return None, None
+    return (disk.random_record_qd.iops,
+            disk.sequential.mb_per_s * 1e6 / max(record_bytes, 1.0))
+
+
+def choose_read_mode(*, random_ips: float | None, sequential_ips: float | None,
+                     step_ips: float, in_page_cache: bool, dataset_bytes: float,
+                     record_bytes: float, queue_depth: int = 0,
+                     requested: str | None = None) -> tuple[str, Decision]:
+    """``random`` when random reads cover ``RANDOM_READ_MARGIN x step_ips``, or the
+    data set fits in the page cache (:func:`fits_page_cache`), or there are no disk
+    figures; else ``sequential``."""
+    if requested:
+        return requested, _given("read_mode", requested)
+    if random_ips is None:
+        return "random", Decision("read_mode", "random", "no disk figures: global shuffle by "
+                                                         "default")
+    head = (f"random reads deliver {_fmt(random_ips)} img/s (record {record_bytes / 1e3:,.0f} "
+            f"kB, depth {queue_depth}); sequential {_fmt(sequential_ips)} img/s; need "
+            f"{_fmt(step_ips)} img/s")
+    if random_ips >= RANDOM_READ_MARGIN * step_ips:
+        mode, tail = "random", f" -> random covers it x {RANDOM_READ_MARGIN}: global shuffle"
+    elif in_page_cache:
+        mode, tail = "random", (f" -> random is short, but the data set ({_mib(dataset_bytes)}) "
+                                f"fits in the page cache: the disk matters only for the first "
+                                f"epoch")
+    else:
+        mode, tail = "sequential", (" -> sequential: shards front to back with an in-memory "
+                                    "shuffle window")
+    return mode, Decision("read_mode", mode, head + tail)
+
+
+def choose_shuffle_window(read_mode: str) -> tuple[int, Decision]:
+    """:data:`SHUFFLE_WINDOW` records shuffled together when reading sequentially (the
+    same figure in random mode, where the pipeline does not use it)."""
+    use = ("shards are read front to back: records are shuffled within a window"
+           if read_mode == "sequential" else "random reads shuffle globally: used only if "
+                                              "reads are sequential")
+    return SHUFFLE_WINDOW, Decision("shuffle_window", str(SHUFFLE_WINDOW),
+                                    f"{SHUFFLE_WINDOW} records; {use}")
 
 
 def shard_count(dataset_bytes: int, *, num_images: int, hosts: int, threads: int,
@@ -203,241 +562,259 @@ def shard_count(dataset_bytes: int, *, num_images: int, hosts: int, threads: int
     return n, "; ".join(parts) + f" -> {n} shards"
 
 
+def choose_num_shards(dataset_bytes: int, *, num_images: int, hosts: int, threads: int,
+                      read_mode: str, disk, requested: int | None = None) -> tuple[int, Decision]:
+    """:func:`shard_count` with the disk's sequential bandwidth and 4 KiB latency."""
+    if requested:
+        return requested, _given("num_shards", requested)
+    n, why = shard_count(
+        dataset_bytes, num_images=num_images, hosts=hosts, threads=threads, read_mode=read_mode,
+        seq_bytes_per_s=disk.sequential.mb_per_s * 1e6 if disk else None,
+        latency_s=disk.random_4k.p50_ms / 1e3 if disk else None)
+    return n, Decision("num_shards", str(n), why)
+
+
+def choose_prefetch(*, threads: int, per_device_batch: int, local_devices: int,
+                    image_size: int, ram_available: float) -> tuple[int, Decision]:
+    """Host batches in flight: ``threads + 2`` (each thread builds a whole batch),
+    at most :data:`PREFETCH_RAM_FRACTION` of the available RAM (at least 2), with
+    batches of ``per_device_batch x local_devices x image_size^2 x 3`` bytes;
+    :data:`DEVICE_PREFETCH` more on the device."""
+    batch_bytes = per_device_batch * local_devices * image_size ** 2 * 3
+    want = threads + 2
+    cap = max(2, int(PREFETCH_RAM_FRACTION * ram_available // max(1, batch_bytes)))
+    n = min(want, cap)
+    return n, Decision(
+        "prefetch", f"{n} host batches, {DEVICE_PREFETCH} on device",
+        f"{threads} threads + 2 = {want} batches of {_mib(batch_bytes)} in flight (each thread "
+        f"builds a whole batch)"
+        + (f", capped at {cap} by 5% of RAM ({cap} threads busy at most)" if cap < want else "")
+        + f"; {DEVICE_PREFETCH} on the device for double buffering")
+
+
+def choose_pack_threads(usable_cores: int) -> tuple[int, Decision]:
+    """Pack with one thread per usable core (the pack runs before training, alone)."""
+    n = max(1, usable_cores)
+    return n, Decision("pack_threads", str(n), f"the {usable_cores} usable cores: the pack "
+                                               f"runs alone, before training")
+
+
+def predict_throughput(*, step_ips: float, decode_ips: float, disk_ips: float | None,
+                       cache_decoded: bool,
+                       cached_ips: float | None = None) -> tuple[str, float, Decision]:
+    """The bottleneck and predicted images/s per host: the slowest of compute
+    (``step_ips``), decode and disk (``disk_ips``, None when the page cache holds the
+    data set). With the decoded cache and a decode that keeps up with the step, later
+    epochs only crop and flip: compute, or the measured cached path (``cached_ips``)
+    if slower. The prediction never exceeds ``step_ips``."""
+    limits = {"compute": step_ips, "decode": decode_ips}
+    if disk_ips is not None:
+        limits["disk"] = disk_ips
+    if cache_decoded and decode_ips >= step_ips:
+        steady = {"compute": step_ips}
+        if cached_ips is not None:
+            steady["decoded cache"] = cached_ips
+        limits.update(steady)
+        bottleneck = min(steady, key=steady.get)
+    else:
+        bottleneck = min(limits, key=limits.get)
+    predicted = min(limits[bottleneck], step_ips)
+    return bottleneck, predicted, Decision(
+        "bottleneck", bottleneck, ", ".join(f"{k} {_fmt(v)} img/s" for k, v in limits.items())
+        + f" per host -> predicted {_fmt(predicted)} img/s per host")
+
+
+# ---------------------------------------------------------------- the plan
+
+class _Decode(NamedTuple):
+    resize: int | None
+    speedup: float
+    threads: int
+    workers: int
+    cache: bool
+    stored_px: float
+    step_ips: float
+    decode_ips: float
+    cached_ips: float | None
+
+
+class _Storage(NamedTuple):
+    mode: str
+    window: int
+    shards: int
+    shard_bytes: int
+    rand_ips: float | None
+    seq_ips: float | None
+    disk_ips: float | None
+
+
+def _decode_plan(report: ProbeReport, preset: Preset, request: PlanRequest,
+                 dec: list[Decision]) -> _Decode:
+    """Pack resize, decode threads and workers, decoded cache (appends to ``dec``)."""
+    d, cpu = report.decode, report.accelerator.backend == "cpu"
+    step_ips = report.accelerator.step_rate.images_per_s
+    resized = d.variant(request.pack_resize or pack_resize_side(preset.image_size), False)
+    resize, speedup, why = choose_pack_resize(
+        image_size=preset.image_size, mean_pixels=d.mean_pixels, originals_ips=originals_rate(d),
+        step_ips=step_ips, resized_ips=resized.best_images_per_s if resized else None,
+        requested=request.pack_resize)
+    dec.append(why)
+    threads, why = choose_decode_threads(d.points, speedup=speedup, step_ips=step_ips,
+                                         cpu_backend=cpu, usable_cores=d.usable_cores,
+                                         requested=request.decode_threads)
+    dec.append(why)
+    workers, why = choose_decode_workers(
+        d.points, threads=threads, usable_cores=d.usable_cores, cpu_backend=cpu,
+        threads_given=bool(request.decode_threads), cache_given=bool(request.cache_decoded))
+    dec.append(why)
+    stored_px = stored_pixels(d.mean_pixels, resize)
+    cached = d.variant(resize, True)
+    cache, why = choose_cache_decoded(
+        num_images=report.dataset.num_images, num_hosts=request.num_hosts,
+        stored_pixels=stored_px, ram_available=report.host.ram_available_bytes,
+        decode_workers=workers, requested=request.cache_decoded)
+    dec.append(why)
+    return _Decode(resize=resize, speedup=speedup, threads=threads, workers=workers,
+                   cache=cache, stored_px=stored_px, step_ips=step_ips,
+                   decode_ips=decode_rate(thread_ips=d.rate_at(threads),
+                                          one_thread_ips=d.points[0].images_per_s,
+                                          workers=workers, speedup=speedup),
+                   cached_ips=cached.rate_at(threads) if cached else None)
+
+
+def _storage_plan(report: ProbeReport, request: PlanRequest, p: _Decode,
+                  dec: list[Decision]) -> _Storage:
+    """Read mode, shuffle window, shards (appends to ``dec``)."""
+    stats, disk, hosts = report.dataset, report.disk, request.num_hosts
+    record_bytes = record_bytes_stored(stats.mean_bytes, report.decode.mean_pixels,
+                                       p.stored_px)
+    dataset_bytes = int(record_bytes * stats.num_images)
+    in_cache = fits_page_cache(dataset_bytes, report.host.ram_total_bytes, hosts)
+    rand_ips, seq_ips = read_rates(disk, record_bytes)
+    mode, why = choose_read_mode(random_ips=rand_ips, sequential_ips=seq_ips,
+                                 step_ips=p.step_ips, in_page_cache=in_cache,
+                                 dataset_bytes=dataset_bytes, record_bytes=record_bytes,
+                                 queue_depth=disk.queue_depth if disk else 0,
+                                 requested=request.read_mode)
+    dec.append(why)
+    window, why = choose_shuffle_window(mode)
+    dec.append(why)
+    shards, why = choose_num_shards(dataset_bytes, num_images=stats.num_images, hosts=hosts,
+                                    threads=p.threads, read_mode=mode, disk=disk,
+                                    requested=request.num_shards)
+    dec.append(why)
+    disk_ips = None if disk is None or in_cache else (rand_ips if mode == "random" else seq_ips)
+    return _Storage(mode=mode, window=window, shards=shards,
+                    shard_bytes=dataset_bytes // shards, rand_ips=rand_ips, seq_ips=seq_ips,
+                    disk_ips=disk_ips)
+
+
 def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRequest()) -> Plan:
-    """Turn measurements into a plan (pure).
+    """Turn measurements into a plan (pure): the decisions of this module in order.
 
     Raises:
-      ValueError: inconsistent request (e.g. a batch not divisible, unknown read mode).
+      ValueError: inconsistent request or report (e.g. a fixed batch that does not
+        fit, no train-step rate in the report).
     """
-    dec: list[Decision] = []
-    acc = report.accelerator
-    host = report.host
-    stats = report.dataset
-    hosts = request.num_hosts
-    devices = acc.local_devices
-    cpu = acc.backend == "cpu"
-    epochs = request.epochs or preset.epochs
+    acc, hosts = report.accelerator, request.num_hosts
     if acc.step_rate is None:
         raise ValueError("the probe report has no train-step rate; rerun `autotune probe`")
-
-    # Batch.
-    if request.per_device_batch:
-        batch = request.per_device_batch
-        dec.append(Decision("per_device_batch", str(batch), "given on the command line"))
-    elif report.batch_search is not None:
-        batch = report.batch_search.per_device_batch
-        dec.append(Decision("per_device_batch", str(batch), report.batch_search.reason))
-    else:
-        batch = preset.per_device_for(devices * hosts) or acc.step_rate.per_device_batch
-        mem = next((m for m in acc.step_memory if m.per_device_batch == batch), None)
-        fit = (f"; the compiled step needs {_mib(mem.total)} of {_mib(acc.memory_limit_bytes)} "
-               f"({acc.memory_source})" if mem else "")
-        dec.append(Decision("per_device_batch", str(batch), f"fixed by preset {preset.name}{fit}"))
-        if mem and mem.total > acc.memory_limit_bytes:
-            raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
-                             f"the {acc.memory_limit_bytes:,} available; use a smaller batch")
-    global_batch = batch * devices * hosts
-    # Bytes the compiled step needs at this batch (compared with the measured peak).
-    step_bytes = None
-    if report.batch_search is not None and report.batch_search.per_device_batch == batch:
-        step_bytes = report.batch_search.predicted_bytes
-    else:
-        step_bytes = next((m.total for m in acc.step_memory if m.per_device_batch == batch), None)
-    dec.append(Decision("global_batch", str(global_batch),
-                        f"{batch} per device x {devices} devices x {hosts} hosts"))
-    lr = scale_learning_rate(preset.optimizer, global_batch, base_lr=preset.base_lr,
-                             base_batch=preset.base_batch)
-    # The rule's warmup (5 epochs for the 90-epoch recipe) is capped by the preset's
-    # own, so short schedules do not spend most of their epochs warming up.
-    warmup = min(lr.warmup_epochs, preset.warmup_epochs)
-    dec.append(Decision("learning_rate", f"{lr.learning_rate:.4g}",
-                        f"{lr.rule} rule: {lr.formula}, {warmup:g} warmup epochs "
-                        f"({lr.source})" + (f"; {lr.note}" if lr.note else "")))
-
-    # Step rate (per host).
-    rate = acc.step_rate
-    # Images/s per host; measured at the planned batch (the probe measures the batch it
-    # found), and per-image cost changes little with the batch beyond that.
-    step_ips = rate.images_per_s
-    need = step_ips * DECODE_MARGIN
-
-    # Pack-time resize.
-    mean_px = report.decode.mean_pixels
-    small = preset.image_size <= 64
-    full_best = report.decode.best.images_per_s
-    resize = None
-    speedup = 1.0
-    if request.pack_resize is not None:
-        resize = request.pack_resize or None
-        why = "given on the command line"
-    else:
-        side = pack_resize_side(preset.image_size)
-        stored_px = min(mean_px, side * side * 4 / 3)
-        if small:
-            resize = side
-            why = (f"training at {preset.image_size} px: decoding {mean_px:,.0f}-pixel photos "
-                   f"wastes most of the work (DCT scaling stops at 1/8)")
-        elif full_best < need and stored_px < mean_px:
-            resize = side
-            why = (f"full-size decode peaks at {_fmt(full_best)} img/s < {_fmt(need)} img/s "
-                   f"needed (step rate {_fmt(step_ips)} x {DECODE_MARGIN})")
-        else:
-            why = (f"full-size decode ({_fmt(full_best)} img/s at best) covers the step rate "
-                   f"{_fmt(step_ips)} img/s x {DECODE_MARGIN}: keep the original bytes")
-    if resize:
-        stored_px = min(mean_px, resize * resize * 4 / 3)
-        ratio = max(1.0, mean_px / stored_px) if mean_px else 1.0
-        speedup = min(ratio, MAX_RESIZE_SPEEDUP)
-        why += (f"; shorter side {resize} px: ~{stored_px:,.0f} px/image instead of "
-                f"{mean_px:,.0f} (pixel ratio {ratio:.1f}x), predicted decode speed-up "
-                f"{speedup:.1f}x (capped at {MAX_RESIZE_SPEEDUP:g}x: per-image costs that do "
-                f"not shrink with the pixels)")
-    else:
-        stored_px = mean_px
-    dec.append(Decision("pack_resize", f"{resize} px" if resize else "none", why))
-
-    # Record size as stored.
-    record_bytes = stats.mean_bytes * (stored_px / mean_px if mean_px else 1.0)
-    dataset_bytes = int(record_bytes * stats.num_images)
-
-    # Cache of decoded images.
-    decoded_bytes = stats.num_images / hosts * stored_px * 3
-    ram = host.ram_available_bytes
-    if request.cache_decoded is not None:
-        cache = request.cache_decoded
-        dec.append(Decision("cache_decoded", str(cache), "given on the command line"))
-    else:
-        cache = decoded_bytes <= CACHE_RAM_FRACTION * ram
-        dec.append(Decision("cache_decoded", "yes" if cache else "no",
-                            f"decoded data set {_mib(decoded_bytes)} per host "
-                            f"{'<=' if cache else '>'} {CACHE_RAM_FRACTION:.0%} of "
-                            f"{_mib(ram)} available RAM"
-                            + ("; later epochs only crop and flip" if cache else "")))
-
-    # Decode threads.
-    points = report.decode.points
-    cap = max(1, report.decode.usable_cores // 2) if cpu else max(p.threads for p in points)
-    if request.decode_threads:
-        threads = request.decode_threads
-        dec.append(Decision("decode_threads", str(threads), "given on the command line"))
-    else:
-        candidates = [p for p in points if p.threads <= cap]
-        ok = [p for p in candidates if p.images_per_s * speedup >= need]
-        if ok:
-            p = ok[0]
-            threads = p.threads
-            dec.append(Decision("decode_threads", str(threads),
-                                f"{threads} threads: {_fmt(p.images_per_s)} img/s measured"
-                                + (f" x {speedup:.1f} (resize)" if speedup > 1 else "")
-                                + f" = {_fmt(p.images_per_s * speedup)} img/s covers the step "
-                                  f"rate {_fmt(step_ips)} img/s with "
-                                  f"{p.images_per_s * speedup / step_ips - 1:.0%} margin"
-                                + (f" (CPU backend: at most {cap} of "
-                                   f"{report.decode.usable_cores} cores for decode)" if cpu else "")))
-        else:
-            p = max(candidates, key=lambda q: q.images_per_s)
-            threads = p.threads
-            dec.append(Decision("decode_threads", str(threads),
-                                f"no thread count covers the step rate {_fmt(step_ips)} img/s; "
-                                f"{threads} threads give the most, {_fmt(p.images_per_s * speedup)}"
-                                f" img/s: the run will be decode-bound"))
-    decode_rate = report.decode.rate_at(threads) * speedup
-
-    # Worker processes where the GIL limits threads: on a multi-core host whose decode
-    # curve scales poorly with threads, run the same count as processes (Grain's
-    # mp_prefetch), assuming near-linear scaling across processes.
-    workers = 0
-    point = next((p for p in points if p.threads == threads), None)
-    cores = report.decode.usable_cores
-    if (request.decode_threads is None and not cpu and point is not None and threads > 1
-            and point.efficiency < GIL_EFFICIENCY and cores >= 4):
-        workers = min(threads, cores)
-        base = report.decode.points[0].images_per_s * speedup
-        decode_rate = max(decode_rate, base * workers * PROCESS_EFFICIENCY)
-        dec.append(Decision("decode_workers", str(workers),
-                            f"threads scale poorly ({point.efficiency:.0%} parallel efficiency at "
-                            f"{threads} threads, below {GIL_EFFICIENCY:.0%}: the GIL): {workers} "
-                            f"worker processes x {_fmt(base)} img/s x {PROCESS_EFFICIENCY} = "
-                            f"{_fmt(base * workers * PROCESS_EFFICIENCY)} img/s expected"))
-
-    # Read mode.
-    disk = report.disk
-    rand_ips = seq_ips = None
-    if disk is not None:
-        rand_ips = disk.random_record_qd.iops  # one read per record
-        seq_ips = disk.sequential.mb_per_s * 1e6 / max(record_bytes, 1.0)
-    fits_cache = dataset_bytes / hosts <= 0.5 * host.ram_total_bytes
-    if request.read_mode:
-        if request.read_mode not in ("random", "sequential"):
-            raise ValueError(f"read mode {request.read_mode!r}: expected random or sequential")
-        mode = request.read_mode
-        dec.append(Decision("read_mode", mode, "given on the command line"))
-    elif rand_ips is None:
-        mode = "random"
-        dec.append(Decision("read_mode", mode, "no disk figures: global shuffle by default"))
-    else:
-        head = (f"random reads deliver {_fmt(rand_ips)} img/s (record {record_bytes / 1e3:,.0f} kB, "
-                f"depth {disk.queue_depth}); sequential {_fmt(seq_ips)} img/s; need "
-                f"{_fmt(step_ips)} img/s")
-        if rand_ips >= RANDOM_READ_MARGIN * step_ips:
-            mode = "random"
-            tail = f" -> random covers it x {RANDOM_READ_MARGIN}: global shuffle"
-        elif fits_cache:
-            mode = "random"
-            tail = (f" -> random is short, but the data set ({_mib(dataset_bytes)}) fits in "
-                    f"the page cache: the disk matters only for the first epoch")
-        else:
-            mode = "sequential"
-            tail = " -> sequential: shards front to back with an in-memory shuffle window"
-        dec.append(Decision("read_mode", mode, head + tail))
-    window = 4096 if mode == "sequential" else 0
-
-    # Shards.
-    if request.num_shards:
-        shards = request.num_shards
-        dec.append(Decision("num_shards", str(shards), "given on the command line"))
-    else:
-        shards, why = shard_count(
-            dataset_bytes, num_images=stats.num_images, hosts=hosts, threads=threads,
-            read_mode=mode, seq_bytes_per_s=disk.sequential.mb_per_s * 1e6 if disk else None,
-            latency_s=disk.random_4k.p50_ms / 1e3 if disk else None)
-        dec.append(Decision("num_shards", str(shards), why))
-    shard_bytes = dataset_bytes // max(1, shards)
-
-    # Prefetch.
-    batch_bytes = batch * devices * preset.image_size ** 2 * 3
-    pf = threads + 2
-    pf_cap = max(2, int(PREFETCH_RAM_FRACTION * ram // max(1, batch_bytes)))
-    prefetch = min(pf, pf_cap)
-    dec.append(Decision("prefetch", f"{prefetch} host batches, 2 on device",
-                        f"{threads} threads + 2 = {pf} batches of {_mib(batch_bytes)} in flight "
-                        f"(each thread builds a whole batch)"
-                        + (f", capped at {pf_cap} by 5% of RAM ({pf_cap} threads busy at most)"
-                           if pf_cap < pf else "")
-                        + "; 2 on the device for double buffering"))
-
-    # Prediction.
-    limits = {"compute": step_ips, "decode": decode_rate}
-    if disk is not None and not fits_cache:
-        limits["disk"] = rand_ips if mode == "random" else seq_ips
-    bottleneck = min(limits, key=limits.get)
-    if cache:
-        # After epoch 1 the decode runs from RAM; the first epoch still decodes.
-        limits_after = {k: v for k, v in limits.items() if k == "compute"}
-        bottleneck = min(limits_after, key=limits_after.get) if decode_rate >= step_ips else bottleneck
-    predicted = min(limits[bottleneck], step_ips)
-    dec.append(Decision("bottleneck", bottleneck,
-                        ", ".join(f"{k} {_fmt(v)} img/s" for k, v in limits.items())
-                        + f" per host -> predicted {_fmt(predicted)} img/s per host"))
+    devices = request.local_devices or acc.local_devices
+    dec: list[Decision] = []
+    batch, why = choose_per_device_batch(report, preset, all_devices=devices * hosts,
+                                         requested=request.per_device_batch)
+    dec.append(why)
+    global_batch, why = choose_global_batch(batch, devices, hosts)
+    dec.append(why)
+    lr, warmup, why = choose_learning_rate(preset, global_batch)
+    dec.append(why)
+    p = _decode_plan(report, preset, request, dec)
+    s = _storage_plan(report, request, p, dec)
+    prefetch, why = choose_prefetch(threads=p.threads, per_device_batch=batch,
+                                    local_devices=devices, image_size=preset.image_size,
+                                    ram_available=report.host.ram_available_bytes)
+    dec.append(why)
+    pack_threads, why = choose_pack_threads(report.decode.usable_cores)
+    dec.append(why)
+    bottleneck, predicted, why = predict_throughput(
+        step_ips=p.step_ips, decode_ips=p.decode_ips, disk_ips=s.disk_ips,
+        cache_decoded=p.cache, cached_ips=p.cached_ips)
+    dec.append(why)
     return Plan(
-        preset=preset.name, data_path=report.data_path, num_classes=stats.num_classes,
-        image_size=preset.image_size, epochs=epochs, per_device_batch=batch, warmup_epochs=warmup,
-        local_devices=devices, num_hosts=hosts, global_batch=global_batch, lr=lr,
-        decode_threads=threads, prefetch_batches=prefetch, device_prefetch=2,
-        read_mode=mode, shuffle_window=window, num_shards=shards, shard_bytes=shard_bytes,
-        pack_resize=resize, cache_decoded=cache, val_fraction=preset.val_fraction,
-        step_images_per_s=step_ips, decode_images_per_s=decode_rate,
-        random_read_images_per_s=rand_ips, sequential_read_images_per_s=seq_ips,
+        preset=preset.name, data_path=report.data_path, num_classes=report.dataset.num_classes,
+        image_size=preset.image_size, epochs=request.epochs or preset.epochs,
+        per_device_batch=batch, local_devices=devices, num_hosts=hosts,
+        global_batch=global_batch, lr=lr, warmup_epochs=warmup, decode_threads=p.threads,
+        prefetch_batches=prefetch, device_prefetch=DEVICE_PREFETCH, read_mode=s.mode,
+        shuffle_window=s.window, num_shards=s.shards, shard_bytes=s.shard_bytes,
+        pack_resize=p.resize, cache_decoded=p.cache, val_fraction=preset.val_fraction,
+        step_images_per_s=p.step_ips, decode_images_per_s=p.decode_ips,
+        random_read_images_per_s=s.rand_ips, sequential_read_images_per_s=s.seq_ips,
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
-        bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes,
-        decode_workers=workers)
+        bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes_at(report, batch),
+        decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup)
+
+
+# ---------------------------------------------------------------- plan -> trainer
+
+def train_config(plan: Plan, preset: Preset, num_classes: int) -> TrainConfig:
+    """The :class:`trainers.options.TrainConfig` of ``plan``: the model and recipe
+    from ``preset``, the batch, epochs and learning rate from the plan, the classes
+    from the packed data."""
+    return TrainConfig(
+        arch=preset.arch, width=preset.width, small_images=preset.small_images,
+        image_size=plan.image_size, num_classes=num_classes,
+        per_device_batch=plan.per_device_batch, epochs=plan.epochs,
+        optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
+        warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
+        label_smoothing=preset.label_smoothing, dtype=preset.dtype,
+        min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
+        momentum=preset.momentum, nesterov=preset.nesterov)
+
+
+def loop_options(plan: Plan, **overrides: Any) -> LoopOptions:
+    """The :class:`trainers.options.LoopOptions` of ``plan``, field by field under
+    the same names; ``overrides`` sets the run's bookkeeping (``on_bad_record``,
+    ``checkpoint_every_s``, ``max_steps``, ``partitions``...)."""
+    return LoopOptions(**{**dict(
+        decode_threads=plan.decode_threads, prefetch_batches=plan.prefetch_batches,
+        device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
+        shuffle_window=plan.shuffle_window, cache_decoded=plan.cache_decoded,
+        decode_workers=plan.decode_workers), **overrides})
+
+
+def pack_options(plan: Plan, *, separate_val: bool = False,
+                 pack_threads: int | None = None) -> PackOptions:
+    """The :class:`trainers.options.PackOptions` of ``plan``: its shards, resize and
+    pack threads (``pack_threads`` overrides them); no held-out fraction when a
+    separate validation folder is packed (``separate_val``)."""
+    return PackOptions(num_shards=plan.num_shards,
+                       val_fraction=0.0 if separate_val else plan.val_fraction,
+                       resize_shorter=plan.pack_resize,
+                       pack_threads=pack_threads or plan.pack_threads)
+
+
+def pack_cache_key(plan: Plan, data: str, val_data: str | None = None) -> str:
+    """12 hex digits naming the packed form of ``data`` (and ``val_data``) under the
+    plan's pack settings: SHA-256 of ``[data, val_data, num_shards, pack_resize,
+    val_fraction]`` as JSON."""
+    key = json.dumps([data, val_data, plan.num_shards, plan.pack_resize, plan.val_fraction])
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def step_down(config: TrainConfig, plan: Plan) -> TrainConfig | None:
+    """The run's settings after an out-of-memory error: the next smaller per-device
+    batch (``autotune.batch_search.next_smaller_batch``: 7/8, a multiple of 8, or of 1
+    at 8 and below) and the learning rate rescaled for the global batch over the
+    plan's ``local_devices x num_hosts`` by the plan's rule
+    (``autotune.lr_rules.rescale_after_batch_change``). None when the batch cannot
+    shrink (1). Pass ``functools.partial(step_down, plan=plan)`` as ``on_oom``."""
+    b = config.per_device_batch
+    try:
+        new_b = next_smaller_batch(b, multiple=8 if b > 8 else 1)
+    except NoBatchFits:
+        return None
+    devices = plan.local_devices * plan.num_hosts
+    lr = rescale_after_batch_change(config.learning_rate, b * devices, new_b * devices,
+                                    plan.lr.rule)
+    return dataclasses.replace(config, per_device_batch=new_b, learning_rate=lr)

@@ -41,7 +41,7 @@ def disk(*, seq_mb_s=1000.0, rand4k_p50_ms=0.1, record_iops=5000.0, record_bytes
         random_record=stats(iops=record_iops / depth, block=record_bytes),
         random_record_qd=stats(iops=record_iops, block=record_bytes, depth=depth),
         buffered_random_record=stats(iops=record_iops * 10, block=record_bytes),
-        dataset_bytes=dataset_bytes, ram_bytes=ram, fits_page_cache=dataset_bytes < ram)
+        dataset_bytes=dataset_bytes, ram_bytes=ram)
 
 
 def decode(points: dict[int, float], *, mean_pixels=187_500.0, cores=2, image_size=224) -> DecodeReport:

@@ -1,13 +1,23 @@
 """The planner's arithmetic on hand-made probe reports (expected numbers worked out in
 the comments)."""
 
-import math
+import dataclasses
+import hashlib
+import json
 
 import pytest
 
 import probe_fixtures as pf
-from autotune.planner import Plan, PlanRequest, make_plan, pack_resize_side, shard_count
+from autotune.planner import (
+    Plan, PlanRequest, choose_cache_decoded, choose_decode_threads, choose_decode_workers,
+    choose_global_batch, choose_learning_rate, choose_num_shards, choose_pack_resize,
+    choose_pack_threads, choose_per_device_batch, choose_prefetch, choose_read_mode,
+    choose_shuffle_window, decode_rate, decode_thread_cap, fits_page_cache, loop_options,
+    make_plan, pack_cache_key, pack_options, pack_resize_side, predict_throughput, read_rates,
+    record_bytes_stored, resize_speedup, shard_count, step_bytes_at, stored_pixels,
+    train_config)
 from autotune.presets import get_preset
+from probes.records import DecodeVariant
 
 GiB = 2**30
 # The decode curve used by the GPU cases: full-size 500x375 photos, 224 px output.
@@ -39,12 +49,12 @@ def test_gpu_ssd_imagenet():
     assert plan.decode_images_per_s == pytest.approx(14_000 * speedup)
     # Cache: 1,281,167 x 87,381.3 x 3 B = 312.8 GiB > 25% of 480 GiB = 120 GiB -> no.
     assert plan.cache_decoded is False
-    # Record bytes as stored: 110,000 x 87,381.3 / 187,500 = 51,264.4 B.
+    # Record bytes as stored: 110,000 x 87,381.3 / 187,500 = 51,263.7 B.
     # Random reads: 50,000 IOPS >= 1.2 x 24,000 = 28,800 -> random.
     assert plan.read_mode == "random"
     assert plan.random_read_images_per_s == pytest.approx(50_000)
     assert plan.sequential_read_images_per_s == pytest.approx(2000e6 / (110_000 * speedup ** -1))
-    # Shards (random mode: no seek bound): n_min = 1 x 64 x 4 = 256; data 51,264.4 x
+    # Shards (random mode: no seek bound): n_min = 1 x 64 x 4 = 256; data 51,263.7 x
     # 1,281,167 = 65.68e9 B -> ceil(65.68e9 / 268,435,456) = 245; max(245, 256) = 256.
     assert plan.num_shards == 256
     # Prefetch: 64 + 2 = 66 batches of 256 x 8 x 224^2 x 3 = 308,281,344 B (294 MiB);
@@ -70,7 +80,7 @@ def test_hard_disk_chooses_sequential_and_is_disk_bound():
     # so the page cache does not save us -> sequential.
     assert plan.read_mode == "sequential"
     assert plan.shuffle_window > 0
-    # Sequential: 150e6 B/s / 51,264.4 B = 2,926 img/s -> the disk is the bottleneck.
+    # Sequential: 150e6 B/s / 51,263.7 B = 2,926 img/s -> the disk is the bottleneck.
     seq = 150e6 / (110_000 * (256 * 256 * 4 / 3) / 187_500)
     assert plan.sequential_read_images_per_s == pytest.approx(seq)
     assert plan.bottleneck == "disk"
@@ -92,15 +102,18 @@ def test_page_cache_rescues_random_reads():
     assert "page cache" in plan.decision("read_mode").reason
 
 
-def test_cpu_small_preset_on_imagenette():
-    rep = pf.report(
+def _cpu_small_report():
+    return pf.report(
         host_=pf.host(cores=2, ram_total=24 * GiB, ram_available=23 * GiB), disk_=None,
         decode_=pf.decode({1: 6500.0, 2: 11000.0, 4: 10000.0}, mean_pixels=50_176.0, cores=2,
                           image_size=32),
         acc=pf.accelerator(backend="cpu", devices=1, step_ips=440.0, batch=128,
                            memory=11 * GiB, step_mem=137 * 2**20),
         num_images=9469, mean_bytes=10_450.0, classes=10, preset="cpu-small")
-    plan = make_plan(rep, get_preset("cpu-small"))
+
+
+def test_cpu_small_preset_on_imagenette():
+    plan = make_plan(_cpu_small_report(), get_preset("cpu-small"))
     # Fixed batch 128 (fits: 137 MiB of 11 GiB); LR 0.4 x 128 / 256 = 0.2; warmup
     # min(rule's 5, preset's 0.5) = 0.5.
     assert (plan.per_device_batch, plan.global_batch) == (128, 128)
@@ -204,3 +217,294 @@ def test_gil_bound_threads_become_worker_processes():
     assert plan.decode_images_per_s == pytest.approx(400 * (187_500 / (256 * 256 * 4 / 3)) * 8 * 0.9)
     assert "GIL" in plan.decision("decode_workers").reason
     assert plan.bottleneck == "compute"
+
+
+# ---------------------------------------------------------------- one decision each
+
+def test_fits_page_cache_is_half_the_ram_per_host():
+    # 100 GiB <= 0.5 x 256 GiB = 128 GiB; 300 GiB is not; over 4 hosts 75 GiB each is.
+    assert fits_page_cache(100 * GiB, 256 * GiB, 1)
+    assert fits_page_cache(128 * GiB, 256 * GiB, 1)            # the boundary fits
+    assert not fits_page_cache(129 * GiB, 256 * GiB, 1)
+    assert fits_page_cache(300 * GiB, 256 * GiB, 4)
+
+
+def test_global_batch_and_learning_rate():
+    g, d = choose_global_batch(256, 8, 4)
+    assert g == 8192 and d.reason == "256 per device x 8 devices x 4 hosts"
+    # resnet50: linear 0.1 x 2048 / 256 = 0.8, warmup min(5, 5) = 5.
+    lr, warmup, d = choose_learning_rate(get_preset("resnet50"), 2048)
+    assert (lr.learning_rate, warmup, d.value) == (pytest.approx(0.8), 5.0, "0.8")
+    # cpu-small: 0.4 x 128 / 256 = 0.2, warmup min(rule's 5, preset's 0.5) = 0.5.
+    lr, warmup, _ = choose_learning_rate(get_preset("cpu-small"), 128)
+    assert (lr.learning_rate, warmup) == (pytest.approx(0.2), 0.5)
+
+
+def test_per_device_batch_sources_and_step_bytes():
+    rep = gpu_ssd_report()
+    assert choose_per_device_batch(rep, get_preset("resnet50"), all_devices=8,
+                                   requested=96)[0] == 96
+    # No search, no fixed preset batch: the step rate's batch, 256.
+    b, d = choose_per_device_batch(rep, get_preset("resnet50"), all_devices=8)
+    assert b == 256 and d.reason == "fixed by preset resnet50"
+    # cpu-small fixes a global 128: 128 / (2 devices x 2 hosts) = 32 per device.
+    assert choose_per_device_batch(rep, get_preset("cpu-small"), all_devices=4)[0] == 32
+    rep = pf.report(acc=pf.accelerator(batch=128, step_mem=3 * GiB))
+    assert step_bytes_at(rep, 128) == 3 * GiB and step_bytes_at(rep, 64) is None
+
+
+def test_stored_pixels_and_record_bytes():
+    assert stored_pixels(187_500, 256) == pytest.approx(256 * 256 * 4 / 3)  # 87,381.3
+    assert stored_pixels(1_000, 256) == 1_000      # never more than the originals
+    assert stored_pixels(187_500, None) == 187_500
+    # 110,000 B x 87,381.3 / 187,500 = 51,263.7 B.
+    assert record_bytes_stored(110_000, 187_500,
+                               256 * 256 * 4 / 3) == pytest.approx(51_263.7, abs=0.1)
+
+
+def test_resize_speedup_measured_or_modelled():
+    # Modelled: pixel ratio 187,500 / 87,381.3 = 2.146.
+    s, why = resize_speedup(256, mean_pixels=187_500, originals_ips=3_000)
+    assert s == pytest.approx(2.1458, abs=1e-4) and "pixel ratio 2.1x" in why
+    # Modelled at 48 px: 50,176 / 3,072 = 16.3 -> capped at 4.
+    assert resize_speedup(48, mean_pixels=50_176, originals_ips=3_000)[0] == 4.0
+    # Measured: 9,000 / 3,000 = 3.0, not capped; 15,000 / 3,000 = 5.0.
+    s, why = resize_speedup(256, mean_pixels=187_500, originals_ips=3_000, resized_ips=9_000)
+    assert s == 3.0 and "measured" in why
+    assert resize_speedup(48, mean_pixels=50_176, originals_ips=3_000,
+                          resized_ips=15_000)[0] == 5.0
+
+
+@pytest.mark.parametrize("kw, resize, speedup", [
+    # 32 px training: always ceil8(1.5 x 32) = 48; modelled speed-up capped at 4.
+    (dict(image_size=32, mean_pixels=50_176, originals_ips=6_500, step_ips=440), 48, 4.0),
+    # The originals cover 1,000 x 1.1 = 1,100 img/s: keep them.
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=2_000, step_ips=1_000), None, 1.0),
+    # Short (14,000 < 26,400): 256 px, modelled 2.146x.
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=14_000, step_ips=24_000), 256,
+     187_500 / (256 * 256 * 4 / 3)),
+    # Short, and measured at 256 px: 42,000 / 14,000 = 3x.
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=14_000, step_ips=24_000,
+          resized_ips=42_000), 256, 3.0),
+    # Short, but the measured resize is no faster (12,600 / 14,000 = 0.9): keep originals.
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=14_000, step_ips=24_000,
+          resized_ips=12_600), None, 1.0),
+    # Originals already small (80,000 px < 87,381): no pixel gain, keep them.
+    (dict(image_size=224, mean_pixels=80_000, originals_ips=14_000, step_ips=24_000), None, 1.0),
+    # Given: 0 keeps the originals; 320 px -> 187,500 / 136,533.3 = 1.373 modelled.
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=2_000, step_ips=1_000,
+          requested=0), None, 1.0),
+    (dict(image_size=224, mean_pixels=187_500, originals_ips=2_000, step_ips=1_000,
+          requested=320), 320, 187_500 / (320 * 320 * 4 / 3)),
+])
+def test_choose_pack_resize(kw, resize, speedup):
+    got, s, d = choose_pack_resize(**kw)
+    assert (got, s) == (resize, pytest.approx(speedup))
+    assert d.value == (f"{resize} px" if resize else "none")
+
+
+def test_decode_thread_cap_and_choice():
+    points = pf.decode(GPU_DECODE).points
+    assert decode_thread_cap(points, cpu_backend=True, usable_cores=2) == 1    # 2 // 2
+    assert decode_thread_cap(points, cpu_backend=True, usable_cores=16) == 8
+    assert decode_thread_cap(points, cpu_backend=False, usable_cores=16) == 64  # measured max
+    # Need 10,000 x 1.1 = 11,000: 16 threads give 6,200, 32 give 12,000 -> 32.
+    t, d = choose_decode_threads(points, speedup=1.0, step_ips=10_000, cpu_backend=False,
+                                 usable_cores=64)
+    assert t == 32 and "20% margin" in d.reason          # 12,000 / 10,000 - 1
+    # x 2 speed-up: 8 threads give 3,150 x 2 = 6,300 >= 5,500 needed for 5,000.
+    assert choose_decode_threads(points, speedup=2.0, step_ips=5_000, cpu_backend=False,
+                                 usable_cores=64)[0] == 8
+    # Nothing covers 20,000 x 1.1 within 8 threads (CPU, 16 cores): the fastest, 8.
+    t, d = choose_decode_threads(points, speedup=1.0, step_ips=20_000, cpu_backend=True,
+                                 usable_cores=16)
+    assert t == 8 and "decode-bound" in d.reason
+    assert choose_decode_threads(points, speedup=1.0, step_ips=1, cpu_backend=False,
+                                 usable_cores=64, requested=3)[0] == 3
+
+
+def test_decode_workers_and_rate():
+    # 8 threads at 900 img/s vs 400 at 1: 900 / 400 / 8 = 28% < 50% -> 8 workers.
+    points = pf.decode({1: 400.0, 2: 700.0, 4: 850.0, 8: 900.0}).points
+    w, d = choose_decode_workers(points, threads=8, usable_cores=16, cpu_backend=False)
+    assert w == 8 and "28% parallel efficiency" in d.reason
+    # min(threads, cores): 8 threads on 6 cores -> 6.
+    assert choose_decode_workers(points, threads=8, usable_cores=6, cpu_backend=False)[0] == 6
+    # Not on 2 cores, not on a CPU backend, not when threads or the cache were given,
+    # not where threads scale (GPU_DECODE: 6,200 / 400 / 16 = 97%).
+    assert choose_decode_workers(points, threads=8, usable_cores=2, cpu_backend=False)[0] == 0
+    assert choose_decode_workers(points, threads=8, usable_cores=16, cpu_backend=True)[0] == 0
+    assert choose_decode_workers(points, threads=8, usable_cores=16, cpu_backend=False,
+                                 threads_given=True)[0] == 0
+    assert choose_decode_workers(points, threads=8, usable_cores=16, cpu_backend=False,
+                                 cache_given=True)[0] == 0
+    assert choose_decode_workers(pf.decode(GPU_DECODE).points, threads=16, usable_cores=32,
+                                 cpu_backend=False)[0] == 0
+    # Threads: 900 x 2 = 1,800; workers: 400 x 2 x 8 x 0.9 = 5,760.
+    assert decode_rate(thread_ips=900, one_thread_ips=400, workers=0, speedup=2.0) == 1_800
+    assert decode_rate(thread_ips=900, one_thread_ips=400, workers=8,
+                       speedup=2.0) == pytest.approx(5_760)
+
+
+def test_choose_cache_decoded():
+    # 10,000 images x 3,072 px x 3 B = 92,160,000 B <= 25% of 1 GiB (268,435,456) -> yes.
+    kw = dict(num_images=10_000, num_hosts=1, stored_pixels=3_072, ram_available=GiB)
+    assert choose_cache_decoded(**kw)[0] is True
+    # ... but not when worker processes decode (the cache lives in this process).
+    cache, d = choose_cache_decoded(**kw, decode_workers=4)
+    assert cache is False and "worker processes" in d.reason
+    # 25% of 256 MiB = 67,108,864 B < 92,160,000 -> no; over 2 hosts 46,080,000 -> yes.
+    assert choose_cache_decoded(**{**kw, "ram_available": 256 * 2**20})[0] is False
+    assert choose_cache_decoded(**{**kw, "ram_available": 256 * 2**20, "num_hosts": 2})[0]
+    assert choose_cache_decoded(**kw, requested=False)[1].reason == "given on the command line"
+
+
+def test_read_rates_and_mode():
+    disk = pf.disk(seq_mb_s=2000.0, record_iops=50_000.0)
+    # Random: 50,000 reads/s; sequential: 2,000e6 B/s / 50,000 B = 40,000 img/s.
+    assert read_rates(disk, 50_000) == (50_000.0, 40_000.0)
+    assert read_rates(None, 50_000) == (None, None)
+    kw = dict(sequential_ips=40_000, step_ips=24_000, dataset_bytes=GiB, record_bytes=50_000)
+    # 30,000 >= 1.2 x 24,000 = 28,800 -> random.
+    assert choose_read_mode(random_ips=30_000, in_page_cache=False, **kw)[0] == "random"
+    # 28,000 < 28,800: random only if the page cache holds the data set.
+    assert choose_read_mode(random_ips=28_000, in_page_cache=True, **kw)[0] == "random"
+    assert choose_read_mode(random_ips=28_000, in_page_cache=False, **kw)[0] == "sequential"
+    assert choose_read_mode(random_ips=None, in_page_cache=False, **kw)[0] == "random"
+    assert choose_read_mode(random_ips=30_000, in_page_cache=False, requested="sequential",
+                            **kw)[0] == "sequential"
+
+
+def test_shuffle_window_shards_prefetch_and_pack_threads():
+    assert choose_shuffle_window("sequential")[0] == choose_shuffle_window("random")[0] == 4096
+    # Random mode, 1 host x 2 threads x 4 = 8 shards at least; 10 GiB / 256 MiB = 40.
+    n, d = choose_num_shards(10 * GiB, num_images=10**6, hosts=1, threads=2,
+                             read_mode="random", disk=None)
+    assert n == 40 and d.reason.endswith("-> 40 shards")
+    assert choose_num_shards(10 * GiB, num_images=10**6, hosts=1, threads=2,
+                             read_mode="random", disk=None, requested=7)[0] == 7
+    # 64 + 2 = 66 batches of 256 x 8 x 224^2 x 3 = 308,281,344 B; 5% of 480 GiB allows 83.
+    kw = dict(threads=64, per_device_batch=256, local_devices=8, image_size=224)
+    assert choose_prefetch(**kw, ram_available=480 * GiB)[0] == 66
+    # 5% of 16 GiB = 858,993,459 B -> 2 batches.
+    n, d = choose_prefetch(**kw, ram_available=16 * GiB)
+    assert n == 2 and "capped at 2" in d.reason
+    assert choose_pack_threads(32)[0] == 32 and choose_pack_threads(0)[0] == 1
+
+
+@pytest.mark.parametrize("kw, bottleneck, predicted", [
+    (dict(step_ips=24_000, decode_ips=30_040, disk_ips=None, cache_decoded=False),
+     "compute", 24_000),
+    (dict(step_ips=24_000, decode_ips=30_040, disk_ips=2_926, cache_decoded=False),
+     "disk", 2_926),
+    (dict(step_ips=24_000, decode_ips=19_000, disk_ips=None, cache_decoded=False),
+     "decode", 19_000),
+    # Cached and decode keeps up: later epochs only crop and flip -> compute, even with
+    # a slow disk; a measured cached path at 20,000 img/s is then the limit.
+    (dict(step_ips=24_000, decode_ips=30_000, disk_ips=2_926, cache_decoded=True),
+     "compute", 24_000),
+    (dict(step_ips=24_000, decode_ips=30_000, disk_ips=None, cache_decoded=True,
+          cached_ips=20_000), "decoded cache", 20_000),
+    # Cached but the first epoch's decode is short: decode stays the bottleneck.
+    (dict(step_ips=24_000, decode_ips=19_000, disk_ips=None, cache_decoded=True),
+     "decode", 19_000),
+])
+def test_predict_throughput(kw, bottleneck, predicted):
+    name, rate, d = predict_throughput(**kw)
+    assert (name, rate) == (bottleneck, pytest.approx(predicted)) and d.value == bottleneck
+
+
+def test_plan_request_validation():
+    for bad in (dict(local_devices=0), dict(num_hosts=0), dict(read_mode="shuffled"),
+                dict(decode_threads=0), dict(epochs=0)):
+        with pytest.raises(ValueError):
+            PlanRequest(**bad)
+
+
+def test_local_devices_come_from_the_request():
+    # The probe saw 8 devices; this run has 4: 256 x 4 x 1 = 1024; LR 0.1 x 4 = 0.4.
+    plan = make_plan(gpu_ssd_report(), get_preset("resnet50"), PlanRequest(local_devices=4))
+    assert (plan.local_devices, plan.global_batch) == (4, 1024)
+    assert plan.lr.learning_rate == pytest.approx(0.4)
+    assert make_plan(gpu_ssd_report(), get_preset("resnet50")).local_devices == 8
+
+
+def _variant(name, resize, cached, rates):
+    pts = pf.decode(rates).points
+    return DecodeVariant(name=name, resize_shorter=resize, cached=cached,
+                         best_images_per_s=max(rates.values()), points=pts)
+
+
+def test_measured_resize_speedup_feeds_the_plan():
+    # Originals 14,000 img/s at best; the sample stored at 256 px 42,000: 3x measured
+    # (the model would say 2.146x). Need 26,400: 16 threads x 3 = 18,600 < 26,400; 32
+    # threads 12,000 x 3 = 36,000 -> 32 threads.
+    rep = gpu_ssd_report()
+    variants = (_variant("originals", None, False, GPU_DECODE),
+                _variant("resized-256", 256, False, {1: 1_200.0, 64: 42_000.0}))
+    rep = dataclasses.replace(rep, decode=dataclasses.replace(rep.decode, variants=variants))
+    plan = make_plan(rep, get_preset("resnet50"))
+    assert (plan.pack_resize, plan.resize_speedup, plan.decode_threads) == (256, 3.0, 32)
+    assert plan.decode_images_per_s == pytest.approx(36_000)
+    assert "measured" in plan.decision("pack_resize").reason
+    # Without variants (older probe.json): the modelled 2.146x and 64 threads.
+    assert make_plan(gpu_ssd_report(), get_preset("resnet50")).decode_threads == 64
+
+
+def test_measured_cached_rate_limits_later_epochs():
+    # cpu-small: cache chosen, decode 26,000 >= step 440; the cached path at 48 px was
+    # measured at 300 img/s at 1 thread -> bottleneck "decoded cache", 300 img/s.
+    rep = _cpu_small_report()
+    variants = (_variant("cached-resized-48", 48, True, {1: 300.0, 2: 550.0}),)
+    rep = dataclasses.replace(rep, decode=dataclasses.replace(rep.decode, variants=variants))
+    plan = make_plan(rep, get_preset("cpu-small"))
+    assert (plan.cache_decoded, plan.bottleneck) == (True, "decoded cache")
+    assert plan.predicted_images_per_s == pytest.approx(300)
+
+
+def test_plan_resolves_cache_against_workers():
+    # The GIL case on 10,000 images: the decoded set would fit (10,000 x 87,381 x 3 B =
+    # 2.4 GiB <= 120 GiB) but 8 worker processes decode -> no cache.
+    rep = pf.report(
+        host_=pf.host(cores=16, ram_total=512 * GiB, ram_available=480 * GiB),
+        decode_=pf.decode({1: 400.0, 2: 700.0, 4: 850.0, 8: 900.0}, cores=16),
+        acc=pf.accelerator(devices=1, step_ips=2_000.0, batch=256), num_images=10_000)
+    plan = make_plan(rep, get_preset("resnet50"))
+    assert (plan.decode_workers, plan.cache_decoded) == (8, False)
+    assert loop_options(plan).cache_decoded is False
+
+
+# ---------------------------------------------------------------- plan -> trainer
+
+def test_train_config_from_plan_and_preset():
+    preset = get_preset("resnet50")
+    plan = make_plan(gpu_ssd_report(), preset, PlanRequest(epochs=16))
+    cfg = train_config(plan, preset, num_classes=100)
+    assert (cfg.arch, cfg.image_size, cfg.num_classes, cfg.dtype) == ("resnet50", 224, 100,
+                                                                       "bfloat16")
+    assert (cfg.per_device_batch, cfg.epochs, cfg.optimizer) == (256, 16, "sgd")
+    assert (cfg.learning_rate, cfg.warmup_epochs) == (pytest.approx(0.8), 5.0)
+
+
+def test_loop_and_pack_options_are_renames():
+    plan = make_plan(gpu_ssd_report(), get_preset("resnet50"))
+    opts = loop_options(plan, max_steps=7, checkpoint_every_s=60.0)
+    assert (opts.decode_threads, opts.prefetch_batches, opts.device_prefetch) == (64, 66, 2)
+    assert (opts.read_mode, opts.shuffle_window, opts.cache_decoded,
+            opts.decode_workers) == ("random", 4096, False, 0)
+    assert (opts.max_steps, opts.checkpoint_every_s) == (7, 60.0)
+    # pack_threads: the probe's 32 usable cores.
+    pack = pack_options(plan)
+    assert (pack.num_shards, pack.resize_shorter, pack.val_fraction,
+            pack.pack_threads) == (256, 256, 0.01, 32)
+    assert pack_options(plan, separate_val=True, pack_threads=3).val_fraction == 0.0
+    assert pack_options(plan, pack_threads=3).pack_threads == 3
+
+
+def test_pack_cache_key_is_the_digest_of_the_pack_settings():
+    plan = make_plan(gpu_ssd_report(), get_preset("resnet50"))
+    key = json.dumps(["/data", None, 256, 256, 0.01])
+    assert pack_cache_key(plan, "/data") == hashlib.sha256(key.encode()).hexdigest()[:12]
+    assert pack_cache_key(plan, "/data", "/val") != pack_cache_key(plan, "/data")
+    other = make_plan(gpu_ssd_report(), get_preset("resnet50"), PlanRequest(num_shards=512))
+    assert pack_cache_key(other, "/data") != pack_cache_key(plan, "/data")
