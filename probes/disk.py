@@ -10,8 +10,8 @@ Measurements (all on the file system that holds the data):
 * buffered record-size reads at depth N through the page cache, "as the loader sees
   it" in a first epoch: cache dropped, every record slot read once in shuffled order.
 
-Whether the data set fits in RAM (``psutil``) is reported too: if it does, the page
-cache serves the epochs after the first and the disk matters only for the first.
+The data set's bytes and the total RAM (``psutil``) are reported too; whether the
+page cache can serve the epochs after the first is the planner's call.
 
 Queue depth N is N threads each issuing blocking ``os.preadv`` calls, the same I/O
 pattern as fio ``--ioengine=psync --numjobs=N --group_reporting`` (fio documentation,
@@ -429,18 +429,7 @@ def measure_reads(
         that refuses it; use :func:`direct_io_supported` first).
     """
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
-    if pattern not in ("seq", "rand", "shuffle"):
-        raise ValueError(f"pattern must be 'seq', 'rand' or 'shuffle', got {pattern!r}")
-    if method not in ("O_DIRECT", "fadvise"):
-        raise ValueError(f"method must be 'O_DIRECT' or 'fadvise', got {method!r}")
-    if block_bytes <= 0:
-        raise ValueError(f"block_bytes must be positive, got {block_bytes}")
-    if queue_depth < 1:
-        raise ValueError(f"queue_depth must be >= 1, got {queue_depth}")
-    if duration_s <= 0:
-        raise ValueError(f"duration_s must be positive, got {duration_s}")
-    if max_ops < 1:
-        raise ValueError(f"max_ops must be >= 1, got {max_ops}")
+    _check_read_args(pattern, method, block_bytes, queue_depth, duration_s, max_ops)
     o_direct = direct and method == "O_DIRECT"
     drop = direct and method == "fadvise"
     io_bytes = align_up(block_bytes) if o_direct else block_bytes
@@ -462,14 +451,8 @@ def measure_reads(
         root = np.random.SeedSequence(seed)
         warm_seeds, seeds, plan_seed = root.spawn(3)
         warm_seeds, seeds = warm_seeds.spawn(queue_depth), seeds.spawn(queue_depth)
-        slots = space.size // io_bytes
-        plans = None
-        if pattern == "shuffle":
-            order = np.random.default_rng(plan_seed).permutation(slots).astype(np.int64) * io_bytes
-            plans = [order[i::queue_depth] for i in range(queue_depth)]
-            starts = [0] * queue_depth
-        else:  # sequential thread i starts at slot i/N of the space
-            starts = [i * slots // queue_depth for i in range(queue_depth)]
+        starts, plans = _thread_starts(space.size // io_bytes, io_bytes, pattern, queue_depth,
+                                       plan_seed)
         # The measurement goes on where the warm-up stopped (as fio does after
         # --ramp_time), so a 'shuffle' epoch never reads a slot twice.
         if warmup_s > 0:
@@ -482,7 +465,46 @@ def measure_reads(
         )
     finally:
         space.close()
+    return _read_stats(pattern, block_bytes, io_bytes, queue_depth, direct, lat, total, short,
+                       seconds)
 
+
+def _check_read_args(pattern: str, method: str, block_bytes: int, queue_depth: int,
+                     duration_s: float, max_ops: int) -> None:
+    """Raise ValueError naming the first argument of :func:`measure_reads` out of range."""
+    _require([
+        (pattern in ("seq", "rand", "shuffle"),
+         f"pattern must be 'seq', 'rand' or 'shuffle', got {pattern!r}"),
+        (method in ("O_DIRECT", "fadvise"),
+         f"method must be 'O_DIRECT' or 'fadvise', got {method!r}"),
+        (block_bytes > 0, f"block_bytes must be positive, got {block_bytes}"),
+        (queue_depth >= 1, f"queue_depth must be >= 1, got {queue_depth}"),
+        (duration_s > 0, f"duration_s must be positive, got {duration_s}"),
+        (max_ops >= 1, f"max_ops must be >= 1, got {max_ops}"),
+    ])
+
+
+def _require(checks: list[tuple[bool, str]], where: str = "") -> None:
+    """Raise ValueError with the message (and ``where``) of the first failed check."""
+    for ok, message in checks:
+        if not ok:
+            raise ValueError(message + where)
+
+
+def _thread_starts(slots: int, io_bytes: int, pattern: str, queue_depth: int,
+                   plan_seed: np.random.SeedSequence) -> tuple[list[int], list[np.ndarray] | None]:
+    """Where each of ``queue_depth`` read threads starts, and for ``'shuffle'`` each
+    thread's offsets (bytes): every one of ``slots`` slots once, in a random order,
+    dealt round-robin. Sequential thread i starts at slot i/N of the space."""
+    if pattern == "shuffle":
+        order = np.random.default_rng(plan_seed).permutation(slots).astype(np.int64) * io_bytes
+        return [0] * queue_depth, [order[i::queue_depth] for i in range(queue_depth)]
+    return [i * slots // queue_depth for i in range(queue_depth)], None
+
+
+def _read_stats(pattern: str, block_bytes: int, io_bytes: int, queue_depth: int, direct: bool,
+                lat: list[int], total: int, short: int, seconds: float) -> ReadStats:
+    """The :class:`ReadStats` of one measurement (latencies in ns, ``total`` bytes)."""
     ops = len(lat)
     if ops:
         arr = np.asarray(lat, dtype=np.float64) / 1e6
@@ -692,32 +714,11 @@ def probe_disk(
         enough for the reads.
     """
     p = Path(path).absolute()
-    if not p.exists():
-        raise FileNotFoundError(errno.ENOENT, f"Disk probe: data path {p} does not exist", str(p))
-    if record_bytes <= 0:
-        raise ValueError(f"record_bytes must be positive, got {record_bytes} (path {p})")
-    if queue_depth < 1:
-        raise ValueError(f"queue_depth must be >= 1, got {queue_depth} (path {p})")
-    if duration_s <= 0:
-        raise ValueError(f"duration_s must be positive, got {duration_s} (path {p})")
-    if file_bytes is not None and file_bytes < MIN_FILE_BYTES:
-        raise ValueError(f"file_bytes ({file_bytes}) must be at least {MIN_FILE_BYTES} (path {p})")
-
+    _check_probe_args(p, record_bytes, queue_depth, duration_s, file_bytes)
     folder = p if p.is_dir() else p.parent
-    target = file_bytes if file_bytes is not None else DEFAULT_FILE_BYTES
     notes: list[str] = ["MB/s uses 1 MB = 1e6 bytes; latencies are per read call, in ms."]
-
-    writable, reason = folder_writable(folder)
-    if writable:
-        free = shutil.disk_usage(folder).free
-        if free // 4 < target:
-            shrunk = (free // 4 // ALIGN) * ALIGN
-            if shrunk < MIN_FILE_BYTES:
-                writable, reason = False, f"only {free} bytes free on {folder}"
-            else:
-                notes.append(f"test file shrunk from {target} to {shrunk} bytes ({free} bytes free)")
-                target = shrunk
-
+    target, writable, reason = _test_file_size(
+        folder, file_bytes if file_bytes is not None else DEFAULT_FILE_BYTES, notes)
     scan_total = 0
     largest: list[Path] = []
     if dataset_bytes <= 0 or not writable:
@@ -736,99 +737,145 @@ def probe_disk(
             except OSError as exc:
                 if exc.errno not in _NOT_WRITABLE_ERRNOS:
                     raise
-                writable, reason = False, f"cannot write in {folder}: {exc.strerror}"
-                scan_total, largest, _ = scan_files(p, target, _max_open_files())
+                reason = f"cannot write in {folder}: {exc.strerror}"
+                _, largest, _ = scan_files(p, target, _max_open_files())
         if test_file is not None:
-            paths: list[Path] = [test_file]
-            source = "test-file"
+            paths, source = [test_file], "test-file"
         else:
-            paths = largest
-            source = "existing-files"
-            if not paths:
-                raise DiskProbeError(
-                    f"Disk probe: {p} is not writable ({reason}) and holds no files to read"
-                )
-            sizes = sorted(q.stat().st_size for q in paths)
-            notes.append(
-                f"not writing: {reason}; read the {len(paths)} largest files under {p} "
-                f"(median {sizes[len(sizes) // 2]} bytes) as one concatenated space; a read "
-                "that crosses a file end is one read call per file, timed as one read"
-            )
-
-        direct_ok = direct_io_supported(paths[0])
-        method = "O_DIRECT" if direct_ok else "fadvise"
-        if not direct_ok:
-            notes.append(
-                f"O_DIRECT refused on {folder}; buffered reads with the cache dropped "
-                "(POSIX_FADV_DONTNEED) before and after each read"
-            )
-        space_bytes = sum(
-            ((q.stat().st_size // ALIGN) * ALIGN) if direct_ok else q.stat().st_size for q in paths
-        )
-        need = max(SEQ_BLOCK_BYTES, align_up(record_bytes))
-        if space_bytes < need:
-            raise DiskProbeError(
-                f"Disk probe: the files read under {p} hold {space_bytes} usable bytes, "
-                f"fewer than one read of {need} bytes"
-            )
-
-        def m(block: int, pattern: str, qd: int, direct: bool = True, **kw) -> ReadStats:
-            return measure_reads(paths, block, pattern, qd, duration_s, direct, method=method, **kw)
-
-        sequential = m(SEQ_BLOCK_BYTES, "seq", 1)
-        random_4k = m(SMALL_BLOCK_BYTES, "rand", 1)
-        random_record = m(record_bytes, "rand", 1)
-        random_record_qd = m(record_bytes, "rand", queue_depth)
-        # Buffered, as the loader sees it in its first epoch: start cold, read each
-        # record slot once in shuffled order, and let the kernel cache and read ahead as
-        # it would for the input pipeline. ('rand' would re-read a small test file's
-        # blocks from the cache and report RAM speed.)
-        cold = _ReadSpace(paths, direct=False)
-        try:
-            cold.drop_cache()
-        finally:
-            cold.close()
-        buffered = m(record_bytes, "shuffle", queue_depth, direct=False, warmup_s=0.0)
+            paths, source = largest, "existing-files"
+            _note_existing_files(p, paths, reason, notes)
+        method, space_bytes = _read_method(p, folder, paths, record_bytes, notes)
+        stats = _measure_all(paths, method, record_bytes, queue_depth, duration_s)
     finally:
         if test_file is not None:
             test_file.unlink(missing_ok=True)
 
+    buffered = stats["buffered_random_record"]
     if buffered.seconds < 0.9 * duration_s:
         notes.append(
             f"buffered_random_record read the whole read space ({buffered.ops} records) in "
             f"{buffered.seconds:.2f} s, before duration_s ({duration_s} s) ran out"
         )
     ram = int(psutil.virtual_memory().total)
-    fits = 0 < dataset_bytes <= ram
-    if fits:
-        notes.append(
-            f"data set ({dataset_bytes / 1e9:.2f} GB) fits in RAM ({ram / 1e9:.2f} GB): after "
-            "the first epoch reads can come from the page cache, so the disk figures matter "
-            "only for the first epoch"
-        )
-    elif dataset_bytes > 0:
-        notes.append(
-            f"data set ({dataset_bytes / 1e9:.2f} GB) is larger than RAM ({ram / 1e9:.2f} GB): "
-            "every epoch reads from the disk"
-        )
-    else:
-        notes.append("data set size unknown (0 bytes found); fits_page_cache is False")
-
+    notes.append(f"data set {dataset_bytes / 1e9:.2f} GB; RAM {ram / 1e9:.2f} GB"
+                 + ("" if dataset_bytes > 0 else " (data set size unknown: 0 bytes found)"))
     return DiskReport(
-        path=str(p),
-        method=method,
-        source=source,
-        file_bytes=space_bytes,
-        record_bytes=record_bytes,
-        queue_depth=queue_depth,
-        sequential=sequential,
-        random_4k=random_4k,
-        random_record=random_record,
-        random_record_qd=random_record_qd,
-        buffered_random_record=buffered,
-        dataset_bytes=dataset_bytes,
-        ram_bytes=ram,
-        fits_page_cache=fits,
-        notes=tuple(notes),
+        path=str(p), method=method, source=source, file_bytes=space_bytes,
+        record_bytes=record_bytes, queue_depth=queue_depth, **stats,
+        dataset_bytes=dataset_bytes, ram_bytes=ram, notes=tuple(notes),
     )
 
+
+def _check_probe_args(p: Path, record_bytes: int, queue_depth: int, duration_s: float,
+                      file_bytes: int | None) -> None:
+    """Raise FileNotFoundError / ValueError (naming ``p``) for :func:`probe_disk`."""
+    if not p.exists():
+        raise FileNotFoundError(errno.ENOENT, f"Disk probe: data path {p} does not exist", str(p))
+    _require([
+        (record_bytes > 0, f"record_bytes must be positive, got {record_bytes}"),
+        (queue_depth >= 1, f"queue_depth must be >= 1, got {queue_depth}"),
+        (duration_s > 0, f"duration_s must be positive, got {duration_s}"),
+        (file_bytes is None or file_bytes >= MIN_FILE_BYTES,
+         f"file_bytes ({file_bytes}) must be at least {MIN_FILE_BYTES}"),
+    ], f" (path {p})")
+
+
+def _test_file_size(folder: Path, target: int, notes: list[str]) -> tuple[int, bool, str]:
+    """``(bytes, writable, reason not)`` of the test file: ``target`` shrunk to a
+    quarter of the free space when needed; not writable when that is below
+    :data:`MIN_FILE_BYTES` or :func:`folder_writable` says so."""
+    writable, reason = folder_writable(folder)
+    if writable:
+        free = shutil.disk_usage(folder).free
+        if free // 4 < target:
+            shrunk = (free // 4 // ALIGN) * ALIGN
+            if shrunk < MIN_FILE_BYTES:
+                return target, False, f"only {free} bytes free on {folder}"
+            notes.append(f"test file shrunk from {target} to {shrunk} bytes ({free} bytes free)")
+            target = shrunk
+    return target, writable, reason
+
+
+def _note_existing_files(p: Path, paths: list[Path], reason: str, notes: list[str]) -> None:
+    """Note the existing files read instead of a test file.
+
+    Raises:
+      DiskProbeError: there are none.
+    """
+    if not paths:
+        raise DiskProbeError(f"Disk probe: {p} is not writable ({reason}) and holds no files to read")
+    sizes = sorted(q.stat().st_size for q in paths)
+    notes.append(
+        f"not writing: {reason}; read the {len(paths)} largest files under {p} "
+        f"(median {sizes[len(sizes) // 2]} bytes) as one concatenated space; a read "
+        "that crosses a file end is one read call per file, timed as one read"
+    )
+
+
+def _read_method(p: Path, folder: Path, paths: list[Path], record_bytes: int,
+                 notes: list[str]) -> tuple[str, int]:
+    """``(method, usable bytes of paths)``: ``'O_DIRECT'`` where the file system takes
+    it, else ``'fadvise'``.
+
+    Raises:
+      DiskProbeError: the files hold fewer usable bytes than one read.
+    """
+    direct_ok = direct_io_supported(paths[0])
+    if not direct_ok:
+        notes.append(
+            f"O_DIRECT refused on {folder}; buffered reads with the cache dropped "
+            "(POSIX_FADV_DONTNEED) before and after each read"
+        )
+    space_bytes = sum(
+        ((q.stat().st_size // ALIGN) * ALIGN) if direct_ok else q.stat().st_size for q in paths
+    )
+    need = max(SEQ_BLOCK_BYTES, align_up(record_bytes))
+    if space_bytes < need:
+        raise DiskProbeError(
+            f"Disk probe: the files read under {p} hold {space_bytes} usable bytes, "
+            f"fewer than one read of {need} bytes"
+        )
+    return ("O_DIRECT" if direct_ok else "fadvise"), space_bytes
+
+
+def _measure_all(paths: list[Path], method: str, record_bytes: int, queue_depth: int,
+                 duration_s: float) -> dict[str, ReadStats]:
+    """The five :class:`DiskReport` read measurements, by field name."""
+    def m(block: int, pattern: str, qd: int, direct: bool = True, **kw) -> ReadStats:
+        return measure_reads(paths, block, pattern, qd, duration_s, direct, method=method, **kw)
+
+    stats = {
+        "sequential": m(SEQ_BLOCK_BYTES, "seq", 1),
+        "random_4k": m(SMALL_BLOCK_BYTES, "rand", 1),
+        "random_record": m(record_bytes, "rand", 1),
+        "random_record_qd": m(record_bytes, "rand", queue_depth),
+    }
+    # Buffered, as the loader sees it in its first epoch: start cold, read each
+    # record slot once in shuffled order, and let the kernel cache and read ahead as
+    # it would for the input pipeline. ('rand' would re-read a small test file's
+    # blocks from the cache and report RAM speed.)
+    drop_page_cache(paths)
+    stats["buffered_random_record"] = m(record_bytes, "shuffle", queue_depth, direct=False,
+                                        warmup_s=0.0)
+    return stats
+
+
+def drop_page_cache(paths: Sequence[str | os.PathLike]) -> bool:
+    """Evict ``paths`` from the page cache: ``posix_fadvise(POSIX_FADV_DONTNEED)`` on
+    each, after an ``fsync`` of the ones this process may write (dirty pages are not
+    dropped). Works without root. Returns False where ``posix_fadvise`` is unavailable.
+
+    Raises:
+      OSError: a file cannot be opened.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            if os.access(p, os.W_OK):
+                os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True

@@ -91,6 +91,46 @@ class DecodePoint(Record):
 
 
 @dataclass(frozen=True)
+class DecodeVariant(Record):
+    """Decode + augmentation throughput of one way the trainer may get its images
+    (what the planner may choose), timed with the function the input pipeline runs
+    on those bytes (:func:`probes.decode.probe_decode`).
+
+    Attributes:
+      name: ``"originals"`` (the bytes the pack stores without a resize),
+        ``"resized-<R>"`` (packed with ``resize_shorter=R``), ``"cached"`` /
+        ``"cached-resized-<R>"`` (decoded once, kept in RAM: later epochs only crop
+        and flip).
+      resize_shorter: the pack-time resize, pixels (None: no resize).
+      cached: True for the decoded-image cache (``PipelineConfig.cache_decoded``):
+        ``preprocess.augment_decoded`` timed on decoded images; False for
+        ``preprocess.train_preprocess`` timed on the packed bytes.
+      best_images_per_s: the highest images/s among ``points``.
+      points: one per thread count timed, increasing (fewer counts than the
+        report's main curve for the variants other than ``originals``).
+    """
+
+    name: str
+    resize_shorter: int | None
+    cached: bool
+    best_images_per_s: float
+    points: tuple[DecodePoint, ...]
+
+    def rate_at(self, threads: int) -> float:
+        """Images/s at ``threads`` (the nearest measured count not above it; the
+        1-thread figure below the first)."""
+        return _rate_at(self.points, threads)
+
+
+def _rate_at(points: tuple[DecodePoint, ...], threads: int) -> float:
+    best = points[0].images_per_s
+    for p in points:
+        if p.threads <= threads:
+            best = p.images_per_s
+    return best
+
+
+@dataclass(frozen=True)
 class DecodeReport(Record):
     """Decode + augmentation throughput on a sample of the user's images.
 
@@ -102,7 +142,8 @@ class DecodeReport(Record):
       mean_pixels: mean width x height of the sample.
       image_size: output side of the timed preprocessing (pixels).
       min_crop_scale: smallest crop area fraction used.
-      points: one per thread count, increasing.
+      points: one per thread count, increasing: ``train_preprocess`` on the bytes
+        the pack stores without a resize (the user's JPEGs as they are).
       knee_threads: thread count past which adding threads stops paying.
       raw_decode_images_per_s: full-size single-thread libjpeg-turbo decodes/s.
       usable_cores: cores this process may use.
@@ -111,6 +152,10 @@ class DecodeReport(Record):
       seconds_per_point: time budget of each measurement.
       decoder: which JPEG decode the timed preprocessing used
         (:func:`trainers.preprocess.decoder_description`); empty in older reports.
+      variants: the same measurement for each way the trainer may get its images
+        (:class:`DecodeVariant`): ``originals`` (the ``points`` above), the
+        candidate pack-time resizes and the decoded-image cache; empty in older
+        reports.
     """
 
     data_path: str
@@ -129,14 +174,17 @@ class DecodeReport(Record):
     bad_images: tuple[str, ...]
     seconds_per_point: float
     decoder: str = ""
+    variants: tuple[DecodeVariant, ...] = ()
 
     def rate_at(self, threads: int) -> float:
         """Images/s at ``threads`` (the nearest measured count not above it)."""
-        best = self.points[0].images_per_s
-        for p in self.points:
-            if p.threads <= threads:
-                best = p.images_per_s
-        return best
+        return _rate_at(self.points, threads)
+
+    def variant(self, resize_shorter: int | None, cached: bool) -> DecodeVariant | None:
+        """The measured variant with this pack-time resize (pixels, None: none) and
+        cache choice, or None when it was not measured."""
+        return next((v for v in self.variants
+                     if v.resize_shorter == resize_shorter and v.cached == cached), None)
 
     @property
     def best(self) -> DecodePoint:
@@ -211,8 +259,8 @@ class DiskReport(Record):
         early when the read space is exhausted.
       dataset_bytes: bytes of the data set (given, or summed over the files under
         ``path`` when 0 was given).
-      ram_bytes: total RAM (``psutil.virtual_memory().total``), bytes.
-      fits_page_cache: ``0 < dataset_bytes <= ram_bytes``.
+      ram_bytes: total RAM (``psutil.virtual_memory().total``), bytes. Whether the
+        data set fits in the page cache is the planner's call, not the probe's.
       notes: human-readable remarks (units, fallbacks, what the cache figure means).
     """
 
@@ -229,8 +277,10 @@ class DiskReport(Record):
     buffered_random_record: ReadStats
     dataset_bytes: int
     ram_bytes: int
-    fits_page_cache: bool
     notes: tuple[str, ...] = ()
+
+    #: Decided by the probe before the planner owned the page-cache rule.
+    DROPPED = {"fits_page_cache"}
 
 
 @dataclass(frozen=True)

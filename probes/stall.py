@@ -19,9 +19,9 @@ noise, count as 0). The bottleneck is the largest of the three.
 from __future__ import annotations
 
 import dataclasses
-import os
 import tempfile
 
+from probes.disk import drop_page_cache
 from probes.records import StallReport
 
 
@@ -47,21 +47,6 @@ def attribute(synthetic_ips: float, cached_ips: float, cold_ips: float, *, steps
                        fetch_stall_pct=100 * shares["fetch"],
                        bottleneck=max(shares, key=shares.get), steps=steps,
                        cache_dropped=cache_dropped)
-
-
-def drop_page_cache(paths) -> bool:
-    """Evict ``paths`` from the page cache with ``posix_fadvise(DONTNEED)`` (works
-    without root for clean pages). Returns False where the call is unavailable."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    for p in paths:
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.fsync(fd) if os.access(p, os.W_OK) else None
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return True
 
 
 def warm_page_cache(paths, block: int = 1 << 20) -> int:

@@ -127,6 +127,31 @@ def test_missing_or_empty_folders_are_clear_errors(tmp_path):
         pack_folder(tmp_path / "e", tmp_path / "o")
 
 
+def test_one_idea_of_an_image_file_for_pack_probe_and_validation(tmp_path):
+    from trainers import scan
+    from trainers.validation import scan_validation
+
+    root = write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=2)
+    good = (root / "n00000000" / "n00000000_0.JPEG").read_bytes()
+    odd = {"notes.txt": good, ".hidden.JPEG": good, "Thumbs.db": b"x", "README": good}
+    for name, data in odd.items():
+        (root / "n00000001" / name).write_bytes(data)
+    (root / "n00000001" / "lower.jpg").write_bytes(good)
+    images = {p for p, _ in scan.scan_class_folders(root, images_only=True)[1]}
+    assert {os.path.basename(p) for p in images} == {
+        "n00000000_0.JPEG", "n00000000_1.JPEG", "n00000001_0.JPEG", "n00000001_1.JPEG",
+        "lower.jpg"}
+    # The decode probe samples exactly these; the pack stores exactly these and lists
+    # every other entry as "not an image"; a class-folder validation set is read the
+    # same way as the train folder.
+    assert {str(p) for p in scan.sample_images(root, 100)} == images
+    res = pack_folder(root, tmp_path / "packed", PackOptions(num_shards=1))
+    assert res.packed == len(images)
+    assert {os.path.basename(b.path): b.reason.split(" (")[0] for b in res.bad_images} == {
+        name: "not an image" for name in odd}
+    assert scan_validation(root, res.class_names) == scan.scan_class_folders(root)[1]
+
+
 # ------------------------------------------------------------------ pipeline
 
 @pytest.fixture

@@ -30,6 +30,7 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import random
 import re
@@ -40,7 +41,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from trainers.records import RecordError, write_text_atomic
-from trainers import preprocess
+from trainers import preprocess, scan
 from trainers.summaries import BadImage, PackResult, SplitSummary
 from trainers.options import PackOptions
 
@@ -48,8 +49,6 @@ DATASET_NAME = "autotune_images"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 PACK_SUMMARY = "pack.json"
 FORMAT_VERSION = 1
-#: File names that are never images; they are still counted and listed as skipped.
-SYSTEM_FILES = {".DS_Store", "Thumbs.db", "desktop.ini"}
 #: Larger input files are skipped unread ("file too large"): a JPEG within
 #: ``preprocess.MAX_PIXELS`` is far smaller, and reading a stray multi-gigabyte file
 #: whole would only exhaust memory.
@@ -65,33 +64,25 @@ class PackError(RuntimeError):
 
 
 def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """List ``<root>/<class>/<file>`` as ``(class_names, [(path, label), ...])``.
-
-    Class index = position in sorted class-folder names (tensorflow-datasets
-    ``imagenet2012`` order). Every entry of a class folder is returned, images or not
-    (system files, dangling links, FIFOs, sub-folders), so that nothing is dropped
-    silently: packing lists what it cannot use with the reason. Files directly under
-    ``root`` are ignored. Order: by class, then by file name.
+    """List ``<root>/<class>/<file>`` as ``(class_names, [(path, label), ...])``:
+    :func:`trainers.scan.scan_class_folders` with every entry of a class folder,
+    images or not, so that nothing is dropped silently (packing lists what it cannot
+    use with the reason). Order: by class, then by file name.
 
     Raises:
       PackError: ``root`` is missing, is not a folder, has no class folders, or a
         class folder is empty.
     """
-    root = Path(root)
-    if not root.exists():
-        raise PackError(f"data folder {root} does not exist")
-    if not root.is_dir():
-        raise PackError(f"data path {root} is not a folder (expected <root>/<wnid>/*.JPEG)")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
-        raise PackError(f"data folder {root} has no class folders (expected <root>/<wnid>/*.JPEG)")
-    items: list[tuple[str, int]] = []
-    for label, name in enumerate(classes):
-        files = sorted((root / name).iterdir())
-        if not files:
-            raise PackError(f"class folder {root / name} is empty")
-        items.extend((str(p), label) for p in files)
-    return tuple(classes), items
+    return scan.scan_class_folders(root, error=PackError)
+
+
+def pack_resize_side(image_size: int) -> int:
+    """Shorter side (pixels) a pack-time resize stores for training at ``image_size``
+    pixels: ``ceil8(1.5 x S)`` for S <= 64 px, else ``ceil8(S x 256 / 224)`` (256 for
+    224 px: the ImageNet eval resize). The decode probe measures this resize; the
+    planner chooses it."""
+    side = 1.5 * image_size if image_size <= 64 else image_size * 256 / 224
+    return int(math.ceil(side / 8) * 8)
 
 
 def _features(class_names: Sequence[str]):
@@ -138,10 +129,13 @@ def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
     pack-time resize), one thread, best of ``repeats``. None when nothing decodes."""
     pairs = []
     for p in paths:
-        stored, reason, _ = _prepare(p, options.resize_shorter, options.quality)
-        if stored is not None:
-            with open(p, "rb") as f:
-                pairs.append((f.read(), stored))
+        data, _ = _read_image_file(p)
+        if data is None:
+            continue
+        try:
+            pairs.append((data, packed_bytes(data, options.resize_shorter, options.quality)))
+        except preprocess.BadImageError:
+            continue
     if not pairs:
         return None
 
@@ -155,6 +149,34 @@ def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
         return min(times)
 
     return best(0) / max(best(1), 1e-9)
+
+
+def packed_bytes(data: bytes, resize_shorter: int | None,
+                 quality: int = PackOptions().quality) -> bytes:
+    """The JPEG bytes the pack stores for an image file's bytes ``data``.
+
+    With ``resize_shorter`` and a shorter side above it: decoded (at the smallest DCT
+    scale that stays above the target), resized so the shorter side is
+    ``resize_shorter`` pixels (:func:`trainers.preprocess.resize_shorter_side`) and
+    re-encoded at ``quality``. Otherwise ``data`` itself when it is a JPEG that
+    libjpeg-turbo decodes to RGB; anything else (CMYK, PNG named .JPEG, ...) is
+    converted to JPEG once here, so readers never need Pillow. The image is fully
+    decoded either way, which catches truncated files.
+
+    Raises:
+      trainers.preprocess.BadImageError: ``data`` is not a decodable image.
+    """
+    h, w = preprocess.image_header(data)
+    if resize_shorter is not None and min(h, w) > resize_shorter:
+        factor = resize_shorter / min(h, w)
+        img = preprocess.decode_image(data, min_height=int(h * factor) + 1,
+                                      min_width=int(w * factor) + 1)
+        return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
+                                      quality)
+    img = preprocess.decode_image(data)  # full decode: catches truncation
+    if data[:3] == b"\xff\xd8\xff" and _simplejpeg_ok(data):
+        return data
+    return preprocess.encode_jpeg(img, quality)
 
 
 def _prepare(path: str, resize_shorter: int | None, quality: int) -> tuple[bytes | None, str | None, int]:
@@ -172,39 +194,36 @@ def _prepare(path: str, resize_shorter: int | None, quality: int) -> tuple[bytes
 
 def _prepare_file(path: str, resize_shorter: int | None,
                   quality: int) -> tuple[bytes | None, str | None, int]:
-    name = os.path.basename(path)
-    if name in SYSTEM_FILES or name.startswith("._"):
-        return None, "not an image (system file)", 0
+    data, reason = _read_image_file(path)
+    if data is None:
+        return None, reason, 0
+    try:
+        return packed_bytes(data, resize_shorter, quality), None, len(data)
+    except preprocess.BadImageError as exc:
+        return None, exc.reason, len(data)
+
+
+def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` of an image file, or ``(None, why not)``: not an image by
+    its name (:func:`trainers.scan.not_an_image`), unreadable, not a regular file
+    (opening a FIFO would block forever) or over :data:`MAX_FILE_BYTES`."""
+    reason = scan.not_an_image(os.path.basename(path))
+    if reason is not None:
+        return None, reason
     try:
         st = os.stat(path)  # follows links: a dangling one fails here
     except OSError as exc:
         link = " (dangling symbolic link)" if os.path.islink(path) else ""
-        return None, f"unreadable: {exc.strerror or exc}{link}", 0
-    if not stat.S_ISREG(st.st_mode):  # opening a FIFO would block forever
-        return None, f"not a regular file: {_not_regular(st.st_mode)}", 0
+        return None, f"unreadable: {exc.strerror or exc}{link}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"not a regular file: {_not_regular(st.st_mode)}"
     if st.st_size > MAX_FILE_BYTES:
-        return None, f"file too large: {st.st_size:,} bytes > {MAX_FILE_BYTES:,}", 0
+        return None, f"file too large: {st.st_size:,} bytes > {MAX_FILE_BYTES:,}"
     try:
         with open(path, "rb") as f:
-            data = f.read()
+            return f.read(), None
     except OSError as exc:
-        return None, f"unreadable: {exc.strerror or exc}", 0
-    try:
-        h, w = preprocess.image_header(data)
-        is_jpeg = data[:3] == b"\xff\xd8\xff"
-        if resize_shorter is not None and min(h, w) > resize_shorter:
-            factor = resize_shorter / min(h, w)
-            img = preprocess.decode_image(data, min_height=int(h * factor) + 1,
-                                          min_width=int(w * factor) + 1)
-            return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
-                                          quality), None, len(data)
-        img = preprocess.decode_image(data)  # full decode: catches truncation
-        if is_jpeg and _simplejpeg_ok(data):
-            return data, None, len(data)
-        # CMYK, PNG named .JPEG, ...: converted once here, so readers never need Pillow.
-        return preprocess.encode_jpeg(img, quality), None, len(data)
-    except preprocess.BadImageError as exc:
-        return None, exc.reason, len(data)
+        return None, f"unreadable: {exc.strerror or exc}"
 
 
 def _simplejpeg_ok(data: bytes) -> bool:
@@ -314,8 +333,6 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         still to write and the bytes free there. Complete shards survive for the
         rerun; the partial shard is deleted.
     """
-    from array_record.python.array_record_module import ArrayRecordWriter
-
     t0 = time.perf_counter()
     source = str(Path(source).resolve())
     out = Path(out_dir)
@@ -326,6 +343,59 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
 
         val_items = scan_validation(val_source, class_names)
     fp = _fingerprint(source, items, val_items, options)
+    previous = _open_out_dir(out, fp, replace_stale)
+    if previous is not None:
+        return previous
+
+    train, val = _assign(items, options, has_val_folder=val_source is not None)
+    if val_source is not None:
+        val = val_items
+    n_val_shards = max(1, round(options.num_shards * len(val) / max(1, len(train)))) if val else 0
+    plan = [("train", c) for c in _chunks(train, options.num_shards)]
+    plan += [("validation", c) for c in _chunks(val, n_val_shards)] if val else []
+    feats = _features(class_names)
+    shards = _ShardWriter(out, fp, options, _example_serializer(feats), progress,
+                          total=len(items) + len(val_items))
+    shards.write_all(plan)
+
+    packed = sum(r for v in shards.info.values() for r, *_ in v)
+    bad_all = shards.bad
+    if packed == 0:
+        raise PackError(f"no image in {source} could be packed; {len(bad_all)} files skipped, "
+                        f"first: {bad_all[0].path}: {bad_all[0].reason}" if bad_all else
+                        f"no image in {source} could be packed")
+    splits = tuple(SplitSummary(name=s, num_examples=sum(r for r, *_ in v),
+                                shard_lengths=tuple(r for r, *_ in v),
+                                num_bytes=sum(b for _, b, *_ in v))
+                   for s, v in shards.info.items() if v)
+    with _writing(out / "dataset_info.json", out):
+        _write_tfds_metadata(out, feats, splits)
+    result = PackResult(
+        out_dir=str(out), source=source, class_names=class_names, input_images=shards.total,
+        packed=packed, skipped=len(bad_all), bad_images=tuple(bad_all), splits=splits,
+        bytes_in=sum(x[2] for v in shards.info.values() for x in v),
+        bytes_out=sum(x[3] for v in shards.info.values() for x in v),
+        resize_shorter=options.resize_shorter, options=options,
+        seconds=time.perf_counter() - t0, resumed_shards=shards.resumed,
+        decode_speedup=(measure_decode_speedup([p for p, _ in train[:32]], options)
+                        if options.resize_shorter else None))
+    assert result.input_images == result.packed + result.skipped, result
+    with _writing(out / "bad_images.json", out):
+        write_text_atomic(out / "bad_images.json",
+                          json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
+    with _writing(out / PACK_SUMMARY, out):
+        result.save(out / PACK_SUMMARY)  # last: its presence marks the pack complete
+    return result
+
+
+def _open_out_dir(out: Path, fp: str, replace_stale: bool) -> PackResult | None:
+    """Make ``out`` ready for the pack with fingerprint ``fp``: returns the complete
+    pack already there when it has that fingerprint; else removes what another pack
+    (``replace_stale``) or an interrupted run left, and writes the fingerprint.
+
+    Raises:
+      PackError: ``out`` holds a complete different pack and not ``replace_stale``.
+    """
     if is_packed(out):
         prev = load_pack_result(out)
         if _read_fingerprint(out) == fp:
@@ -347,115 +417,105 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                 p.unlink()
     with _writing(out / "fingerprint.txt", out):
         write_text_atomic(out / "fingerprint.txt", fp + "\n")
+    return None
 
-    train, val = _assign(items, options, has_val_folder=val_source is not None)
-    if val_source is not None:
-        val = val_items
-    n_val_shards = max(1, round(options.num_shards * len(val) / max(1, len(train)))) if val else 0
-    plan = [("train", c) for c in _chunks(train, options.num_shards)]
-    plan += [("validation", c) for c in _chunks(val, n_val_shards)] if val else []
-    total = len(items) + (len(val_items) if val_source is not None else 0)
-    feats = _features(class_names)
-    serialize = _example_serializer(feats)
 
-    counters = {"done": 0, "bad": 0}
-    bad_all: list[BadImage] = []
-    shard_info: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "validation": []}
-    resumed = 0
-    split_counts = {"train": 0, "validation": 0}
-    pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
-    try:
-        for shard_no, (split, chunk) in enumerate(plan):
-            idx = split_counts[split]
-            split_counts[split] += 1
-            n_split = sum(1 for s, _ in plan if s == split)
-            final = out / f"{DATASET_NAME}-{split}.array_record-{idx:05d}-of-{n_split:05d}"
-            sidecar = final.with_name(final.name + ".json")
-            info = _read_sidecar(sidecar)
-            if info is not None and info.get("fingerprint") == fp and final.is_file():
-                # The sidecar is written after the shard's rename, so a shard it
-                # describes was complete; the size check catches one damaged since.
-                if final.stat().st_size == info.get("num_bytes"):
-                    bad_all.extend(BadImage(**b) for b in info["bad"])
-                    shard_info[split].append((info["records"], info["num_bytes"],
-                                              info["bytes_in"], info["bytes_out"]))
-                    counters["done"] += len(chunk)
-                    counters["bad"] += len(info["bad"])
-                    resumed += 1
-                    if progress:
-                        progress(counters["done"], total, counters["bad"])
-                    continue
-            tmp = final.with_name(final.name + ".tmp")
-            records = bytes_in = bytes_out = 0
-            bad: list[BadImage] = []
+class _ShardWriter:
+    """Writes the shards of one pack (or keeps those a previous run completed) and
+    gathers what went into them: ``info[split]`` = ``[(records, num_bytes, bytes_in,
+    bytes_out), ...]`` per shard, ``bad`` (skipped files), ``resumed`` (shards kept)."""
+
+    def __init__(self, out: Path, fp: str, options: PackOptions,
+                 serialize: Callable[[dict], bytes],
+                 progress: Callable[[int, int, int], None] | None, total: int):
+        self.out, self.fp, self.options, self.serialize = out, fp, options, serialize
+        self.progress, self.total = progress, total
+        self.done = self.resumed = 0
+        self.bad: list[BadImage] = []
+        self.info: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "validation": []}
+
+    def _tick(self) -> None:
+        if self.progress:
+            self.progress(self.done, self.total, len(self.bad))
+
+    def write_all(self, plan: list[tuple[str, list[tuple[str, int]]]]) -> None:
+        """Write (or keep) every shard of ``plan`` (``[(split, [(path, label), ...])]``)."""
+        counts = {"train": 0, "validation": 0}
+        pool = cf.ThreadPoolExecutor(max(1, self.options.pack_threads))
+        try:
+            for shard_no, (split, chunk) in enumerate(plan):
+                idx = counts[split]
+                counts[split] += 1
+                n_split = sum(1 for s, _ in plan if s == split)
+                final = self.out / f"{DATASET_NAME}-{split}.array_record-{idx:05d}-of-{n_split:05d}"
+                if not self._keep(final, split, chunk):
+                    self._write(final, split, chunk, pool, plan[shard_no:])
+        finally:
+            pool.shutdown(wait=True)
+
+    def _keep(self, final: Path, split: str, chunk: list) -> bool:
+        """Keep a shard a previous run completed. The sidecar is written after the
+        shard's rename, so a shard it describes was complete; the size check catches
+        one damaged since."""
+        info = _read_sidecar(final.with_name(final.name + ".json"))
+        if (info is None or info.get("fingerprint") != self.fp or not final.is_file()
+                or final.stat().st_size != info.get("num_bytes")):
+            return False
+        self.bad.extend(BadImage(**b) for b in info["bad"])
+        self.info[split].append((info["records"], info["num_bytes"], info["bytes_in"],
+                                 info["bytes_out"]))
+        self.done += len(chunk)
+        self.resumed += 1
+        self._tick()
+        return True
+
+    def _write(self, final: Path, split: str, chunk: list, pool: cf.Executor,
+               rest: list) -> None:
+        """Write one shard to a temporary name, rename it, then write its sidecar
+        (``rest``: this and the later shards of the plan, sized for the error)."""
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        tmp = final.with_name(final.name + ".tmp")
+        records = bytes_in = bytes_out = 0
+        bad: list[BadImage] = []
+        writer = None
+        opts = self.options
+        try:
+            writer = ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
+            results = pool.map(lambda it: _prepare(it[0], opts.resize_shorter, opts.quality),
+                               chunk)
+            for (path, label), (data, reason, nbytes) in zip(chunk, results):
+                self.done += 1
+                if data is None:
+                    bad.append(BadImage(path=path, reason=reason or "unknown"))
+                    self.bad.append(bad[-1])
+                else:
+                    writer.write(self.serialize({
+                        "image": io.BytesIO(data), "label": label,
+                        "file_name": os.path.basename(path)}))
+                    records += 1
+                    bytes_in += nbytes
+                    bytes_out += len(data)
+                self._tick()
+            writer.close()
             writer = None
-            try:
-                writer = ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
-                results = pool.map(lambda it: _prepare(it[0], options.resize_shorter,
-                                                       options.quality), chunk)
-                for (path, label), (data, reason, nbytes) in zip(chunk, results):
-                    counters["done"] += 1
-                    if data is None:
-                        bad.append(BadImage(path=path, reason=reason or "unknown"))
-                        counters["bad"] += 1
-                    else:
-                        writer.write(serialize({
-                            "image": io.BytesIO(data), "label": label,
-                            "file_name": os.path.basename(path)}))
-                        records += 1
-                        bytes_in += nbytes
-                        bytes_out += len(data)
-                    if progress:
-                        progress(counters["done"], total, counters["bad"])
-                writer.close()
-                writer = None
-            except (OSError, RuntimeError) as exc:  # array_record raises RuntimeError
-                _discard(writer, tmp)
-                still = sum(_size(p) for _, c in plan[shard_no:] for p, _ in c)
-                raise _write_error(
-                    exc, tmp, out,
-                    f"{records} records, {bytes_out:,} bytes of images written to it; about "
-                    f"{still:,} bytes still to write (input size of this and the later "
-                    f"shards' images)") from exc
-            num_bytes = tmp.stat().st_size
-            os.replace(tmp, final)
-            with _writing(sidecar, out):
-                write_text_atomic(sidecar, json.dumps({
-                    "fingerprint": fp, "records": records, "num_bytes": num_bytes,
-                    "bytes_in": bytes_in, "bytes_out": bytes_out,
-                    "bad": [b.to_dict() for b in bad]}))
-            bad_all.extend(bad)
-            shard_info[split].append((records, num_bytes, bytes_in, bytes_out))
-    finally:
-        pool.shutdown(wait=True)
-
-    packed = sum(r for v in shard_info.values() for r, *_ in v)
-    if packed == 0:
-        raise PackError(f"no image in {source} could be packed; {len(bad_all)} files skipped, "
-                        f"first: {bad_all[0].path}: {bad_all[0].reason}" if bad_all else
-                        f"no image in {source} could be packed")
-    splits = tuple(SplitSummary(name=s, num_examples=sum(r for r, *_ in v),
-                                shard_lengths=tuple(r for r, *_ in v),
-                                num_bytes=sum(b for _, b, *_ in v))
-                   for s, v in shard_info.items() if v)
-    with _writing(out / "dataset_info.json", out):
-        _write_tfds_metadata(out, feats, splits)
-    result = PackResult(
-        out_dir=str(out), source=source, class_names=class_names, input_images=total,
-        packed=packed, skipped=len(bad_all), bad_images=tuple(bad_all), splits=splits,
-        bytes_in=sum(x[2] for v in shard_info.values() for x in v),
-        bytes_out=sum(x[3] for v in shard_info.values() for x in v),
-        resize_shorter=options.resize_shorter, options=options,
-        seconds=time.perf_counter() - t0, resumed_shards=resumed,
-        decode_speedup=(measure_decode_speedup([p for p, _ in train[:32]], options)
-                        if options.resize_shorter else None))
-    assert result.input_images == result.packed + result.skipped, result
-    with _writing(out / "bad_images.json", out):
-        write_text_atomic(out / "bad_images.json",
-                          json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
-    with _writing(out / PACK_SUMMARY, out):
-        result.save(out / PACK_SUMMARY)  # last: its presence marks the pack complete
-    return result
+        except (OSError, RuntimeError) as exc:  # array_record raises RuntimeError
+            _discard(writer, tmp)
+            still = sum(_size(p) for _, c in rest for p, _ in c)
+            raise _write_error(
+                exc, tmp, self.out,
+                f"{records} records, {bytes_out:,} bytes of images written to it; about "
+                f"{still:,} bytes still to write (input size of this and the later "
+                f"shards' images)") from exc
+        num_bytes = tmp.stat().st_size
+        os.replace(tmp, final)
+        sidecar = final.with_name(final.name + ".json")
+        with _writing(sidecar, self.out):
+            write_text_atomic(sidecar, json.dumps({
+                "fingerprint": self.fp, "records": records, "num_bytes": num_bytes,
+                "bytes_in": bytes_in, "bytes_out": bytes_out,
+                "bad": [b.to_dict() for b in bad]}))
+        self.info[split].append((records, num_bytes, bytes_in, bytes_out))
 
 
 def _read_sidecar(path: Path) -> dict | None:

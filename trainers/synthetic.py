@@ -69,6 +69,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageDraw
 
+from trainers import scan
+
 #: Bumped whenever the generator changes what it writes, so old caches are not reused.
 GENERATOR_VERSION = 1
 #: JPEG quality passed to ``simplejpeg.encode_jpeg`` (ImageNet's own JPEGs are ~q90).
@@ -425,7 +427,7 @@ def ensure_synthetic_dataset(
     name = synthetic_dataset_name(num_classes, images_per_class, seed)
     final = cache / name
     if final.is_dir():
-        present = {p.name for p in final.iterdir()}
+        present = set(scan.list_class_folders(final))
         missing = [n for n in class_names(num_classes) if n not in present]
         if missing:
             raise RuntimeError(

@@ -23,18 +23,15 @@ from typing import Sequence
 
 import numpy as np
 
+from trainers import scan
 
-class ValidationLayoutError(ValueError):
+
+class ValidationLayoutError(scan.DataFolderError):
     """The validation folder or its label file cannot be read; names the file."""
 
 
 LABEL_FILE_NAMES = ("LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt",
                     "imagenet2012_validation_labels.txt", "val_labels.txt")
-
-
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file()
-                  and p.suffix.lower() in (".jpeg", ".jpg", ".png"))
 
 
 def read_kaggle_solution(csv_path: str | os.PathLike) -> dict[str, str]:
@@ -128,30 +125,28 @@ def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
     """List a validation folder as ``[(path, label), ...]`` with labels indexing
     ``class_names`` (the train classes).
 
-    Class-folder layout when ``folder`` has subfolders (each must be a train class),
-    else a flat folder of images labelled by ``label_file`` (default:
+    Class-folder layout when ``folder`` has subfolders (each must be a train class;
+    every entry of them is listed, images or not, as
+    :func:`trainers.scan.scan_class_folders` does for the train folder, so the pack
+    accounts for each), else the image files (:func:`trainers.scan.image_files`) of a
+    flat folder labelled by ``label_file`` (default:
     :func:`find_label_file`), whose format follows its name: ``*.csv`` Kaggle,
     ``ILSVRC2012_validation_ground_truth.txt`` devkit (with ``meta.mat`` beside it),
     anything else one wnid per line in sorted file-name order.
 
     Raises:
-      ValidationLayoutError: no images, no label file for a flat folder, a label file
-        that does not cover every image (or has more or fewer lines than images), or a
-        wnid not among the train classes; the message names the file.
+      ValidationLayoutError: no images, an empty class folder, no label file for a
+        flat folder, a label file that does not cover every image (or has more or
+        fewer lines than images), or a wnid not among the train classes; the message
+        names the file.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise ValidationLayoutError(f"validation folder {folder} does not exist")
+    if scan.list_class_folders(folder):
+        return scan.scan_class_folders(folder, class_names, error=ValidationLayoutError)[1]
     index = {c: i for i, c in enumerate(class_names)}
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        items = []
-        for d in subdirs:
-            if d.name not in index:
-                raise ValidationLayoutError(f"validation class folder {d} is not a train class")
-            items.extend((str(p), index[d.name]) for p in sorted(d.iterdir()) if p.is_file())
-        return items
-    images = _images(folder)
+    images = scan.image_files(folder)
     if not images:
         raise ValidationLayoutError(f"validation folder {folder} has no class folders and no images")
     if label_file is None:
