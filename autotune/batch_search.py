@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from trainers.records import Record
+from autotune.fmt import fmt_bytes
 
 __all__ = [
     "BatchEvaluation",
@@ -54,7 +55,6 @@ __all__ = [
     "STEP_DOWN_FRACTION",
     "find_max_batch",
     "find_max_batch_by_trial",
-    "format_bytes",
     "next_smaller_batch",
     "parse_memory_budget",
 ]
@@ -185,16 +185,6 @@ class BatchSearchResult(Record):
     reason: str
 
 
-def format_bytes(n: float | int) -> str:
-    """``n`` bytes as a short binary-unit string: ``"61.20 GiB"``, ``"300.00 MiB"``,
-    ``"512 B"``."""
-    n = float(n)
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{n:.0f} B"
-
-
 def _check_int(name: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{_FILE}: {name} must be an integer, got {value!r}")
@@ -294,9 +284,9 @@ def find_max_batch(
     if not search.fits(start):
         raise NoBatchFits(
             start,
-            f"per-device batch {start} needs {format_bytes(search.evals[start])} + "
-            f"{format_bytes(prefetch * start)} prefetch, more than the "
-            f"{format_bytes(search.usable_total)} usable ({format_bytes(budget_bytes)} x "
+            f"per-device batch {start} needs {fmt_bytes(search.evals[start], 2)} + "
+            f"{fmt_bytes(prefetch * start, 2)} prefetch, more than the "
+            f"{fmt_bytes(search.usable_total, 2)} usable ({fmt_bytes(budget_bytes, 2)} x "
             f"{1 - margin:.2f}); lower `multiple`, the image size or the model")
     search.best = start
     if start < cap:
@@ -460,15 +450,15 @@ def _memory_result(s: _MemorySearch, *, budget_bytes: int, margin: float,
         fixed_bytes, per_image = s.line(*sorted(s.evals)[-2:])
     else:
         fixed_bytes, per_image = None, None
-    pre = (f" - {format_bytes(prefetch_at)} input prefetch" if prefetch else "")
+    pre = (f" - {fmt_bytes(prefetch_at, 2)} input prefetch" if prefetch else "")
     if limited_by == "memory":
-        beyond = (f"; batch {fail} would need {format_bytes(s.evals[fail])}"
-                  + (f" + {format_bytes(prefetch * fail)} prefetch" if prefetch else ""))
+        beyond = (f"; batch {fail} would need {fmt_bytes(s.evals[fail], 2)}"
+                  + (f" + {fmt_bytes(prefetch * fail, 2)} prefetch" if prefetch else ""))
     else:
         beyond = f"; capped at max batch {s.cap}"
     reason = (
-        f"per-device batch {best}: {format_bytes(s.evals[best])} of "
-        f"{format_bytes(usable_at)} usable ({format_bytes(budget_bytes)} x "
+        f"per-device batch {best}: {fmt_bytes(s.evals[best], 2)} of "
+        f"{fmt_bytes(usable_at, 2)} usable ({fmt_bytes(budget_bytes, 2)} x "
         f"{1 - margin:.2f}{pre}){beyond}; {len(s.order)} compilations; global batch "
         f"{best * device_count} = {best} x {device_count} device(s), divisible by the device "
         f"count because the search is per device; {margin:.0%} margin for allocator "

@@ -1,10 +1,11 @@
 """``autotune``: probe the machine, plan, pack, train, report.
 
-The CLI is thin: it parses, calls library functions, renders. Bad arguments end in
-one line naming the value and what is expected, exit code 2, no traceback.
+The CLI is thin: it parses, calls ``autotune.orchestrate`` (and the planner, the
+packer, the run loader), renders. Bad arguments end in one line naming the value and
+what is expected, exit code 2, no traceback.
 
     autotune probe [--data DIR]                 measure this machine on this data
-    autotune plan  [--probe FILE]               show the plan for a probe report
+    autotune plan  [--probe FILE]               show the plan for a saved probe report
     autotune pack  --data DIR --out DIR         pack a folder into ArrayRecord shards
     autotune train --auto [--data DIR]          probe (or reuse one), plan, pack, train
     autotune report RUN [RUN2]                  render a saved run, or compare two
@@ -13,14 +14,13 @@ one line naming the value and what is expected, exit code 2, no traceback.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import hashlib
 import json
 import os
 import sys
 from pathlib import Path
 
 from autotune import results
+from autotune.progress import progress_bar
 
 EXIT_USAGE = 2
 #: A signal stopped the run after every process wrote the same checkpoint.
@@ -110,158 +110,51 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ---------------------------------------------------------------- helpers
 
-def _resolve_data(args, console) -> str:
-    if args.data:
-        path = Path(args.data).expanduser()
-        if not path.is_dir():
-            raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
-        from trainers.pack import PackError, scan_image_folder
+def _data(args, console) -> str:
+    from autotune.orchestrate import SetupError, resolve_data
 
-        try:  # class folders present, none empty: fail before minutes of probing
-            scan_image_folder(path)
-        except PackError as exc:
-            raise UsageError(f"--data {args.data}: {exc}") from None
-        return str(path.resolve())
-    from trainers.synthetic import ensure_synthetic_dataset
-
-    with _progress(console, "synthetic data set", args.quiet) as bar:
-        path = ensure_synthetic_dataset(progress=bar)
-    return str(path)
-
-
-class _progress:
-    """A rich progress bar usable as ``progress(done, total[, bad])``."""
-
-    def __init__(self, console, label: str, quiet: bool = False):
-        self.console, self.label, self.quiet = console, label, quiet
-        self.bar = None
-
-    def __enter__(self):
-        if not self.quiet and self.console.is_terminal:
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                       TimeRemainingColumn)
-            self.bar = Progress(TextColumn(self.label), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[extra]}"), TimeRemainingColumn(),
-                                console=self.console, transient=True)
-            self.bar.__enter__()
-            self.task = self.bar.add_task(self.label, total=None, extra="")
-        return self
-
-    def __call__(self, done, total, bad=None):
-        if self.bar is not None:
-            self.bar.update(self.task, completed=done, total=total,
-                            extra=f"{bad} bad" if bad else "")
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
+    with progress_bar(console, "synthetic data set", args.quiet) as bar:
+        try:
+            return resolve_data(args.data, bar)
+        except SetupError as exc:
+            raise UsageError(str(exc)) from None
 
 
 def _preset(args):
-    from autotune.presets import UnknownPresetError, default_preset_name, get_preset
-    import jax
+    from autotune.orchestrate import SetupError, resolve_preset
 
-    name = getattr(args, "preset", None) or default_preset_name(jax.default_backend())
     try:
-        preset = get_preset(name)
-    except UnknownPresetError as exc:
+        return resolve_preset(getattr(args, "preset", None))
+    except SetupError as exc:
         raise UsageError(str(exc)) from None
-    try:  # a preset's fixed global batch must split over this run's devices
-        preset.per_device_for(jax.device_count())
-    except ValueError as exc:
-        raise UsageError(f"--preset {name}: {exc}") from None
-    return preset
 
 
 def _budget(args) -> int | None:
-    from autotune.batch_search import parse_memory_budget
+    from autotune.orchestrate import SetupError, memory_budget
 
-    if not getattr(args, "memory_budget", None):
-        return None
     try:
-        return parse_memory_budget(args.memory_budget)
-    except ValueError as exc:
-        raise UsageError(f"--memory-budget {args.memory_budget}: {exc}") from None
+        return memory_budget(getattr(args, "memory_budget", None))
+    except SetupError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _say(console, quiet):
     return (lambda s: None) if quiet else (lambda s: console.print(f"[dim]probe:[/] {s}"))
 
 
-def packed_dir_for(data: str, plan, val_data: str | None) -> Path:
-    """Cache folder of the packed form of ``data`` under the plan's pack options."""
-    from trainers.synthetic import default_cache_dir
-
-    key = json.dumps([data, val_data, plan.num_shards, plan.pack_resize, plan.val_fraction])
-    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-    return default_cache_dir() / "packed" / f"{Path(data).name}-{digest}"
-
-
-def train_config(preset, plan, num_classes: int):
-    """The ``trainers.train.TrainConfig`` a plan asks for."""
-    from trainers import train as tr
-
-    return tr.TrainConfig(
-        arch=preset.arch, width=preset.width, small_images=preset.small_images,
-        image_size=preset.image_size, num_classes=num_classes,
-        per_device_batch=plan.per_device_batch, epochs=plan.epochs,
-        optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
-        warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
-        label_smoothing=preset.label_smoothing, dtype=preset.dtype,
-        min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
-        momentum=preset.momentum, nesterov=preset.nesterov)
-
-
-def loop_options(plan, **kw):
-    """The ``trainers.loop.LoopOptions`` a plan asks for (``kw`` overrides)."""
-    from trainers.options import LoopOptions
-
-    return LoopOptions(decode_threads=plan.decode_threads, prefetch_batches=plan.prefetch_batches,
-                       device_prefetch=plan.device_prefetch, read_mode=plan.read_mode,
-                       shuffle_window=plan.shuffle_window or 4096,
-                       cache_decoded=plan.cache_decoded and not plan.decode_workers,
-                       decode_workers=plan.decode_workers, **kw)
-
-
-def pack_for_plan(data: str, plan, report, console, quiet: bool, val_data: str | None = None):
-    """Pack ``data`` as the plan says into the cache (resumes / reuses; a cached pack
-    of an older state of ``data`` is replaced)."""
-    from trainers.pack import pack_folder
-    from trainers.options import PackOptions
-
-    packed = str(packed_dir_for(data, plan, val_data))
-    with _progress(console, "packing", quiet) as bar:
-        result = pack_folder(
-            data, packed,
-            PackOptions(num_shards=plan.num_shards,
-                        val_fraction=0.0 if val_data else plan.val_fraction,
-                        resize_shorter=plan.pack_resize,
-                        pack_threads=max(1, report.decode.usable_cores)),
-            val_source=val_data, progress=bar, replace_stale=True)
-    return packed, result
-
-
 # ---------------------------------------------------------------- commands
 
 def cmd_probe(args, console) -> int:
-    from autotune import render
-    from autotune.probe_report import run_probe
+    from autotune import orchestrate, render
 
-    data = _resolve_data(args, console)
+    data = _data(args, console)
     preset = _preset(args)
-    report = run_probe(data, preset, budget_bytes=_budget(args), quick=args.quick,
-                       skip_disk=args.no_disk, progress=_say(console, args.quiet))
+    say = _say(console, args.quiet)
+    report = orchestrate.run_probe(data, preset, budget_bytes=_budget(args), quick=args.quick,
+                                   skip_disk=args.no_disk, progress=say)
     if args.stall:
-        from autotune.planner import make_plan
-        from probes.stall import measure_stall
-
-        plan = make_plan(report, preset)
-        packed, pack_result = pack_for_plan(data, plan, report, console, args.quiet)
-        _say(console, args.quiet)(f"stall: {args.stall_steps} steps each with synthetic, "
-                                  f"cached and cold input")
-        stall = measure_stall(train_config(preset, plan, pack_result.num_classes), packed,
-                              loop_options(plan), steps=args.stall_steps)
-        report = dataclasses.replace(report, stall=stall)
+        with progress_bar(console, "packing", args.quiet) as bar:
+            report = orchestrate.stall_report(data, preset, report, args.stall_steps, bar, say)
     run = results.new_run_dir(args.results, kind="probe")
     report.save(run / results.PROBE)
     console.print(render.render_probe(report))
@@ -291,7 +184,7 @@ def cmd_plan(args, console) -> int:
 
     path = Path(args.probe)
     if path.is_dir():
-        path = path / "probe.json"
+        path = path / results.PROBE
     if not path.is_file():
         raise UsageError(f"--probe {args.probe}: no probe.json there")
     report = ProbeReport.load(path)
@@ -306,8 +199,8 @@ def cmd_plan(args, console) -> int:
 
 def cmd_pack(args, console) -> int:
     from autotune import render
-    from trainers.pack import pack_folder
     from trainers.options import PackOptions
+    from trainers.pack import pack_folder
 
     if not Path(args.data).is_dir():
         raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
@@ -316,36 +209,10 @@ def cmd_pack(args, console) -> int:
                            resize_shorter=args.resize or None, pack_threads=args.threads)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    with _progress(console, "packing", args.quiet) as bar:
+    with progress_bar(console, "packing", args.quiet) as bar:
         result = pack_folder(args.data, args.out, opts, val_source=args.val_data, progress=bar)
     console.print(render.render_pack(result))
     return 0
-
-
-def oom_policy(plan, console=None):
-    """What to do when the step runs out of memory mid-run: the next smaller per-device
-    batch (``autotune.batch_search.next_smaller_batch``: 7/8, multiple of 8, or of 1
-    below 8) and the learning rate rescaled by the plan's rule
-    (``autotune.lr_rules.rescale_after_batch_change``). Returns the ``on_oom`` callable
-    for ``trainers.loop.train_and_evaluate``."""
-    from autotune.batch_search import NoBatchFits, next_smaller_batch
-    from autotune.lr_rules import rescale_after_batch_change
-
-    devices = max(1, plan.global_batch // max(1, plan.per_device_batch))
-
-    def on_oom(cfg):
-        b = cfg.per_device_batch
-        try:
-            new_b = next_smaller_batch(b, multiple=8 if b > 8 else 1)
-        except NoBatchFits:
-            return None
-        lr = rescale_after_batch_change(cfg.learning_rate, b * devices, new_b * devices,
-                                        plan.lr.rule)
-        if console is not None:
-            console.print(f"[yellow]out of device memory at per-device batch {b}: continuing "
-                          f"at {new_b}, learning rate {cfg.learning_rate:.4g} -> {lr:.4g}[/]")
-        return dataclasses.replace(cfg, per_device_batch=new_b, learning_rate=lr)
-    return on_oom
 
 
 def _init_distributed(args) -> None:
@@ -362,216 +229,115 @@ def _init_distributed(args) -> None:
         raise UsageError(str(exc)) from None
 
 
-def check_hosts_agree(plan, pack_result, packed) -> None:
-    """Every process must train the same plan on the same packed data: compare each
-    host's (train records, shards, classes, local devices, plan digest) with process
-    0's (a collective; nothing on a single process).
+def _train_request(args, console, argv: list[str]):
+    """The parsed ``train --auto`` arguments as an ``orchestrate.TrainRequest``."""
+    from autotune.orchestrate import TrainRequest
+    from autotune.planner import PlanRequest
 
-    Raises:
-      UsageError: naming the first process that differs, the value and process 0's.
-    """
-    import zlib
-
-    import jax
-
-    from trainers.distributed import all_gather_ints
-
-    if jax.process_count() == 1:
-        return
-    train = pack_result.split("train")
-    names = ("train records", "train shards", "classes", "local devices", "plan digest")
-    mine = (sum(train.shard_lengths), len(train.shard_lengths), pack_result.num_classes,
-            jax.local_device_count(), zlib.crc32(plan.to_json(None).encode()) & 0x7FFFFFFF)
-    rows = all_gather_ints(mine)
-    for p, row in enumerate(rows[1:], start=1):
-        for name, got, want in zip(names, row, rows[0]):
-            if got != want:
-                raise UsageError(f"process {p} differs from process 0: {name} {got:,} vs "
-                                 f"{want:,} (packed data {packed}); every host must see the "
-                                 f"same data set, plan and device count")
+    for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
+        v = getattr(args, name)
+        if v is not None and v <= 0:
+            raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
+    return TrainRequest(
+        data=_data(args, console), preset=_preset(args),
+        results_root=Path(args.results) if args.results else results.default_results_root(),
+        plan_request=PlanRequest(epochs=args.epochs, per_device_batch=args.batch,
+                                 decode_threads=args.threads, read_mode=args.read_mode,
+                                 num_shards=args.shards),
+        val_data=args.val_data, reprobe=args.reprobe, budget_bytes=_budget(args),
+        partitions=args.partitions, argv=tuple(argv),
+        loop_overrides={"on_bad_record": args.on_bad_record,
+                        "checkpoint_every_s": args.checkpoint_every,
+                        "max_steps": args.max_steps})
 
 
-def broadcast_text(text: str, max_bytes: int = 1 << 20) -> str:
-    """Process 0's ``text`` on every process (identity on a single process)."""
-    import jax
+def _session(args, console, quiet: bool, argv: list[str]):
+    """The run to train: the one named by ``--resume``, the unfinished run the same
+    command left, or a new one (probe, plan, pack)."""
+    from autotune import orchestrate, render
+    from autotune.planner import Plan
 
-    if jax.process_count() == 1:
-        return text
-    import numpy as np
-    from jax.experimental import multihost_utils
+    if not args.resume and args.auto and not args.new_run:
+        root = Path(args.results) if args.results else results.default_results_root()
+        unfinished = orchestrate.unfinished_run(root, argv)
+        if unfinished is not None:
+            if not quiet:
+                console.print(f"continuing the unfinished run {unfinished} (same command; "
+                              f"--new-run to start afresh)")
+            args.resume = str(unfinished)
+    try:
+        if args.resume:
+            return orchestrate.resume_session(args.resume)
+        if not args.auto:
+            raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
+        def show(record):  # the plan, then the pack result, as they are ready
+            if not quiet:
+                console.print(render.render_plan(record) if isinstance(record, Plan)
+                              else render.render_pack(record))
 
-    raw = text.encode()
-    if len(raw) > max_bytes:
-        raise ValueError(f"text of {len(raw):,} bytes is too long to broadcast ({max_bytes:,})")
-    buf = np.zeros(max_bytes, np.uint8)
-    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
-    got = np.asarray(multihost_utils.broadcast_one_to_all(buf))
-    return bytes(got[got != 0].astype(np.uint8)).decode()
-
-
-def _shared_run_dir(root: Path, primary: bool) -> Path:
-    """The run folder, created by process 0 and its name broadcast to every process
-    (orbax needs one checkpoint folder on a file system all hosts see)."""
-    name = results.new_run_dir(root).name if primary else ""
-    return Path(root) / broadcast_text(name, 512)
+        with progress_bar(console, "packing", quiet) as bar:
+            return orchestrate.new_session(_train_request(args, console, argv),
+                                           say=_say(console, quiet), show=show, progress=bar)
+    except orchestrate.SetupError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
     _init_distributed(args)
     import jax
 
-    from autotune import render
-    from autotune.planner import Plan, PlanRequest, make_plan
-    from autotune.probe_report import ProbeReport, run_probe
-    from trainers import train as tr
-    from trainers.loop import train_and_evaluate
-    from trainers.options import LoopOptions
+    from autotune import live, orchestrate, render
+    from autotune.probe_report import ProbeReport
 
     primary = jax.process_index() == 0
     quiet = args.quiet or not primary
     argv = list(sys.argv[1:]) if argv_override is None else list(argv_override)
-    if not args.resume and args.auto and not args.new_run:
-        unfinished = results.find_unfinished_run(
-            Path(args.results) if args.results else results.default_results_root(), argv)
-        if unfinished is not None and jax.process_count() == 1:
-            if not quiet:
-                console.print(f"continuing the unfinished run {unfinished} (same command; "
-                              f"--new-run to start afresh)")
-            args.resume = str(unfinished)
-    if args.resume:
-        run = Path(args.resume)
-        if not (run / results.PLAN).is_file():
-            raise UsageError(f"--resume {args.resume}: not a run folder (no {results.PLAN})")
-        plan = Plan.load(run / results.PLAN)
-        meta = json.loads((run / results.RUN).read_text())
-        data, packed = meta["data"], meta["packed"]
-        config = tr.TrainConfig.from_dict(meta["config"])
-        options = LoopOptions.from_dict(meta["options"])
-    else:
-        if not args.auto:
-            raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
-        for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
-            v = getattr(args, name)
-            if v is not None and v <= 0:
-                raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
-        data = _resolve_data(args, console)
-        preset = _preset(args)
-        root = Path(args.results) if args.results else results.default_results_root()
-        run = _shared_run_dir(root, primary)
-        fresh = None if args.reprobe else results.find_fresh_probe(root, data, preset.name)
-        if fresh is not None:
-            report = ProbeReport.load(fresh)
-            if not quiet:
-                console.print(f"reusing the probe of {fresh.parent.name} (under 24 h old; "
-                              f"--reprobe to measure again)")
-        else:
-            report = run_probe(data, preset, budget_bytes=_budget(args), quick=True,
-                               progress=_say(console, quiet))
-        if primary:
-            report.save(run / results.PROBE)
-        n_local = jax.local_device_count()
-        if args.batch and args.batch % 1:
-            raise UsageError(f"--batch {args.batch}: must be an integer")
-        try:
-            plan = make_plan(report, preset, PlanRequest(
-                num_hosts=jax.process_count(), epochs=args.epochs, per_device_batch=args.batch,
-                decode_threads=args.threads, read_mode=args.read_mode, num_shards=args.shards))
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        if plan.local_devices != n_local:
-            plan = dataclasses.replace(plan, local_devices=n_local,
-                                       global_batch=plan.per_device_batch * jax.device_count())
-        if args.partitions and (args.partitions % jax.process_count()
-                                or args.partitions > plan.num_shards):
-            raise UsageError(f"--partitions {args.partitions}: must be a multiple of the "
-                             f"{jax.process_count()} processes and at most the "
-                             f"{plan.num_shards} shards")
-        # Every host runs process 0's plan (hosts may measure slightly differently, and
-        # the batch and shards must agree).
-        plan = Plan.from_json(broadcast_text(plan.to_json(None)))
-        if primary:
-            plan.save(run / results.PLAN)
-        if not quiet:
-            console.print(render.render_plan(plan))
-        if jax.process_count() > 1:
-            # Process 0 packs first; on a shared file system the others then find it
-            # finished, on node-local disks each packs the same shards itself.
-            from jax.experimental import multihost_utils
+    session = _session(args, console, quiet, argv)
+    probe_path = session.run / results.PROBE
+    view = live.TrainView(console, quiet=quiet, plan=session.plan,
+                          probe=ProbeReport.load(probe_path) if probe_path.is_file() else None,
+                          title=f"autotune train: {session.plan.preset} on "
+                                f"{Path(session.record.data).name}")
 
-            if primary:
-                packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
-                                                    args.val_data)
-            multihost_utils.sync_global_devices("autotune: packed")
-            if not primary:
-                packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
-                                                    args.val_data)
-        else:
-            packed, pack_result = pack_for_plan(data, plan, report, console, quiet,
-                                                args.val_data)
-        if primary:
-            pack_result.save(run / results.PACK)
-            results.save_json(run / results.BAD_IMAGES,
-                              [b.to_dict() for b in pack_result.bad_images])
-        check_hosts_agree(plan, pack_result, packed)
+    def stepped_down(old, new):
         if not quiet:
-            console.print(render.render_pack(pack_result))
-        config = train_config(preset, plan, pack_result.num_classes)
-        options = loop_options(plan, on_bad_record=args.on_bad_record,
-                               checkpoint_every_s=args.checkpoint_every,
-                               max_steps=args.max_steps, partitions=args.partitions)
-        if primary:
-            results.save_json(run / results.RUN, {"data": data, "packed": packed,
-                                                  "config": config.to_dict(),
-                                                  "options": options.to_dict(),
-                                                  "argv": argv})
-    writer = results.MetricsWriter(run / results.METRICS) if primary else None
-    probe = ProbeReport.load(run / results.PROBE) if (run / results.PROBE).is_file() else None
-    view = render.TrainView(console, quiet=quiet, plan=plan, probe=probe,
-                            title=f"autotune train: {plan.preset} on {Path(data).name}")
-
-    def callback(record):
-        if writer:
-            writer.write(record)
-        view(record)
+            console.print(f"[yellow]out of device memory at per-device batch "
+                          f"{old.per_device_batch}: continuing at {new.per_device_batch}, "
+                          f"learning rate {old.learning_rate:.4g} -> {new.learning_rate:.4g}[/]")
 
     with view:
-        summary = train_and_evaluate(config, packed, str(run), options, callback=callback,
-                                     on_oom=oom_policy(plan, None if quiet else console))
-    if writer:
-        writer.close()
-        summary.save(run / results.SUMMARY)
+        summary = orchestrate.train(session, view, stepped_down)
     if primary:
-        console.print(render.render_summary(summary, plan))
-        _plots(run, console)
-        console.print(f"run folder: {run}")
+        console.print(render.render_summary(summary, session.plan))
+        _plots(session.run, console)
+        console.print(f"run folder: {session.run}")
     if summary.status == "stopped":
         print(f"autotune train: stopped by {summary.stop_reason} at step {summary.steps}; every "
               f"process wrote checkpoint {summary.checkpoint_step}; run the same command again "
-              f"(or autotune train --resume {run}) to continue", file=sys.stderr)
+              f"(or autotune train --resume {session.run}) to continue", file=sys.stderr)
     return 0 if summary.status in ("completed", "max_steps") else EXIT_STOPPED
 
 
 def cmd_report(args, console) -> int:
-    from autotune import render
-    from autotune.report import load_run, render_comparison, render_run, to_markdown
+    from autotune import compare, render, runs as runs_lib
 
     runs = []
     for r in args.runs:
         if not Path(r).is_dir():
             raise UsageError(f"{r}: no such run folder")
         try:
-            runs.append(load_run(r, price=args.gpu_hour_price))
+            runs.append(runs_lib.load_run(r, price=args.gpu_hour_price))
         except ValueError as exc:
             raise UsageError(f"--gpu-hour-price {args.gpu_hour_price}: {exc}") from None
     if args.json:
         print(json.dumps([r.to_dict() for r in runs] if len(runs) > 1 else runs[0].to_dict(),
                          indent=2))
     elif args.markdown:
-        print(to_markdown(runs))
+        print(compare.to_markdown(runs))
     elif len(runs) == 1:
-        console.print(render_run(runs[0]))
+        console.print(render.render_run(runs[0]))
     else:
-        console.print(render_comparison(runs[0], runs[1]))
+        console.print(render.render_comparison(runs[0], runs[1]))
     return 0
 
 
@@ -605,8 +371,10 @@ def main(argv: list[str] | None = None) -> int:
             from trainers.distributed import EXIT_PEER_LOST
 
             return _fail(args.command, exc, EXIT_PEER_LOST)
+        from autotune.orchestrate import SetupError
+
         if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError,
-                            ConnectError)):
+                            ConnectError, SetupError)):
             return _fail(args.command, exc, EXIT_USAGE)
         _announce_failure(exc)
         raise

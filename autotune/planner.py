@@ -67,8 +67,9 @@ from autotune.batch_search import NoBatchFits, next_smaller_batch
 from autotune.lr_rules import LrDecision, rescale_after_batch_change, scale_learning_rate
 from autotune.presets import Preset
 from autotune.probe_report import ProbeReport
-from trainers.options import LoopOptions, PackOptions, TrainConfig
+from trainers.options import LoopOptions, PackOptions, TrainConfig, pack_resize_side
 from trainers.records import Record
+from autotune.fmt import fmt_bytes
 
 #: Input capacity must exceed the step rate by this factor.
 DECODE_MARGIN = 1.10
@@ -206,16 +207,8 @@ class Plan(Record):
         raise KeyError(name)
 
 
-def _ceil8(x: float) -> int:
-    return int(math.ceil(x / 8.0) * 8)
-
-
 def _fmt(x: float) -> str:
     return f"{x:,.0f}" if x >= 100 else f"{x:,.1f}"
-
-
-def _mib(n: float) -> str:
-    return f"{n / 2**20:,.1f} MiB"
 
 
 def _given(name: str, value: Any) -> Decision:
@@ -264,7 +257,7 @@ def choose_per_device_batch(report: ProbeReport, preset: Preset, *, all_devices:
     acc = report.accelerator
     batch = preset.per_device_for(all_devices) or acc.step_rate.per_device_batch
     mem = _step_memory(report, batch)
-    fit = (f"; the compiled step needs {_mib(mem.total)} of {_mib(acc.memory_limit_bytes)} "
+    fit = (f"; the compiled step needs {fmt_bytes(mem.total, unit='MiB')} of {fmt_bytes(acc.memory_limit_bytes, unit='MiB')} "
            f"({acc.memory_source})" if mem else "")
     if mem and mem.total > acc.memory_limit_bytes:
         raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
@@ -294,12 +287,6 @@ def choose_learning_rate(preset: Preset, global_batch: int) -> tuple[LrDecision,
 
 
 # ---------------------------------------------------------------- decode
-
-def pack_resize_side(image_size: int) -> int:
-    """Shorter side stored at pack time: ``ceil8(1.5 x S)`` for S <= 64 px, else
-    ``ceil8(S x 256 / 224)`` (256 for 224 px: the ImageNet eval resize)."""
-    return _ceil8(1.5 * image_size) if image_size <= 64 else _ceil8(image_size * 256 / 224)
-
 
 def stored_pixels(mean_pixels: float, resize: int | None) -> float:
     """Mean pixels per image as stored: a 4:3 image of shorter side ``resize``
@@ -458,8 +445,8 @@ def choose_cache_decoded(*, num_images: int, num_hosts: int, stored_pixels: floa
         return requested, _given("cache_decoded", requested)
     decoded = num_images / num_hosts * stored_pixels * 3
     fits = decoded <= CACHE_RAM_FRACTION * ram_available
-    size = (f"decoded data set {_mib(decoded)} per host {'<=' if fits else '>'} "
-            f"{CACHE_RAM_FRACTION:.0%} of {_mib(ram_available)} available RAM")
+    size = (f"decoded data set {fmt_bytes(decoded, unit='MiB')} per host {'<=' if fits else '>'} "
+            f"{CACHE_RAM_FRACTION:.0%} of {fmt_bytes(ram_available, unit='MiB')} available RAM")
     if fits and decode_workers:
         return False, Decision("cache_decoded", "no", f"{size}, but {decode_workers} worker "
                                f"processes decode and the cache lives in this process")
@@ -502,7 +489,7 @@ def choose_read_mode(*, random_ips: float | None, sequential_ips: float | None,
     if random_ips >= RANDOM_READ_MARGIN * step_ips:
         mode, tail = "random", f" -> random covers it x {RANDOM_READ_MARGIN}: global shuffle"
     elif in_page_cache:
-        mode, tail = "random", (f" -> random is short, but the data set ({_mib(dataset_bytes)}) "
+        mode, tail = "random", (f" -> random is short, but the data set ({fmt_bytes(dataset_bytes, unit='MiB')}) "
                                 f"fits in the page cache: the disk matters only for the first "
                                 f"epoch")
     else:
@@ -543,14 +530,14 @@ def shard_count(dataset_bytes: int, *, num_images: int, hosts: int, threads: int
     if read_mode == "sequential" and seq_bytes_per_s and latency_s:
         min_bytes = seq_bytes_per_s * latency_s * SEEK_FACTOR
         n_max = max(1, int(dataset_bytes // max(1.0, min_bytes)))
-        parts.append(f"at most {_mib(dataset_bytes)} / {_mib(min_bytes)} = {n_max} so each "
+        parts.append(f"at most {fmt_bytes(dataset_bytes, unit='MiB')} / {fmt_bytes(min_bytes, unit='MiB')} = {n_max} so each "
                      f"shard >= {seq_bytes_per_s / 1e6:,.0f} MB/s x {latency_s * 1e3:.2f} ms "
                      f"x 19 (opening a shard < 5% of reading it)")
     elif read_mode == "random":
         parts.append("random reads seek per record anyway: no upper bound")
     else:
         parts.append("no disk figures: no upper bound")
-    parts.append(f"~256 MiB shards: {_mib(dataset_bytes)} / 256 MiB -> {target}")
+    parts.append(f"~256 MiB shards: {fmt_bytes(dataset_bytes, unit='MiB')} / 256 MiB -> {target}")
     if n_max is None:
         n = max(target, n_min)
     elif n_min <= n_max:
@@ -586,7 +573,7 @@ def choose_prefetch(*, threads: int, per_device_batch: int, local_devices: int,
     n = min(want, cap)
     return n, Decision(
         "prefetch", f"{n} host batches, {DEVICE_PREFETCH} on device",
-        f"{threads} threads + 2 = {want} batches of {_mib(batch_bytes)} in flight (each thread "
+        f"{threads} threads + 2 = {want} batches of {fmt_bytes(batch_bytes, unit='MiB')} in flight (each thread "
         f"builds a whole batch)"
         + (f", capped at {cap} by 5% of RAM ({cap} threads busy at most)" if cap < want else "")
         + f"; {DEVICE_PREFETCH} on the device for double buffering")

@@ -15,6 +15,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from dataclasses import dataclass
+
+from trainers.options import LoopOptions, TrainConfig
 from trainers.records import Record, write_text_atomic
 
 PROBE = "probe.json"
@@ -24,6 +27,26 @@ METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 RUN = "run.json"
 BAD_IMAGES = "bad_images.json"
+
+
+@dataclass(frozen=True)
+class RunRecord(Record):
+    """``run.json``: what a run trains and how, enough to resume it.
+
+    Attributes:
+      data: the training folder.
+      packed: the packed data set the run reads.
+      config: model, optimizer and schedule.
+      options: the input pipeline and bookkeeping.
+      argv: the ``autotune`` arguments that started it (to find an unfinished run
+        when the same command is run again).
+    """
+
+    data: str
+    packed: str
+    config: TrainConfig
+    options: LoopOptions
+    argv: tuple[str, ...] = ()
 
 
 def default_results_root() -> Path:
@@ -124,10 +147,10 @@ def find_unfinished_run(root: str | os.PathLike, argv: list[str]) -> Path | None
         return None
     for run in sorted((p for p in root.iterdir() if p.is_dir()), reverse=True):
         try:
-            meta = json.loads((run / RUN).read_text())
+            meta = RunRecord.load(run / RUN)
         except (OSError, ValueError):
             continue
-        if meta.get("argv") != list(argv) or not (run / "checkpoints").is_dir():
+        if list(meta.argv) != list(argv) or not (run / "checkpoints").is_dir():
             continue
         try:
             status = json.loads((run / SUMMARY).read_text()).get("status")

@@ -16,7 +16,7 @@ the disk is not measured), and times the same calls:
   cores: the report's main curve (``points``, knee);
 * ``resized-<R>``: the bytes packed with ``resize_shorter=R``, for each candidate
   resize (default: the one the planner picks for the image size,
-  ``trainers.pack.pack_resize_side``), so the resize speed-up is measured, not
+  ``trainers.options.pack_resize_side``), so the resize speed-up is measured, not
   modelled;
 * ``cached`` and ``cached-resized-<R>``: the steady state of the decoded-image cache
   (the epochs after the first, which only crop and flip).
@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from probes.records import DecodePoint, DecodeReport, DecodeVariant
-from trainers import pack, preprocess, scan
+from trainers import options, pack, preprocess, scan
 from trainers.options import PackOptions
 
 
@@ -236,7 +236,7 @@ def probe_decode(data_path: str | os.PathLike, *, image_size: int = 224,
       max_threads: largest thread count (default: 2 x usable cores).
       files: explicit files to time instead of sampling ``data_path``.
       resizes: candidate pack-time resizes, shorter side in pixels (default: the one
-        for ``image_size``, :func:`trainers.pack.pack_resize_side`); ``()`` for none.
+        for ``image_size``, :func:`trainers.options.pack_resize_side`); ``()`` for none.
       cache: also time the decoded-image cache.
       quality: JPEG quality of re-encoded images (the pack's).
 
@@ -262,7 +262,7 @@ def probe_decode(data_path: str | os.PathLike, *, image_size: int = 224,
     points = time_variant(stored, False, cfg, thread_counts(max_threads), seconds_per_point)
     knee = find_knee(points)
     best = max(points, key=lambda p: p.images_per_s)
-    resizes = (pack.pack_resize_side(image_size),) if resizes is None else tuple(resizes)
+    resizes = (options.pack_resize_side(image_size),) if resizes is None else tuple(resizes)
     variants = measure_variants(originals, stored, points, cfg, resizes=resizes, cache=cache,
                                 quality=quality, counts=sorted({1, knee, best.threads}),
                                 seconds=seconds_per_point)

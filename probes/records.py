@@ -535,3 +535,26 @@ class ChildStepResult(Record):
     peak_source: str
     step_s: float | None
     error: str
+
+
+@dataclass(frozen=True)
+class DatasetStats(Record):
+    """The input folder at a glance.
+
+    Attributes:
+      path: the folder.
+      num_classes: class folders.
+      num_images: files under the class folders.
+      total_bytes: estimated bytes of all files (mean of a sample x count, exact for
+        small folders).
+      median_bytes / mean_bytes: file size statistics of the sample.
+      sampled: files whose size was read.
+    """
+
+    path: str
+    num_classes: int
+    num_images: int
+    total_bytes: int
+    median_bytes: int
+    mean_bytes: float
+    sampled: int

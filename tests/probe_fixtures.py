@@ -3,7 +3,8 @@ so the expected plan can be worked out by hand."""
 
 from __future__ import annotations
 
-from autotune.probe_report import DatasetStats, ProbeReport
+from autotune.probe_report import ProbeReport
+from probes.records import DatasetStats
 from probes.records import AcceleratorReport, StepMemory, StepRate
 from probes.records import DecodePoint, DecodeReport
 from probes.records import DiskReport, ReadStats

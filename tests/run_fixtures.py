@@ -20,7 +20,8 @@ from rich.console import Console
 from autotune import results as res
 from autotune.lr_rules import LrDecision
 from autotune.planner import Decision, Plan
-from autotune.probe_report import DatasetStats, ProbeReport
+from autotune.probe_report import ProbeReport
+from probes.records import DatasetStats
 from probes.records import AcceleratorReport, StepMemory, StepRate
 from probes.records import DecodePoint, DecodeReport
 from probes.records import DiskReport, ReadStats

@@ -20,7 +20,6 @@ from autotune.batch_search import (
     NoBatchFits,
     find_max_batch,
     find_max_batch_by_trial,
-    format_bytes,
     next_smaller_batch,
     parse_memory_budget,
 )
@@ -397,6 +396,8 @@ def test_parse_memory_budget_rejects(text):
 
 
 def test_format_bytes():
-    assert format_bytes(61.2 * GiB) == "61.20 GiB"
-    assert format_bytes(300 * MiB) == "300.00 MiB"
-    assert format_bytes(512) == "512 B"
+    from autotune.fmt import fmt_bytes  # the one byte formatter the messages use
+
+    assert fmt_bytes(61.2 * GiB, 2) == "61.20 GiB"
+    assert fmt_bytes(300 * MiB, 2) == "300.00 MiB"
+    assert fmt_bytes(512, 2) == "512 B"

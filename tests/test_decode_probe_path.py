@@ -16,7 +16,8 @@ from probes.records import DecodeReport
 from trainers import input_pipeline as ip
 from trainers import preprocess
 from trainers.options import AugmentConfig, PackOptions
-from trainers.pack import load_pack_result, pack_folder, pack_resize_side, shard_paths
+from trainers.options import pack_resize_side
+from trainers.pack import load_pack_result, pack_folder, shard_paths
 
 IMAGE_SIZE = 32
 R = pack_resize_side(IMAGE_SIZE)  # 48 px: the resize the planner picks at 32 px

@@ -58,14 +58,14 @@ _AGREE_CHILD = textwrap.dedent("""
     pid, port, records = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
     from trainers.distributed import initialize
     initialize(f"127.0.0.1:{port}", 2, pid, peer_timeout_s=30, connect_timeout_s=120)
-    from autotune.cli import UsageError, check_hosts_agree
+    from autotune.orchestrate import SetupError, check_hosts_agree
     split = SimpleNamespace(shard_lengths=(records, 10))
     pack = SimpleNamespace(split=lambda name: split, num_classes=3)
     plan = SimpleNamespace(to_json=lambda indent=None: '{"batch": 8}')
     try:
         check_hosts_agree(plan, pack, f"/data/packed-{pid}")
         print("agreed", flush=True)
-    except UsageError as exc:
+    except SetupError as exc:
         print(f"error: {exc}", flush=True)
 """)
 

@@ -426,3 +426,26 @@ def barrier(name: str, timeout_s: float) -> bool:
         return True
     except Exception:  # noqa: BLE001 - a timeout names the missing tasks; we only need no
         return False
+
+
+def broadcast_text(text: str, max_bytes: int = 1 << 20) -> str:
+    """Process 0's ``text`` on every process (identity on a single process); a
+    collective every process calls at the same point.
+
+    Raises:
+      ValueError: ``text`` longer than ``max_bytes`` bytes (UTF-8).
+    """
+    import jax
+
+    if jax.process_count() == 1:
+        return text
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    raw = text.encode()
+    if len(raw) > max_bytes:
+        raise ValueError(f"text of {len(raw):,} bytes is too long to broadcast ({max_bytes:,})")
+    buf = np.zeros(max_bytes, np.uint8)
+    buf[:len(raw)] = np.frombuffer(raw, np.uint8)
+    got = np.asarray(multihost_utils.broadcast_one_to_all(buf))
+    return bytes(got[got != 0].astype(np.uint8)).decode()

@@ -14,6 +14,7 @@ One name per knob from plan to pipeline: ``decode_threads``, ``prefetch_batches`
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from trainers.records import Record
@@ -76,13 +77,6 @@ class TrainConfig(Record):
             raise ValueError(f"schedule {self.schedule!r}: expected cosine or constant")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r}: expected float32 or bfloat16")
-
-    @property
-    def jnp_dtype(self):
-        """The compute dtype as a ``jax.numpy`` type (imports JAX on first use)."""
-        import jax.numpy as jnp
-
-        return jnp.bfloat16 if self.dtype == "bfloat16" else jnp.float32
 
 
 @dataclass(frozen=True)
@@ -194,3 +188,12 @@ class AugmentConfig:
         if not 0 < self.min_scale <= self.max_scale <= 1:
             raise ValueError(f"need 0 < min_scale ({self.min_scale}) <= max_scale "
                              f"({self.max_scale}) <= 1")
+
+
+def pack_resize_side(image_size: int) -> int:
+    """Shorter side (pixels) a pack-time resize stores for training at ``image_size``
+    pixels: ``ceil8(1.5 x S)`` for S <= 64 px, else ``ceil8(S x 256 / 224)`` (256 for
+    224 px: the ImageNet eval resize). The decode probe measures this resize; the
+    planner chooses it."""
+    side = 1.5 * image_size if image_size <= 64 else image_size * 256 / 224
+    return int(math.ceil(side / 8) * 8)

@@ -30,7 +30,6 @@ import errno
 import hashlib
 import io
 import json
-import math
 import os
 import random
 import re
@@ -74,15 +73,6 @@ def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tu
         class folder is empty.
     """
     return scan.scan_class_folders(root, error=PackError)
-
-
-def pack_resize_side(image_size: int) -> int:
-    """Shorter side (pixels) a pack-time resize stores for training at ``image_size``
-    pixels: ``ceil8(1.5 x S)`` for S <= 64 px, else ``ceil8(S x 256 / 224)`` (256 for
-    224 px: the ImageNet eval resize). The decode probe measures this resize; the
-    planner chooses it."""
-    side = 1.5 * image_size if image_size <= 64 else image_size * 256 / 224
-    return int(math.ceil(side / 8) * 8)
 
 
 def _features(class_names: Sequence[str]):

@@ -38,10 +38,16 @@ class TrainState(train_state.TrainState):
     batch_stats: Any = None
 
 
+def compute_dtype(config: TrainConfig):
+    """The compute dtype ``config.dtype`` names, as a ``jax.numpy`` type
+    (``bfloat16`` or ``float32``; parameters stay float32)."""
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
 def create_model(config: TrainConfig) -> models.ResNet:
     """The ResNet the config names."""
     return models.create_model(config.arch, config.num_classes, width=config.width,
-                               dtype=config.jnp_dtype, small_images=config.small_images)
+                               dtype=compute_dtype(config), small_images=config.small_images)
 
 
 def create_learning_rate_fn(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], Any]:
@@ -86,7 +92,7 @@ def create_train_state(rng, config: TrainConfig, model, learning_rate_fn) -> Tra
 
     @jax.jit
     def init(rng):
-        return model.init({"params": rng}, jnp.zeros((1, size, size, 3), config.jnp_dtype),
+        return model.init({"params": rng}, jnp.zeros((1, size, size, 3), compute_dtype(config)),
                           train=False)
 
     variables = init(rng)
@@ -118,7 +124,7 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
     state and metrics (``loss``, ``accuracy``, ``learning_rate``) averaged across
     devices.
     """
-    images = normalize_images(batch["image"], config.jnp_dtype)
+    images = normalize_images(batch["image"], compute_dtype(config))
 
     def loss_fn(params):
         logits, new_model_state = state.apply_fn(
@@ -157,7 +163,7 @@ def all_finite(tree) -> jax.Array:
 def eval_step(state: TrainState, batch, *, config: TrainConfig):
     """Sums of top-1 / top-5 hits, loss and counted examples over the masked batch,
     summed across devices. ``batch``: ``image``, ``label``, ``mask bool [B]``."""
-    images = normalize_images(batch["image"], config.jnp_dtype)
+    images = normalize_images(batch["image"], compute_dtype(config))
     logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
                             images, train=False)
     mask = batch["mask"].astype(jnp.float32)

@@ -1,0 +1,468 @@
+"""What ``autotune probe`` and ``autotune train --auto`` do, in order: resolve the data,
+probe (or reuse a fresh probe), plan, pack, train; and the multi-host ordering of
+those steps (process 0 creates the run folder, plans and packs first; every process
+runs process 0's plan on the same packed data).
+
+The CLI parses arguments into a :class:`TrainRequest`, calls these functions and
+renders the records they hand back through ``show``; decisions belong to
+``autotune.planner``, measurements to ``probes``, execution to ``trainers``. Errors
+meant for the user are :class:`SetupError` (one line, naming the value).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from autotune import planner, results
+from autotune.planner import Plan, PlanRequest
+from autotune.presets import Preset
+from autotune.probe_report import ProbeReport, utc_now
+from autotune.results import RunRecord
+from trainers.options import LoopOptions, TrainConfig
+from trainers.summaries import PackResult, TrainSummary
+
+Say = Callable[[str], None]
+Show = Callable[[object], None]
+Progress = Callable[..., object]
+
+
+class SetupError(ValueError):
+    """A bad input found while setting a run up (data folder, overrides, resume
+    folder, hosts that disagree); the message is one line naming the value."""
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """What ``autotune train --auto`` was asked (the CLI's arguments, parsed).
+
+    Attributes:
+      data: training folder, or None for the built-in synthetic data set.
+      preset: the preset record.
+      results_root: where run folders go.
+      plan_request: the user's overrides for the planner.
+      val_data: a separate validation folder.
+      reprobe: probe even when a fresh probe exists.
+      budget_bytes: per-device memory budget (bytes) or None.
+      partitions: data partitions (see ``trainers.input_pipeline``).
+      loop_overrides: LoopOptions fields the user set (on_bad_record,
+        checkpoint_every_s, max_steps, partitions).
+      argv: the command line, saved in ``run.json`` (to find an unfinished run).
+    """
+
+    data: str
+    preset: Preset
+    results_root: Path
+    plan_request: PlanRequest
+    val_data: str | None = None
+    reprobe: bool = False
+    budget_bytes: int | None = None
+    partitions: int | None = None
+    loop_overrides: dict = dataclasses.field(default_factory=dict)
+    argv: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Session:
+    """A run ready to train: its folder, plan, data and the trainer's settings."""
+
+    run: Path
+    plan: Plan
+    record: RunRecord
+
+    @property
+    def config(self) -> TrainConfig:
+        return self.record.config
+
+    @property
+    def options(self) -> LoopOptions:
+        return self.record.options
+
+
+# ---------------------------------------------------------------- inputs
+
+def resolve_preset(name: str | None) -> Preset:
+    """The preset ``name`` (default: ``resnet50`` on GPU, ``cpu-small`` on CPU), checked
+    against this run's device count (a preset's fixed global batch must split).
+
+    Raises:
+      SetupError: unknown preset, or a global batch the devices cannot split.
+    """
+    import jax
+
+    from autotune.presets import UnknownPresetError, default_preset_name, get_preset
+
+    name = name or default_preset_name(jax.default_backend())
+    try:
+        preset = get_preset(name)
+    except UnknownPresetError as exc:
+        raise SetupError(str(exc)) from None
+    try:
+        preset.per_device_for(jax.device_count())
+    except ValueError as exc:
+        raise SetupError(f"--preset {name}: {exc}") from None
+    return preset
+
+
+def memory_budget(text: str | None) -> int | None:
+    """``--memory-budget`` in bytes (``8GiB``, ``512MB`` ...), or None when not given.
+
+    Raises:
+      SetupError: not a size.
+    """
+    from autotune.batch_search import parse_memory_budget
+
+    if not text:
+        return None
+    try:
+        return parse_memory_budget(text)
+    except ValueError as exc:
+        raise SetupError(f"--memory-budget {text}: {exc}") from None
+
+
+def resolve_data(data: str | None, progress: Progress) -> str:
+    """The absolute training folder, checked (class folders present, none empty) before
+    minutes of probing; with no ``data``, the built-in synthetic data set (generated
+    once into the cache).
+
+    Raises:
+      SetupError: not a folder, or not an ImageNet-layout folder (names why).
+    """
+    if data:
+        from trainers.pack import PackError, scan_image_folder
+
+        path = Path(data).expanduser()
+        if not path.is_dir():
+            raise SetupError(f"--data {data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+        try:
+            scan_image_folder(path)
+        except PackError as exc:
+            raise SetupError(f"--data {data}: {exc}") from None
+        return str(path.resolve())
+    from trainers.synthetic import ensure_synthetic_dataset
+
+    return str(ensure_synthetic_dataset(progress=progress))
+
+
+def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None,
+              quick: bool = False, skip_disk: bool = False, read_threads: int | None = None,
+              decode_s: float | None = None, progress: Say | None = None) -> ProbeReport:
+    """Run every probe on ``data_path`` for ``preset``: host, data set, decode + augment
+    against threads, disk (page cache bypassed), the largest per-device batch and the
+    train step's images/s.
+
+    Args:
+      data_path: ImageNet-layout image folder.
+      preset: recipe whose model the accelerator figures are for.
+      budget_bytes: per-device memory budget overriding the device's limit (bytes).
+      quick: shorter measurements (used by ``train --auto``).
+      skip_disk: leave the disk probe out.
+      read_threads: queue depth of the disk's parallel random-read figure (default:
+        the decode knee, the threads the pipeline will really read with).
+      decode_s: measuring seconds per decode thread count.
+      progress: called with a line before each stage.
+
+    Raises:
+      FileNotFoundError / ValueError: bad data folder (named in the message).
+    """
+    from probes import decode, disk, host
+    from probes.dataset import dataset_stats
+
+    say = progress or (lambda s: None)
+    t0 = time.perf_counter()
+    say("host: cores, RAM, disk space, JAX devices, NVML")
+    host_report = host.probe_host(data_path, jax_in_child=False)
+    say("dataset: counting images")
+    stats = dataset_stats(data_path)
+    say("decode: JPEG decode + augmentation vs threads")
+    decode_report = decode.probe_decode(
+        data_path, image_size=preset.image_size, min_crop_scale=preset.min_crop_scale,
+        sample=100 if quick else 200, seconds_per_point=decode_s or (0.5 if quick else 1.5))
+    disk_report = None
+    if not skip_disk:
+        say("disk: sequential and random reads, page cache bypassed")
+        disk_report = disk.probe_disk(
+            data_path, record_bytes=max(4096, stats.median_bytes),
+            dataset_bytes=stats.total_bytes,
+            queue_depth=read_threads or max(1, decode_report.knee_threads),
+            duration_s=0.5 if quick else 2.0, file_bytes=(64 << 20) if quick else None)
+    search, acc = _probe_accelerator(preset, stats.num_classes, budget_bytes, quick, say)
+    return ProbeReport(created_utc=utc_now(), data_path=str(data_path), preset=preset.name,
+                       host=host_report, dataset=stats, disk=disk_report,
+                       decode=decode_report, accelerator=acc, batch_search=search,
+                       seconds=time.perf_counter() - t0)
+
+
+def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | None,
+                       quick: bool, say: Say):
+    """``(batch search or None, AcceleratorReport)``: the largest per-device batch by
+    compiled memory analysis (real steps in child processes where the analysis is
+    unavailable), unless the preset fixes the batch; then the step rate at it."""
+    import jax
+
+    from autotune import batch_search as bs
+    from probes import accelerator
+    from trainers import train as tr
+
+    config = TrainConfig(arch=preset.arch, width=preset.width, small_images=preset.small_images,
+                         image_size=preset.image_size, num_classes=num_classes,
+                         per_device_batch=32, dtype=preset.dtype)
+    batch = preset.per_device_for(jax.device_count())
+    limit, _ = accelerator.device_memory_limit(budget_bytes)
+    search = None
+    if batch is None:
+        say("accelerator: largest per-device batch by compiled memory analysis")
+        try:
+            search = bs.find_max_batch(
+                lambda b: (tr.compiled_step_memory(config, b) or {}).get("total"),
+                limit, multiple=8, max_batch=preset.max_per_device_batch,
+                prefetch_bytes_per_image=2 * preset.image_size ** 2 * 3)
+        except bs.MemoryAnalysisUnavailable:
+            # Known on some JAX GPU versions: real steps in child processes, so an
+            # out-of-memory kills only the child.
+            from probes.step_child import fits_in_child
+
+            say("accelerator: memory analysis unavailable; bisecting over real steps in "
+                "child processes")
+            cpu_budget = limit if jax.default_backend() == "cpu" else None
+            search = bs.find_max_batch_by_trial(
+                lambda b: fits_in_child(config, b, budget_bytes=cpu_budget), start=32,
+                multiple=8, max_batch=preset.max_per_device_batch)
+        batch = search.per_device_batch
+    config = dataclasses.replace(config, per_device_batch=batch)
+    say(f"accelerator: train-step images/s at per-device batch {batch}")
+    acc = accelerator.probe_accelerator(config, budget_bytes=budget_bytes,
+                                        memory_batches=() if search else (batch,),
+                                        rate_steps=5 if quick else 10)
+    return search, acc
+
+
+def probe_or_reuse(req: TrainRequest, say: Say) -> ProbeReport:
+    """A probe of ``req.data`` under 24 h old for the same preset on this host, or a
+    new quick one."""
+    fresh = None if req.reprobe else results.find_fresh_probe(req.results_root, req.data,
+                                                              req.preset.name)
+    if fresh is not None:
+        say(f"reusing the probe of {fresh.parent.name} (under 24 h old; --reprobe to measure "
+            f"again)")
+        return ProbeReport.load(fresh)
+    return run_probe(req.data, req.preset, budget_bytes=req.budget_bytes, quick=True,
+                     progress=say)
+
+
+# ---------------------------------------------------------------- pack
+
+def packed_dir_for(data: str, plan: Plan, val_data: str | None) -> Path:
+    """Cache folder of the packed form of ``data`` under the plan's pack options."""
+    from trainers.synthetic import default_cache_dir
+
+    return default_cache_dir() / "packed" / (
+        f"{Path(data).name}-{planner.pack_cache_key(plan, data, val_data)}")
+
+
+def pack_for_plan(data: str, plan: Plan, progress: Progress, val_data: str | None = None
+                  ) -> tuple[str, PackResult]:
+    """Pack ``data`` as the plan says into the cache (resumes an interrupted pack,
+    reuses a finished one, replaces one of an older state of ``data``). On several
+    hosts process 0 packs first; on a shared file system the others then find it
+    finished, on node-local disks each packs the same shards itself."""
+    import jax
+
+    from trainers.pack import pack_folder
+
+    packed = str(packed_dir_for(data, plan, val_data))
+
+    def pack():
+        return pack_folder(data, packed, planner.pack_options(plan, separate_val=bool(val_data)),
+                           val_source=val_data, progress=progress, replace_stale=True)
+
+    if jax.process_count() == 1:
+        return packed, pack()
+    from jax.experimental import multihost_utils
+
+    result = pack() if jax.process_index() == 0 else None
+    multihost_utils.sync_global_devices("autotune: packed")
+    return packed, result or pack()
+
+
+# ---------------------------------------------------------------- multi-host
+
+def shared_run_dir(root: Path) -> Path:
+    """The run folder, created by process 0 and its name broadcast to every process
+    (orbax needs one checkpoint folder on a file system all hosts see)."""
+    import jax
+
+    from trainers.distributed import broadcast_text
+
+    name = results.new_run_dir(root).name if jax.process_index() == 0 else ""
+    return Path(root) / broadcast_text(name, 512)
+
+
+def check_hosts_agree(plan: Plan, pack_result: PackResult, packed: str) -> None:
+    """Every process must train the same plan on the same packed data: compare each
+    host's (train records, shards, classes, local devices, plan digest) with process
+    0's (a collective; nothing on a single process).
+
+    Raises:
+      SetupError: naming the first process that differs, the value and process 0's.
+    """
+    import jax
+
+    from trainers.distributed import all_gather_ints
+
+    if jax.process_count() == 1:
+        return
+    train = pack_result.split("train")
+    names = ("train records", "train shards", "classes", "local devices", "plan digest")
+    mine = (sum(train.shard_lengths), len(train.shard_lengths), pack_result.num_classes,
+            jax.local_device_count(), zlib.crc32(plan.to_json(None).encode()) & 0x7FFFFFFF)
+    rows = all_gather_ints(mine)
+    for p, row in enumerate(rows[1:], start=1):
+        for name, got, want in zip(names, row, rows[0]):
+            if got != want:
+                raise SetupError(f"process {p} differs from process 0: {name} {got:,} vs "
+                                 f"{want:,} (packed data {packed}); every host must see the "
+                                 f"same data set, plan and device count")
+
+
+def plan_for_all_hosts(report: ProbeReport, req: TrainRequest) -> Plan:
+    """Process 0's plan on every process (hosts may measure slightly differently, and
+    the batch and shards must agree).
+
+    Raises:
+      SetupError: an override the planner rejects, or ``--partitions`` that does not
+        fit the hosts and shards.
+    """
+    import jax
+
+    from trainers.distributed import broadcast_text
+
+    request = dataclasses.replace(req.plan_request, num_hosts=jax.process_count(),
+                                  local_devices=jax.local_device_count())
+    try:
+        plan = planner.make_plan(report, req.preset, request)
+    except ValueError as exc:
+        raise SetupError(str(exc)) from None
+    if req.partitions and (req.partitions % jax.process_count()
+                           or req.partitions > plan.num_shards):
+        raise SetupError(f"--partitions {req.partitions}: must be a multiple of the "
+                         f"{jax.process_count()} processes and at most the "
+                         f"{plan.num_shards} shards")
+    return Plan.from_json(broadcast_text(plan.to_json(None)))
+
+
+# ---------------------------------------------------------------- runs
+
+def new_session(req: TrainRequest, *, say: Say, show: Show, progress: Progress) -> Session:
+    """Set up a new run: run folder, probe (or reuse), plan, pack, the trainer's
+    settings; process 0 writes ``probe.json``, ``plan.json``, ``pack.json``,
+    ``bad_images.json`` and ``run.json``. ``show`` receives the plan and the pack
+    result as they are ready (for rendering).
+
+    Raises:
+      SetupError: see :func:`plan_for_all_hosts` and :func:`check_hosts_agree`.
+    """
+    import jax
+
+    primary = jax.process_index() == 0
+    run = shared_run_dir(req.results_root)
+    report = probe_or_reuse(req, say)
+    if primary:
+        report.save(run / results.PROBE)
+    plan = plan_for_all_hosts(report, req)
+    if primary:
+        plan.save(run / results.PLAN)
+    show(plan)
+    packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data)
+    if primary:
+        pack_result.save(run / results.PACK)
+        results.save_json(run / results.BAD_IMAGES, [b.to_dict() for b in pack_result.bad_images])
+    check_hosts_agree(plan, pack_result, packed)
+    show(pack_result)
+    record = RunRecord(
+        data=req.data, packed=packed,
+        config=planner.train_config(plan, req.preset, pack_result.num_classes),
+        options=planner.loop_options(plan, partitions=req.partitions, **req.loop_overrides),
+        argv=tuple(req.argv))
+    if primary:
+        record.save(run / results.RUN)
+    return Session(run=run, plan=plan, record=record)
+
+
+def resume_session(run: str | Path) -> Session:
+    """The run in folder ``run``, to continue from its last checkpoint.
+
+    Raises:
+      SetupError: not a run folder.
+    """
+    run = Path(run)
+    if not (run / results.PLAN).is_file() or not (run / results.RUN).is_file():
+        raise SetupError(f"--resume {run}: not a run folder (no {results.PLAN} and "
+                         f"{results.RUN})")
+    return Session(run=run, plan=Plan.load(run / results.PLAN),
+                   record=RunRecord.load(run / results.RUN))
+
+
+def unfinished_run(req_root: Path, argv: list[str]) -> Path | None:
+    """The unfinished run the same command left (single host only), or None."""
+    import jax
+
+    if jax.process_count() > 1:
+        return None
+    return results.find_unfinished_run(req_root, argv)
+
+
+def train(session: Session, callback: Callable[[object], None],
+          on_step_down: Callable[[TrainConfig, TrainConfig], None] | None = None
+          ) -> TrainSummary:
+    """Train the session's run (resuming from its checkpoints); process 0 writes
+    ``metrics.jsonl`` (every record ``callback`` receives) and ``summary.json``.
+    An out-of-memory step-down follows the planner's rule (``planner.step_down``);
+    ``on_step_down(old, new)`` hears of it."""
+    import jax
+
+    from trainers.loop import train_and_evaluate
+
+    primary = jax.process_index() == 0
+    writer = results.MetricsWriter(session.run / results.METRICS) if primary else None
+
+    def record(r):
+        if writer:
+            writer.write(r)
+        callback(r)
+
+    def on_oom(cfg: TrainConfig) -> TrainConfig | None:
+        new = planner.step_down(cfg, session.plan)
+        if new is not None and on_step_down is not None:
+            on_step_down(cfg, new)
+        return new
+
+    try:
+        summary = train_and_evaluate(session.config, session.record.packed, str(session.run),
+                                     session.options, callback=record, on_oom=on_oom)
+    finally:
+        if writer:
+            writer.close()
+    if primary:
+        summary.save(session.run / results.SUMMARY)
+    return summary
+
+
+def stall_report(data: str, preset: Preset, report: ProbeReport, steps: int,
+                 progress: Progress, say: Say):
+    """``probe --stall``: plan, pack, then time a short training run three ways
+    (``probes.stall.measure_stall``). Returns the report with its ``stall`` field."""
+    from probes.stall import measure_stall
+
+    import jax
+
+    plan = planner.make_plan(report, preset, PlanRequest(local_devices=jax.local_device_count()))
+    packed, pack_result = pack_for_plan(data, plan, progress)
+    say(f"stall: {steps} steps each with synthetic, cached and cold input")
+    stall = measure_stall(planner.train_config(plan, preset, pack_result.num_classes), packed,
+                          planner.loop_options(plan), steps=steps)
+    return dataclasses.replace(report, stall=stall)
