@@ -362,37 +362,44 @@ def main(argv: list[str] | None = None) -> int:
         print(f"autotune {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # noqa: BLE001 - known input errors become one line
-        from trainers.distributed import ConnectError, PeerLostError
+        from trainers.distributed import ConnectError
         from trainers.pack import PackError
         from trainers.validation import ValidationLayoutError
         from trainers.records import RecordError
 
-        if isinstance(exc, PeerLostError):
-            from trainers.distributed import EXIT_PEER_LOST
-
-            return _fail(args.command, exc, EXIT_PEER_LOST)
         from autotune.orchestrate import SetupError
 
         if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError,
                             ConnectError, SetupError)):
             return _fail(args.command, exc, EXIT_USAGE)
-        _announce_failure(exc)
+        if _announce_failure(exc):  # multi-host: leave now (see distributed.exit_now)
+            import traceback
+
+            from trainers.distributed import exit_now
+
+            traceback.print_exc()
+            exit_now(1)
         raise
 
 
-def _announce_failure(exc: BaseException) -> None:
+def _announce_failure(exc: BaseException) -> bool:
     """On a multi-host run, tell the other processes this one is ending on an error,
-    so that they exit at once naming it instead of waiting in a collective."""
+    so that they exit at once naming it instead of waiting in a collective. Returns
+    True on a multi-host run."""
     from trainers.distributed import watchdog
 
     dog = watchdog()
     if dog is not None:
         dog.announce_failure(f"{type(exc).__name__}: {exc}")
+    return dog is not None
 
 
 def _fail(command: str, exc: BaseException, code: int) -> int:
     print(f"autotune {command}: error: {exc}", file=sys.stderr)
-    _announce_failure(exc)
+    if _announce_failure(exc):  # multi-host: leave now (see distributed.exit_now)
+        from trainers.distributed import exit_now
+
+        exit_now(code)
     return code
 
 

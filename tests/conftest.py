@@ -35,6 +35,22 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("AUTOTUNE_CACHE", str(cache))
 
 
+def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.02):
+    """Poll ``condition()`` until it is truthy and return its value; fail the test
+    after ``timeout_s`` seconds (a bound, not a synchronisation: the condition is an
+    event the other side reports)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        got = condition()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(poll_s)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a local jax.distributed coordinator)."""
     import socket

@@ -33,7 +33,6 @@ import struct
 import subprocess
 import sys
 import textwrap
-import time
 import zlib
 from pathlib import Path
 
@@ -42,7 +41,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from conftest import free_port, write_jpeg_folder
+from conftest import free_port, wait_for as _wait_for, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
 from trainers.pack import PACK_SUMMARY, PackError, is_packed, load_pack_result, pack_folder, shard_paths
@@ -50,18 +49,6 @@ from trainers.options import PackOptions
 from trainers.options import AugmentConfig
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.01):
-    """Poll ``condition()`` until it is truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        got = condition()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(poll_s)
 
 
 def _child_env(**extra) -> dict:

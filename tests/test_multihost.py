@@ -1,6 +1,8 @@
 """Two local processes with ``jax.distributed`` (4 fake CPU devices each) train a few
 steps and end with identical parameters; one process with 8 devices and the same
-partitioning gives the same loss curve."""
+partitioning gives the same loss curve. (Faults of multi-host runs: stop signals,
+lost processes, timed checkpoints, NaN: ``test_multihost_faults.py``, whose launcher,
+with a reserved coordinator port and outputs in files, is used here too.)"""
 
 import json
 import os
@@ -11,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import free_port, write_jpeg_folder
-from trainers.pack import pack_folder
+from conftest import write_jpeg_folder
+from test_multihost_faults import start
 from trainers.options import PackOptions
+from trainers.pack import pack_folder
 
 HERE = Path(__file__).parent
 
@@ -41,20 +44,16 @@ def packed(tmp_path_factory):
 
 
 def test_two_processes_match_each_other_and_one_process(packed, tmp_path):
-    port = free_port()
-    args = [sys.executable, str(HERE / "tiny_run.py"), str(packed), str(tmp_path / "two"),
-            "--epochs", "2"]
-    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=_env(4, AUTOTUNE_COORDINATOR=f"127.0.0.1:{port}",
-                                       AUTOTUNE_NUM_PROCESSES=2, AUTOTUNE_PROCESS_ID=i))
-             for i in range(2)]
-    a, b = [_result(p) for p in procs]
+    with start(packed, tmp_path / "two", tmp_path, "two", "--epochs", "2", devices=4) as pair:
+        assert pair.finish() == [0, 0], pair.tails()
+        a, b = pair.summary(0), pair.summary(1)
     assert a["status"] == b["status"] == "completed"
     assert a["steps"] == b["steps"] > 2
     assert a["params"] == b["params"]  # bit-identical parameters on both hosts
     assert a["loss"] == b["loss"]
 
-    one = subprocess.Popen(args[:3] + [str(tmp_path / "one"), "--epochs", "2", "--partitions", "2"],
+    one = subprocess.Popen([sys.executable, str(HERE / "tiny_run.py"), str(packed),
+                            str(tmp_path / "one"), "--epochs", "2", "--partitions", "2"],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(8))
     c = _result(one)
     assert c["steps"] == a["steps"]

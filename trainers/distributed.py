@@ -186,11 +186,6 @@ def _cpu_collectives(jax) -> None:
         pass
 
 
-class PeerLostError(RuntimeError):
-    """A collective failed because another process of the run stopped responding;
-    names the lost process(es)."""
-
-
 def lost_processes(timeout_s: float = 5.0) -> list[int] | None:
     """Which processes do not reach a barrier within ``timeout_s`` seconds.
 
@@ -268,9 +263,26 @@ def watchdog() -> "PeerWatchdog | None":
     return _WATCHDOG
 
 
+def exit_now(code: int, message: str | None = None) -> None:
+    """Print ``message`` (one line, stderr), flush, and end this process with ``code``
+    at once, skipping the interpreter's exit handlers.
+
+    On a multi-host run that ends on an error or a lost peer a normal exit would wait
+    in JAX's shutdown barrier for processes that are gone (until the heartbeat timeout,
+    then abort): the error is already told, so nothing is lost by leaving now.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001
+            pass
+    if message:
+        os.write(2, (message + "\n").encode(errors="replace"))
+    os._exit(code)
+
+
 def _default_on_lost(message: str) -> None:
-    os.write(2, (message + "\n").encode(errors="replace"))
-    os._exit(EXIT_PEER_LOST)
+    exit_now(EXIT_PEER_LOST, message)
 
 
 class PeerWatchdog:

@@ -168,19 +168,23 @@ def train_and_evaluate(config: tr.TrainConfig, packed_dir: str, workdir: str,
 
 
 def _raise_if_peer_lost(exc: BaseException) -> None:
-    """On a multi-host run, turn a failed collective into an error that names the
-    process that stopped responding (instead of an opaque transport error)."""
+    """On a multi-host run, a collective that failed because another process stopped
+    responding ends this process at once with one line naming it (exit code
+    ``trainers.distributed.EXIT_PEER_LOST``): a normal exit would wait in JAX's
+    shutdown barrier for the lost process."""
     from trainers.input_pipeline import BadRecordError
-    from trainers.distributed import PeerLostError, lost_processes
+    from trainers.distributed import EXIT_PEER_LOST, exit_now, lost_processes
 
     if jax.process_count() == 1 or isinstance(exc, (BadRecordError, ValueError)):
         return
     lost = lost_processes()
     if lost:
-        raise PeerLostError(
-            f"process {jax.process_index()} of {jax.process_count()}: a collective failed "
-            f"({str(exc).splitlines()[0][:200]}); process(es) {lost} stopped responding; "
-            f"rerun the same command to continue from the last checkpoint") from exc
+        exit_now(EXIT_PEER_LOST,
+                 f"autotune: process {jax.process_index()} of {jax.process_count()}: a "
+                 f"collective failed ({str(exc).splitlines()[0][:200]}); process(es) "
+                 f"{', '.join(map(str, lost))} stopped responding; exiting with code "
+                 f"{EXIT_PEER_LOST}. Every process resumes from the last checkpoint when the "
+                 f"same command is run again (or with --resume RUN).")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ class StopSignals:
                 if self.event.is_set():
                     name = signal.Signals(signum).name
                     os.write(2, f"autotune: second {name}: exiting now without a checkpoint "
-                                f"(the last checkpoint, step written before, is kept)\n"
+                                f"(the last checkpoint written is kept)\n"
                              .encode())
                     os._exit(128 + signum)
                 self.signum = signum
