@@ -210,8 +210,12 @@ _PACK_CHILD = textwrap.dedent("""
     src, out, point, marker = sys.argv[1:5]
     kind, _, arg = point.partition(":")
 
+    def tell(text):  # atomically: the test never reads a half-written marker
+        Path(marker + ".tmp").write_text(text)
+        os.replace(marker + ".tmp", marker)
+
     def hold():  # tell the test where we are, then wait for its SIGKILL
-        Path(marker).write_text(point)
+        tell(point)
         threading.Event().wait()
 
     progress = None
@@ -240,7 +244,7 @@ _PACK_CHILD = textwrap.dedent("""
         pk._prepare = _prepare
     pk.pack_folder(src, out, pk.PackOptions(num_shards=6, val_fraction=0.25, pack_threads=2),
                    progress=progress)
-    Path(marker).write_text("finished")
+    tell("finished")
 """)
 
 

@@ -1,7 +1,6 @@
 """Kill-and-resume (SIGKILL after a checkpoint, rerun, bit-identical parameters) and
 recovery from an out-of-memory error in the middle of training."""
 
-import dataclasses
 import json
 import os
 import signal
@@ -99,18 +98,31 @@ def test_out_of_memory_mid_run_steps_down_and_finishes(packed, tmp_path):
             raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate "
                                "123456 bytes (injected)")
 
-    def step_down(cfg):
-        # The CLI passes the planner's rule here; halve for the test.
-        return dataclasses.replace(cfg, per_device_batch=cfg.per_device_batch // 2,
-                                   learning_rate=cfg.learning_rate / 2)
+    # The rule the run really uses (autotune.orchestrate.train passes it): the
+    # planner's step-down, with the plan's learning-rate rule, over this run's devices.
+    from functools import partial
 
+    from autotune.lr_rules import rescale_after_batch_change
+    from autotune.planner import PlanRequest, make_plan, step_down
+    from autotune.presets import get_preset
+    from probe_fixtures import accelerator, report
+
+    n = jax.local_device_count()
+    plan = make_plan(report(acc=accelerator(backend="cpu", devices=n, batch=2), classes=3,
+                            num_images=81, preset="cpu-tiny"),
+                     get_preset("cpu-tiny"), PlanRequest(per_device_batch=2, local_devices=n))
     seen = []
     summary = train_and_evaluate(config, str(packed), str(tmp_path / "run"),
                                  LoopOptions(decode_threads=1, checkpoint_every_s=0.001,
                                              eval_every_epochs=0),
-                                 callback=seen.append, on_oom=step_down, step_hook=inject)
+                                 callback=seen.append, on_oom=partial(step_down, plan=plan),
+                                 step_hook=inject)
     assert summary.status == "completed"
-    assert summary.per_device_batch == 1 and summary.learning_rate == pytest.approx(0.05)
+    # 2 -> 1 (the next smaller batch below 8 is a multiple of 1), the learning rate
+    # rescaled by the plan's rule from global batch 2n to n.
+    want_lr = rescale_after_batch_change(0.1, 2 * n, 1 * n, plan.lr.rule)
+    assert summary.per_device_batch == 1 and summary.learning_rate == pytest.approx(want_lr)
+    assert want_lr < 0.1
     (event,) = summary.oom_events
     assert (event.old_per_device_batch, event.new_per_device_batch) == (2, 1)
     assert event.step == 3 and "injected" in event.message
