@@ -111,31 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------- helpers
 
 def _data(args, console) -> str:
-    from autotune.orchestrate import SetupError, resolve_data
+    from autotune.orchestrate import resolve_data
 
     with progress_bar(console, "synthetic data set", args.quiet) as bar:
-        try:
-            return resolve_data(args.data, bar)
-        except SetupError as exc:
-            raise UsageError(str(exc)) from None
-
-
-def _preset(args):
-    from autotune.orchestrate import SetupError, resolve_preset
-
-    try:
-        return resolve_preset(getattr(args, "preset", None))
-    except SetupError as exc:
-        raise UsageError(str(exc)) from None
-
-
-def _budget(args) -> int | None:
-    from autotune.orchestrate import SetupError, memory_budget
-
-    try:
-        return memory_budget(getattr(args, "memory_budget", None))
-    except SetupError as exc:
-        raise UsageError(str(exc)) from None
+        return resolve_data(args.data, bar)
 
 
 def _say(console, quiet):
@@ -148,10 +127,11 @@ def cmd_probe(args, console) -> int:
     from autotune import orchestrate, render
 
     data = _data(args, console)
-    preset = _preset(args)
+    preset = orchestrate.resolve_preset(args.preset)
     say = _say(console, args.quiet)
-    report = orchestrate.run_probe(data, preset, budget_bytes=_budget(args), quick=args.quick,
-                                   skip_disk=args.no_disk, progress=say)
+    report = orchestrate.run_probe(data, preset, quick=args.quick, skip_disk=args.no_disk,
+                                   budget_bytes=orchestrate.memory_budget(args.memory_budget),
+                                   progress=say)
     if args.stall:
         with progress_bar(console, "packing", args.quiet) as bar:
             report = orchestrate.stall_report(data, preset, report, args.stall_steps, bar, say)
@@ -231,20 +211,21 @@ def _init_distributed(args) -> None:
 
 def _train_request(args, console, argv: list[str]):
     """The parsed ``train --auto`` arguments as an ``orchestrate.TrainRequest``."""
-    from autotune.orchestrate import TrainRequest
+    from autotune import orchestrate
     from autotune.planner import PlanRequest
 
     for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
-    return TrainRequest(
-        data=_data(args, console), preset=_preset(args),
+    return orchestrate.TrainRequest(
+        data=_data(args, console), preset=orchestrate.resolve_preset(args.preset),
         results_root=Path(args.results) if args.results else results.default_results_root(),
         plan_request=PlanRequest(epochs=args.epochs, per_device_batch=args.batch,
                                  decode_threads=args.threads, read_mode=args.read_mode,
                                  num_shards=args.shards),
-        val_data=args.val_data, reprobe=args.reprobe, budget_bytes=_budget(args),
+        val_data=args.val_data, reprobe=args.reprobe,
+        budget_bytes=orchestrate.memory_budget(args.memory_budget),
         partitions=args.partitions, argv=tuple(argv),
         loop_overrides={"on_bad_record": args.on_bad_record,
                         "checkpoint_every_s": args.checkpoint_every,
@@ -265,21 +246,19 @@ def _session(args, console, quiet: bool, argv: list[str]):
                 console.print(f"continuing the unfinished run {unfinished} (same command; "
                               f"--new-run to start afresh)")
             args.resume = str(unfinished)
-    try:
-        if args.resume:
-            return orchestrate.resume_session(args.resume)
-        if not args.auto:
-            raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
-        def show(record):  # the plan, then the pack result, as they are ready
-            if not quiet:
-                console.print(render.render_plan(record) if isinstance(record, Plan)
-                              else render.render_pack(record))
+    if args.resume:
+        return orchestrate.resume_session(args.resume)
+    if not args.auto:
+        raise UsageError("train needs --auto (probe, plan, pack, train) or --resume RUN")
 
-        with progress_bar(console, "packing", quiet) as bar:
-            return orchestrate.new_session(_train_request(args, console, argv),
-                                           say=_say(console, quiet), show=show, progress=bar)
-    except orchestrate.SetupError as exc:
-        raise UsageError(str(exc)) from None
+    def show(record):  # the plan, then the pack result, as they are ready
+        if not quiet:
+            console.print(render.render_plan(record) if isinstance(record, Plan)
+                          else render.render_pack(record))
+
+    with progress_bar(console, "packing", quiet) as bar:
+        return orchestrate.new_session(_train_request(args, console, argv),
+                                       say=_say(console, quiet), show=show, progress=bar)
 
 
 def cmd_train(args, console, argv_override: list[str] | None = None) -> int:
@@ -372,34 +351,17 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError,
                             ConnectError, SetupError)):
             return _fail(args.command, exc, EXIT_USAGE)
-        if _announce_failure(exc):  # multi-host: leave now (see distributed.exit_now)
-            import traceback
+        from trainers.distributed import leave_on_error
 
-            from trainers.distributed import exit_now
-
-            traceback.print_exc()
-            exit_now(1)
+        leave_on_error(exc, 1, print_traceback=True)  # multi-host: peers told, exit now
         raise
 
 
-def _announce_failure(exc: BaseException) -> bool:
-    """On a multi-host run, tell the other processes this one is ending on an error,
-    so that they exit at once naming it instead of waiting in a collective. Returns
-    True on a multi-host run."""
-    from trainers.distributed import watchdog
-
-    dog = watchdog()
-    if dog is not None:
-        dog.announce_failure(f"{type(exc).__name__}: {exc}")
-    return dog is not None
-
-
 def _fail(command: str, exc: BaseException, code: int) -> int:
-    print(f"autotune {command}: error: {exc}", file=sys.stderr)
-    if _announce_failure(exc):  # multi-host: leave now (see distributed.exit_now)
-        from trainers.distributed import exit_now
+    from trainers.distributed import leave_on_error
 
-        exit_now(code)
+    print(f"autotune {command}: error: {exc}", file=sys.stderr)
+    leave_on_error(exc, code)  # multi-host: peers told, exit now
     return code
 
 

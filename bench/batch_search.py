@@ -40,7 +40,8 @@ def main() -> None:
 
     import jax
 
-    from autotune.batch_search import (find_max_batch, find_max_batch_by_trial, format_bytes,
+    from autotune.fmt import fmt_bytes as format_bytes
+    from autotune.batch_search import (find_max_batch, find_max_batch_by_trial,
                                        parse_memory_budget)
     from probes.accelerator import device_memory_limit
     from probes.step_child import fits_in_child, run_steps_in_child

@@ -282,6 +282,22 @@ def exit_now(code: int, message: str | None = None) -> None:
     os._exit(code)
 
 
+def leave_on_error(exc: BaseException, code: int, *, print_traceback: bool = False) -> None:
+    """On a multi-host run, tell the other processes this one ends on ``exc`` (they
+    exit at once naming it, instead of waiting in a collective), then end this process
+    with ``code`` (:func:`exit_now`; with the traceback printed first when asked).
+    Returns (does nothing) on a single process."""
+    dog = watchdog()
+    if dog is None:
+        return
+    dog.announce_failure(f"{type(exc).__name__}: {exc}")
+    if print_traceback:
+        import traceback
+
+        traceback.print_exception(exc)
+    exit_now(code)
+
+
 def _default_on_lost(message: str) -> None:
     exit_now(EXIT_PEER_LOST, message)
 
