@@ -43,10 +43,11 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     real = preprocess.train_preprocess
 
     def slow(data, rng, cfg, **kw):
-        # An expensive augmentation simulated as 20 ms that hold no CPU and no GIL (a
+        # An expensive augmentation simulated as 100 ms that hold no CPU and no GIL (a
         # busy loop would make the figures depend on the machine's load: a loaded
-        # machine slows the cold run's loop more than the cached one's).
-        time.sleep(0.02)
+        # machine slows the cold run's loop more than the cached one's). Even with the
+        # pipeline's prefetch running several at once, input stays far below the step.
+        time.sleep(0.1)
         return real(data, rng, cfg, **kw)
 
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
