@@ -8,11 +8,8 @@ brute force, and to verify a chosen batch against the device's
 
 On backends with memory statistics (GPU, TPU) the child reports
 ``peak_bytes_in_use`` of device 0; on CPU, where there are none, it reports the
-growth of the process's resident memory over the steps: the peak (``VmHWM``, reset
-with ``/proc/self/clear_refs`` just before the steps, so a peak reached while importing
-does not hide the steps' own) minus the resident memory at that moment (``VmRSS``);
-where ``/proc`` lacks these, the growth of ``ru_maxrss``. A ``budget_bytes`` turns it
-into a fit / no-fit answer.
+growth of the process's peak resident memory (``ru_maxrss``) over the steps, and a
+``budget_bytes`` turns that into a fit / no-fit answer.
 
 Child protocol: ``python -m probes.step_child '<json config>' BATCH STEPS`` prints one
 line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_s``.
@@ -33,12 +30,13 @@ MARK = "STEP_CHILD "
 
 
 def _child(config_json: str, batch: int, steps: int) -> dict:
+
     import jax
 
     from trainers import train as tr
 
     config = tr.TrainConfig.from_json(config_json)
-    rss0, source = _reset_peak_rss()
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     try:
         import dataclasses
 
@@ -57,42 +55,10 @@ def _child(config_json: str, batch: int, steps: int) -> dict:
     if stats and "peak_bytes_in_use" in stats:
         peak, source = int(stats["peak_bytes_in_use"]), "peak_bytes_in_use"
     else:
-        peak = _peak_rss(source) - rss0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
+        source = "ru_maxrss"
     return {"ok": True, "oom": False, "peak_bytes": peak, "peak_source": source,
             "step_s": got["step_s"], "error": ""}
-
-
-def _proc_status_bytes(field: str) -> int | None:
-    """``VmRSS`` / ``VmHWM`` of this process in bytes from ``/proc/self/status``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> tuple[int, str]:
-    """``(resident bytes now, source)``: reset the kernel's peak-RSS mark where Linux
-    allows it (``VmHWM``, source ``"VmHWM"``), else the ``ru_maxrss`` peak so far."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        rss = _proc_status_bytes("VmRSS")
-        if rss is not None and _proc_status_bytes("VmHWM") is not None:
-            return rss, "VmHWM"
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "ru_maxrss"
-
-
-def _peak_rss(source: str) -> int:
-    """Peak resident bytes by the measure :func:`_reset_peak_rss` chose."""
-    if source == "VmHWM":
-        return _proc_status_bytes("VmHWM") or 0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def run_steps_in_child(config, per_device_batch: int, *, steps: int = 3,
