@@ -324,3 +324,47 @@ def test_large_downscale_is_antialiased():
     small = stripes[:, :400]
     assert np.array_equal(P._resize(small, 224, 224),
                           cv2.resize(small, (224, 224), interpolation=cv2.INTER_LINEAR))
+
+
+# ------------------------------------------------------------------- decode mode
+
+def test_decode_mode_defaults_to_fast_and_is_validated():
+    assert AugmentConfig().decode_mode == "fast"
+    assert AugmentConfig(decode_mode="exact").decode_mode == "exact"
+    with pytest.raises(ValueError, match="decode_mode 'slow'"):
+        AugmentConfig(decode_mode="slow")
+
+
+def test_default_decode_mode_is_the_fast_decode():
+    """The default training path is the fast one: the same pixels as asking for it."""
+    data = jpeg(gradient(375, 500) ^ np.random.default_rng(1).integers(0, 40, (375, 500, 3),
+                                                                       dtype=np.uint8))
+    for seed in range(5):
+        a = P.train_preprocess(data, np.random.default_rng(seed), AugmentConfig(224))
+        b = P.train_preprocess(data, np.random.default_rng(seed), AugmentConfig(224, decode_mode="fast"))
+        assert np.array_equal(a, b)
+
+
+def test_train_preprocess_exact_mode_same_draws_close_pixels():
+    """Same crop and flip draws in both modes (the rng is consumed alike); the exact
+    decode is full scale, accurate and fancy-upsampled, so pixels differ a little."""
+    img = gradient(480, 640) ^ np.random.default_rng(2).integers(0, 30, (480, 640, 3), dtype=np.uint8)
+    data = simplejpeg.encode_jpeg(np.ascontiguousarray(img), quality=90, colorspace="RGB",
+                                  colorsubsampling="420")
+    for seed in range(6):
+        r1, r2 = np.random.default_rng(seed), np.random.default_rng(seed)
+        fast = P.train_preprocess(data, r1, AugmentConfig(64))
+        out = np.empty((64, 64, 3), np.uint8)
+        exact = P.train_preprocess(data, r2, AugmentConfig(64, decode_mode="exact"), out=out)
+        assert exact is out and exact.shape == fast.shape and exact.dtype == np.uint8
+        assert r1.random() == r2.random()  # both consumed the same draws
+        assert np.abs(exact.astype(int) - fast).mean() < 8
+
+
+def test_exact_mode_whole_image_fallback_for_pillow_only_data():
+    """What libjpeg-turbo rejects (a PNG named .JPEG) decodes through Pillow in the
+    exact mode too."""
+    img = gradient(40, 50)
+    data = pil_bytes(Image.fromarray(img), "PNG")
+    got = P.decode_crop(data, 40, 50, 5, 6, 20, 30, mode="exact")
+    assert np.array_equal(got, img[5:25, 6:36])

@@ -8,14 +8,28 @@
  *   - rows in the box: only the iMCU columns that cover it (jpeg_crop_scanline);
  *   - rows below the box: not read at all (jpeg_abort_decompress).
  *
- * The settings match the whole-image path in trainers/preprocess.py (simplejpeg with
- * fastdct=True, fastupsample=True): JDCT_IFAST and no fancy upsampling, so the crop
- * equals the same box cut from a whole-image decode.
+ * Two decode modes:
+ *   - fast (exact=0, the training default): JDCT_IFAST and no fancy upsampling, the
+ *     settings of the whole-image path in trainers/preprocess.py (simplejpeg with
+ *     fastdct=True, fastupsample=True), so the crop equals the same box cut from a
+ *     whole-image decode.
+ *   - exact (exact=1): JDCT_ISLOW and fancy (triangle-filter) chroma upsampling,
+ *     libjpeg's defaults and tf.image.decode_and_crop_jpeg's upsampling (simplejpeg
+ *     with fastdct=False, fastupsample=False; Pillow). Fancy upsampling reads the chroma
+ *     sample on each side of a pixel, and jpeg_crop_scanline makes the decoded column
+ *     range the whole image as far as the upsampler is concerned (its edges are
+ *     replicated; and for a chroma row of 2 samples or fewer libjpeg falls back to
+ *     plain upsampling), so the caller widens the window by one pixel on each side
+ *     where the image goes on, and to at least 8 pixels (trainers/preprocess.py
+ *     does): the box inside is then the box of the whole-image decode, bit for bit
+ *     (tested). Rows need nothing: libjpeg decodes the context rows above and below
+ *     itself.
  *
  * Python API (module trainers._jpegcrop):
- *   decode_crop(data, top, left, height, width, scale_denom)
+ *   decode_crop(data, top, left, height, width, scale_denom, exact=0)
  *       -> (pixels: bytes, out_height, out_width, x_offset)
  *   data: a bytes-like JPEG. The box is in *scaled* output pixels (after 1/scale_denom).
+ *   exact: 0 for the fast mode, nonzero for the exact mode (see above).
  *   pixels holds out_height x out_width x 3 RGB uint8 rows; out_height == height.
  *   out_width >= width because the columns are widened to iMCU boundaries; the box
  *   starts x_offset columns into each row.
@@ -55,8 +69,9 @@ static void on_message(j_common_ptr cinfo, int msg_level) {
 
 static PyObject *decode_crop(PyObject *self, PyObject *args) {
     Py_buffer src;
-    int top, left, height, width, denom;
-    if (!PyArg_ParseTuple(args, "y*iiiii", &src, &top, &left, &height, &width, &denom)) {
+    int top, left, height, width, denom, exact = 0;
+    if (!PyArg_ParseTuple(args, "y*iiiii|p", &src, &top, &left, &height, &width, &denom,
+                          &exact)) {
         return NULL;
     }
     if (denom != 1 && denom != 2 && denom != 4 && denom != 8) {
@@ -99,8 +114,8 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
     cinfo.out_color_space = JCS_RGB;
     cinfo.scale_num = 1;
     cinfo.scale_denom = (unsigned int)denom;
-    cinfo.dct_method = JDCT_IFAST;
-    cinfo.do_fancy_upsampling = FALSE;
+    cinfo.dct_method = exact ? JDCT_ISLOW : JDCT_IFAST;
+    cinfo.do_fancy_upsampling = exact ? TRUE : FALSE;
     jpeg_start_decompress(&cinfo);
 
     if ((JDIMENSION)(top + height) > cinfo.output_height ||
@@ -169,8 +184,9 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"decode_crop", decode_crop, METH_VARARGS,
-     "decode_crop(data, top, left, height, width, scale_denom) -> "
-     "(pixels, out_height, out_width, x_offset); see trainers/_jpegcrop.c."},
+     "decode_crop(data, top, left, height, width, scale_denom, exact=0) -> "
+     "(pixels, out_height, out_width, x_offset); exact: ISLOW + fancy upsampling "
+     "instead of IFAST + plain; see trainers/_jpegcrop.c."},
     {NULL, NULL, 0, NULL},
 };
 

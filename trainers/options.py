@@ -175,16 +175,25 @@ class AugmentConfig:
         Inception / Goyal et al. recipe; larger for short CPU schedules).
       max_scale: largest crop area fraction.
       flip: random horizontal flip.
+      decode_mode: ``"fast"`` (the default): integer-fast IDCT, plain chroma
+        upsampling and a power-of-two DCT-domain downscale when the crop allows it;
+        ``"exact"``: accurate integer IDCT, fancy (triangle-filter) chroma upsampling,
+        full scale: the pixels of libjpeg's default decode (Pillow's), at a higher
+        cost. Applies to the region decode of ``preprocess.train_preprocess``; the
+        decoded-image cache (``cache_decoded``) decodes in the fast mode.
     """
 
     image_size: int = 224
     min_scale: float = 0.08
     max_scale: float = 1.0
     flip: bool = True
+    decode_mode: str = "fast"
 
     def __post_init__(self):
         if self.image_size < 8:
             raise ValueError(f"image_size ({self.image_size}) must be at least 8 pixels")
+        if self.decode_mode not in ("fast", "exact"):
+            raise ValueError(f"decode_mode {self.decode_mode!r}: expected 'fast' or 'exact'")
         if not 0 < self.min_scale <= self.max_scale <= 1:
             raise ValueError(f"need 0 < min_scale ({self.min_scale}) <= max_scale "
                              f"({self.max_scale}) <= 1")

@@ -11,6 +11,12 @@ is measured is what is run.
   not transformed, rows below it are not read. Without the extension (no libjpeg
   headers at install time) the whole image is decoded instead; the pixels are the
   same either way (tested).
+* Decode mode (``AugmentConfig.decode_mode``): ``"fast"`` (the default) trades a
+  little fidelity for speed: integer-fast IDCT, plain (box) chroma upsampling and the
+  DCT-domain downscaling below. ``"exact"`` decodes the crop as libjpeg's
+  defaults do (accurate integer IDCT, fancy chroma upsampling, full scale: Pillow's
+  pixels, and ``tf.image.decode_and_crop_jpeg``'s upsampling), bit-identical to the
+  same box of a whole-image decode with those settings (tested); it costs more.
 * Decode: libjpeg-turbo through ``simplejpeg`` (DCT-domain downscaling by 1/2, 1/4
   or 1/8 when the crop allows it, the trick DALI and FFCV use; CMYK/YCCK JPEGs are
   converted to RGB by simplejpeg, as Pillow does, Adobe-inverted), falling back to
@@ -147,10 +153,14 @@ def dct_scaled_size(height: int, width: int, min_height: int, min_width: int) ->
     return -(-height // d), -(-width // d)
 
 
-def _decode(data: bytes, height: int, width: int, min_height: int, min_width: int) -> np.ndarray:
-    """Decode with the header already read (``height x width``); see :func:`decode_image`."""
-    sh, sw = dct_scaled_size(height, width, min_height, min_width)
+def _decode(data: bytes, height: int, width: int, min_height: int, min_width: int, *,
+            exact: bool = False) -> np.ndarray:
+    """Decode with the header already read (``height x width``); see :func:`decode_image`.
+    ``exact``: full scale, accurate IDCT, fancy upsampling (the ``"exact"`` decode mode)."""
+    sh, sw = (height, width) if exact else dct_scaled_size(height, width, min_height, min_width)
     try:
+        if exact:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False)
         if sh == height and sw == width:
             return simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
         # Asking for exactly the power-of-two size makes simplejpeg pick that scale:
@@ -349,7 +359,7 @@ def train_preprocess(data: bytes, rng: np.random.Generator, cfg: AugmentConfig, 
         _check_out(out, s)
     h, w = image_header(data)
     top, left, ch, cw = random_resized_crop_box(h, w, rng, scale=(cfg.min_scale, cfg.max_scale))
-    crop = decode_crop(data, h, w, top, left, ch, cw, min_side=s)
+    crop = decode_crop(data, h, w, top, left, ch, cw, min_side=s, mode=cfg.decode_mode)
     flip = cfg.flip and rng.random() < 0.5
     return _resize_flip(crop, s, flip, out)
 
@@ -367,13 +377,19 @@ def _scaled_box(h: int, w: int, sh: int, sw: int, top: int, left: int, ch: int, 
 
 
 def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
-                crop_height: int, crop_width: int, *, min_side: int = 0) -> np.ndarray:
+                crop_height: int, crop_width: int, *, min_side: int = 0,
+                mode: str = "fast") -> np.ndarray:
     """Decode the box ``(top, left, crop_height, crop_width)`` (pixels of the
     ``height x width`` image, from :func:`image_header`) of an encoded image.
 
     With ``min_side`` > 0 the JPEG is decoded at the smallest power-of-two DCT scale
     that keeps the box at least ``min_side`` pixels on each side, and the returned
     box is at that scale (the caller resizes it anyway).
+
+    ``mode="exact"`` (see ``AugmentConfig.decode_mode``) decodes at full scale
+    (``min_side`` is ignored) with the accurate IDCT and fancy upsampling: exactly the
+    box of ``simplejpeg.decode_jpeg(data, fastdct=False, fastupsample=False)`` (and of
+    Pillow's decode).
 
     Returns ``uint8 [h', w', 3]`` RGB, possibly a strided view (rows padded to
     libjpeg's iMCU boundary); exactly the box cut from :func:`decode_image` at the
@@ -383,7 +399,12 @@ def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
 
     Raises:
       BadImageError: the image cannot be decoded.
+      ValueError: an unknown ``mode``.
     """
+    if mode == "exact":
+        return _decode_crop_exact(data, height, width, top, left, crop_height, crop_width)
+    if mode != "fast":
+        raise ValueError(f"decode mode {mode!r}: expected 'fast' or 'exact'")
     need = max(min_side / crop_height, min_side / crop_width) if min_side > 0 else 1.0
     denom = (dct_denominator(height, width, math.ceil(height * need), math.ceil(width * need))
              if need < 1 else 1)
@@ -401,6 +422,34 @@ def decode_crop(data: bytes, height: int, width: int, top: int, left: int,
         t, l, bh, bw = _scaled_box(height, width, img.shape[0], img.shape[1],
                                    top, left, crop_height, crop_width)
     return img[t:t + bh, l:l + bw]
+
+
+def _decode_crop_exact(data: bytes, height: int, width: int, top: int, left: int,
+                       crop_height: int, crop_width: int) -> np.ndarray:
+    """:func:`decode_crop` in the ``"exact"`` mode (full scale, ISLOW, fancy upsampling).
+
+    Fancy upsampling interpolates each pixel's chroma from the samples on both sides,
+    and libjpeg upsamples the decoded column range as if it were the whole image
+    (replicating its edge samples), so the window asked of the region decoder is one
+    pixel wider on each side where the image goes on: the box's first and last
+    columns then get their real neighbours (rows need nothing: libjpeg decodes the
+    context rows above and below the output rows itself). The window is also at least
+    8 pixels wide (or the image's width): libjpeg switches to plain upsampling for
+    a chroma row of 2 samples or fewer.
+    """
+    if _jpegcrop is not None and data[-2:] == b"\xff\xd9":
+        l0 = max(0, left - 1)
+        r0 = min(width, max(left + crop_width + 1, l0 + 8))
+        l0 = max(0, min(l0, r0 - 8))
+        try:
+            pix, oh, ow, dx = _jpegcrop.decode_crop(data, top, l0, crop_height, r0 - l0, 1, True)
+        except ValueError:
+            pass  # CMYK, arithmetic coding, corrupt data...: the whole-image path below.
+        else:
+            x = dx + left - l0
+            return np.frombuffer(pix, np.uint8).reshape(oh, ow, 3)[:, x:x + crop_width]
+    img = _decode(data, height, width, height, width, exact=True)
+    return img[top:top + crop_height, left:left + crop_width]
 
 
 def center_crop_decoded(img: np.ndarray, image_size: int, crop_fraction: float = 0.875, *,
