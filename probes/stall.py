@@ -74,7 +74,8 @@ def measure_stall(config, packed_dir: str, options, *, steps: int = 30) -> Stall
     shards = pack_lib.shard_paths(packed_dir, "train")
     synthetic = tr.measure_step_rate(config, steps=max(3, steps // 3))["images_per_s"]
     opts = dataclasses.replace(options, cache_decoded=False, max_steps=steps,
-                               eval_every_epochs=0, checkpoint_every_s=0)
+                               eval_every_epochs=0, checkpoint_every_s=0,
+                               synthetic_steps=0)  # the synthetic rate is timed above
     log_every = max(1, steps // 3)
     cfg = dataclasses.replace(config, log_every_steps=log_every)
 

@@ -53,7 +53,11 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
                             num_classes=2, per_device_batch=1, epochs=5, warmup_epochs=0)
-    r = measure_stall(config, str(tmp_path / "packed"), LoopOptions(decode_threads=1), steps=6)
+    # Shallow buffers: batches built ahead while the step compiles would otherwise hide
+    # the slow input from a run this short.
+    r = measure_stall(config, str(tmp_path / "packed"),
+                      LoopOptions(decode_threads=1, prefetch_batches=1, device_prefetch=1),
+                      steps=6)
     assert r.bottleneck == "preprocessing", r
     assert r.prep_stall_pct > 50
 
@@ -75,7 +79,8 @@ def _loop_figures(packed, workdir, steps=12):
                             log_every_steps=4)
     reports = []
     summary = train_and_evaluate(config, str(packed), str(workdir),
-                                 LoopOptions(decode_threads=1, max_steps=steps, eval_every_epochs=0,
+                                 LoopOptions(decode_threads=1, prefetch_batches=1, device_prefetch=1,
+                                             max_steps=steps, eval_every_epochs=0,
                                              checkpoint_every_s=0, synthetic_steps=4),
                                  callback=lambda r: reports.append(r)
                                  if isinstance(r, StepReport) else None, eval_at_end=False)
@@ -86,16 +91,16 @@ def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_p
                                                                           monkeypatch):
     """The data-stall figure is the accelerators' idle share (step time against the
     same step on on-device input), reported apart from host wait: a decode throttled
-    on purpose (one thread, 10 ms per image) makes it rise; input that is ready
+    on purpose (one thread, 20 ms per image) makes it rise; input that is ready
     at once (the same batch over and over) keeps it far lower."""
     from trainers import input_pipeline as ip
 
     real = preprocess.train_preprocess
 
     def throttled(data, rng, cfg, **kw):
-        # A decode made slow on purpose: 10 ms per image with the GIL released, as a
+        # A decode made slow on purpose: 20 ms per image with the GIL released, as a
         # real decoder releases it (this simulates work; it waits for nothing).
-        time.sleep(0.01)
+        time.sleep(0.02)
         return real(data, rng, cfg, **kw)
 
     with monkeypatch.context() as m:
@@ -114,7 +119,7 @@ def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_p
         assert 0 <= s.host_wait_pct <= 100
     for r in slow_reports + fast_reports:  # every window carries both figures
         assert r.synthetic_step_s > 0 and r.data_stall_pct >= 0 and r.host_wait_pct >= 0
-    # 8 devices x 1 image x 10 ms on one thread: >= 80 ms of input per step against
-    # a step of a few ms: the accelerators mostly wait.
+    # 8 devices x 1 image x 20 ms on one thread: >= 160 ms of input per step against
+    # a step of a few ms, one batch buffered: the accelerators mostly wait.
     assert slow.data_stall_pct > 50, slow
     assert fast.data_stall_pct < slow.data_stall_pct - 30, (fast, slow)
