@@ -1,6 +1,7 @@
 """Data-stall attribution (DS-Analyzer): the arithmetic by hand, and a pipeline made
 slow on purpose is named as the bottleneck."""
 
+import threading
 import time
 
 import pytest
@@ -42,12 +43,15 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     pack_folder(tmp_path / "imgs", tmp_path / "packed", PackOptions(num_shards=2))
     real = preprocess.train_preprocess
 
+    one_at_a_time = threading.Lock()
+
     def slow(data, rng, cfg, **kw):
-        # An expensive augmentation simulated as 100 ms that hold no CPU and no GIL (a
-        # busy loop would make the figures depend on the machine's load: a loaded
-        # machine slows the cold run's loop more than the cached one's). Even with the
-        # pipeline's prefetch running several at once, input stays far below the step.
-        time.sleep(0.1)
+        # An expensive augmentation simulated as 100 ms per image, one image at a time
+        # whatever the pipeline's threads (the lock), holding no CPU: a busy loop would
+        # make the figures depend on the machine's load, and unserialised sleeps on how
+        # many pipeline threads happen to overlap, which differs between two runs.
+        with one_at_a_time:
+            time.sleep(0.1)
         return real(data, rng, cfg, **kw)
 
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
@@ -57,7 +61,7 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
     # the slow input from a run this short.
     r = measure_stall(config, str(tmp_path / "packed"),
                       LoopOptions(decode_threads=1, prefetch_batches=1, device_prefetch=1),
-                      steps=6)
+                      steps=12)  # the first window (4 steps) outlasts the buffered batches
     assert r.bottleneck == "preprocessing", r
     assert r.prep_stall_pct > 50
 
@@ -97,10 +101,14 @@ def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_p
 
     real = preprocess.train_preprocess
 
+    one_at_a_time = threading.Lock()
+
     def throttled(data, rng, cfg, **kw):
-        # A decode made slow on purpose: 20 ms per image with the GIL released, as a
-        # real decoder releases it (this simulates work; it waits for nothing).
-        time.sleep(0.02)
+        # A decode made slow on purpose: 20 ms per image, one image at a time, with the
+        # GIL released as a real decoder releases it (simulated work; it waits for
+        # nothing).
+        with one_at_a_time:
+            time.sleep(0.02)
         return real(data, rng, cfg, **kw)
 
     with monkeypatch.context() as m:
