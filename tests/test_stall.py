@@ -38,21 +38,27 @@ def test_non_positive_rate_is_an_error():
         attribute(100, 100, 0)
 
 
-def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
-    write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=40, size=(48, 40))
-    pack_folder(tmp_path / "imgs", tmp_path / "packed", PackOptions(num_shards=2))
+def _slowed_preprocess(seconds: float):
+    """``preprocess.train_preprocess`` made slow on purpose: ``seconds`` per image, one
+    image at a time whatever the pipeline's threads (the lock), holding no CPU and no
+    GIL, as a real decoder releases it. A busy loop would make the figures depend on
+    the machine's load, and unserialised sleeps on how many pipeline threads happen to
+    overlap, which differs between two runs. Simulated work: it waits for nothing."""
     real = preprocess.train_preprocess
-
     one_at_a_time = threading.Lock()
 
     def slow(data, rng, cfg, **kw):
-        # An expensive augmentation simulated as 100 ms per image, one image at a time
-        # whatever the pipeline's threads (the lock), holding no CPU: a busy loop would
-        # make the figures depend on the machine's load, and unserialised sleeps on how
-        # many pipeline threads happen to overlap, which differs between two runs.
         with one_at_a_time:
-            time.sleep(0.1)
+            time.sleep(seconds)
         return real(data, rng, cfg, **kw)
+
+    return slow
+
+
+def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
+    write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=40, size=(48, 40))
+    pack_folder(tmp_path / "imgs", tmp_path / "packed", PackOptions(num_shards=2))
+    slow = _slowed_preprocess(0.1)
 
     monkeypatch.setattr(preprocess, "train_preprocess", slow)
     config = tr.TrainConfig(arch="resnet_tiny", width=4, small_images=True, image_size=16,
@@ -99,17 +105,7 @@ def test_stall_rises_with_a_throttled_decode_and_is_low_on_instant_input(stall_p
     at once (the same batch over and over) keeps it far lower."""
     from trainers import input_pipeline as ip
 
-    real = preprocess.train_preprocess
-
-    one_at_a_time = threading.Lock()
-
-    def throttled(data, rng, cfg, **kw):
-        # A decode made slow on purpose: 20 ms per image, one image at a time, with the
-        # GIL released as a real decoder releases it (simulated work; it waits for
-        # nothing).
-        with one_at_a_time:
-            time.sleep(0.02)
-        return real(data, rng, cfg, **kw)
+    throttled = _slowed_preprocess(0.02)
 
     with monkeypatch.context() as m:
         m.setattr(preprocess, "train_preprocess", throttled)
