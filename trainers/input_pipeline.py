@@ -50,6 +50,7 @@ import numpy as np
 from tensorflow_datasets.proto import tf_example_pb2
 
 from trainers import preprocess
+from trainers.example_wire import WireError, image_and_label
 from trainers.preprocess import BadImageError
 from trainers.options import AugmentConfig
 
@@ -246,15 +247,25 @@ class _Records:
         return out
 
 
-def parse_example(record: bytes) -> tuple[bytes, int]:
+def parse_example(record: bytes) -> tuple[bytes | memoryview, int]:
     """A serialized ``tf.train.Example`` from ``trainers.pack`` -> ``(jpeg bytes, label)``.
 
-    Uses tensorflow-datasets' bundled protobuf classes (no TensorFlow needed).
+    The JPEG is a ``memoryview`` of ``record`` (:func:`trainers.example_wire.image_and_label`:
+    no copy of the image); a record that walk rejects is parsed with
+    tensorflow-datasets' bundled protobuf classes (no TensorFlow needed), which give
+    the error.
 
     Raises:
       ValueError: the record is not such an example.
     """
-    ex = tf_example_pb2.Example.FromString(record)
+    try:
+        return image_and_label(record)
+    except WireError:
+        pass
+    try:
+        ex = tf_example_pb2.Example.FromString(record)
+    except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError is no ValueError
+        raise ValueError(f"not a tf.train.Example: {exc}") from None
     feats = ex.features.feature
     if "image" not in feats or "label" not in feats:
         raise ValueError("record has no image/label features")
