@@ -596,12 +596,13 @@ def _tf_available(python: str) -> bool:
 
 def ensure_packed(data: Path, pack_dir: Path) -> Path:
     """Pack ``data`` into ``pack_dir`` once (8 shards, original bytes); later calls
-    reuse it (``pack_folder`` returns an existing identical pack as is)."""
+    reuse it (``pack_folder`` returns an existing identical pack as is, and replaces
+    one made from other inputs or options: the folder is this benchmark's own)."""
     from trainers.options import PackOptions
     from trainers.pack import pack_folder
 
     t0 = time.perf_counter()
-    res = pack_folder(data, pack_dir, PackOptions(num_shards=8))
+    res = pack_folder(data, pack_dir, PackOptions(num_shards=8), replace_stale=True)
     print(f"packed data: {pack_dir} ({res.packed} images, {res.skipped} skipped, "
           f"{res.bytes_out / 1e6:.0f} MB; {time.perf_counter() - t0:.1f} s)")
     return pack_dir
