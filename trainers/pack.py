@@ -538,9 +538,12 @@ def _finalize(out: Path, src, val, options: PackOptions, splits: dict[str, _Spli
                                           num_bytes=sum(i["num_bytes"] for i in kept)))
     packed = sum(s.num_examples for s in summaries)
     if packed == 0:
-        raise PackError(f"no image in {src.path} could be packed; {len(bad)} files skipped, "
-                        f"first: {bad[0].path}: {bad[0].reason}" if bad else
-                        f"no image in {src.path} could be packed")
+        raise PackError((f"{stopped[0]}; " if stopped else "") + (
+            f"no image in {src.path} could be packed; {len(bad)} files skipped, "
+            f"first: {bad[0].path}: {bad[0].reason}" if bad else
+            f"no image in {src.path} could be packed"))
+    for line in stopped:  # the table repeats it; one line on the CLI
+        warnings.warn(line, ArchiveEndedEarly, stacklevel=3)
     feats = _features(src.class_names)
     with _writing(out / "dataset_info.json", out):
         _write_tfds_metadata(out, feats, summaries)
@@ -947,8 +950,6 @@ class _StreamPass:
                                f"{failed.shard.records} records written to it; the rest of "
                                f"{self.source.path} is still to pack") from failed.exc
         stopped = end.stopped or self.source.note
-        if stopped:
-            warnings.warn(stopped, ArchiveEndedEarly, stacklevel=2)
         G, R = self.w.options.archive_group_shards, self.w.options.archive_shard_records
         for split, n in self.count.items():
             path = _marker_path(self.w.out, split)
