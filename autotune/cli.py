@@ -90,10 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive-group-shards", type=int, default=PACK_DEFAULTS.archive_group_shards,
                    help="shards of an archive input written at once (consecutive members are "
                         "dealt over them; the unit of resume and of the split between processes)")
-    p.add_argument("--num-processes", type=int, default=1,
+    p.add_argument("--num-processes", type=int,
                    help="processes (hosts) packing into one shared --out; the result is "
-                        "byte-identical to a one-process pack")
-    p.add_argument("--process-id", type=int, default=0, help="this process's index")
+                        "byte-identical to a one-process pack (default: SLURM_NTASKS "
+                        "under srun, else 1)")
+    p.add_argument("--process-id", type=int,
+                   help="this process's index (default: SLURM_PROCID under srun, else 0)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("train", help="train a ResNet (with --auto: probe, plan and pack first)")
@@ -203,14 +205,29 @@ def cmd_plan(args, console) -> int:
     return 0
 
 
+def _pack_processes(args) -> None:
+    """``--num-processes`` / ``--process-id`` of ``pack``, from the SLURM launch when
+    not given (``srun autotune pack ...`` on N tasks packs N disjoint parts)."""
+    env_n, env_id = os.environ.get("SLURM_NTASKS"), os.environ.get("SLURM_PROCID")
+    if args.num_processes is None:
+        args.num_processes = int(env_n) if env_n and env_id and args.process_id is None else 1
+    if args.process_id is None:
+        args.process_id = int(env_id) if env_id and args.num_processes > 1 else 0
+
+
 def cmd_pack(args, console) -> int:
     from autotune import render
     from trainers.options import PackOptions
     from trainers.pack import pack_folder
 
+    _pack_processes(args)
     if not args.num_processes >= 1 or not 0 <= args.process_id < args.num_processes:
         raise UsageError(f"--process-id {args.process_id} --num-processes {args.num_processes}: "
                          f"need 0 <= process id < processes")
+    if not Path(args.data).exists():
+        raise UsageError(f"--data {args.data}: no such folder or archive (expected "
+                         f"<root>/<wnid>/*.JPEG, a tar of per-class tars or the Kaggle folder "
+                         f"or zip)")
     try:
         opts = PackOptions(num_shards=args.shards, val_fraction=args.val_fraction,
                            resize_shorter=args.resize or None, pack_threads=args.threads,

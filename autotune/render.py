@@ -239,8 +239,11 @@ def render_probe(report) -> Group:
     ran with ``--stall``."""
     ds, acc = report.dataset, report.accelerator
     parts: list[Any] = [_host_table(report), kv_table("Data set", [
-        ("folder", ds.path),
-        ("images", f"{ds.num_images:,} in {ds.num_classes:,} classes"),
+        ("input", ds.path + (f" ({ds.kind})" if getattr(ds, "kind", "") else "")),
+        ("images", ("about " if getattr(ds, "estimated", False) else "")
+                   + f"{ds.num_images:,} in {ds.num_classes:,} classes"
+                   + (" (estimated from the archive's bytes)"
+                      if getattr(ds, "estimated", False) else "")),
         ("size", f"{fmt_bytes(ds.total_bytes)} (median file {fmt_bytes(ds.median_bytes)})"),
     ])]
     if report.disk is not None:

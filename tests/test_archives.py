@@ -296,7 +296,7 @@ def _bad_inputs(tmp: Path, images) -> dict[str, tuple[list[str], str]]:
     (tmp / "unknown.csv").write_text(kaggle_csv(truth[:-1] + ["n09999999"]))
     (tmp / "short.txt").write_text("\n".join(truth[:-1]) + "\n")
     return {
-        "missing": ([str(tmp / "absent")], "does not exist"),
+        "missing": ([str(tmp / "absent")], "no such folder or archive"),
         "empty folder": ([str(tmp / "empty_dir")], "no class folders"),
         "empty file": ([str(tmp / "empty_file.tar")], "is empty"),
         "not an archive": ([str(tmp / "notes.tar")], "not a folder, a zip or a tar"),
@@ -405,3 +405,28 @@ def test_two_processes_pack_disjoint_shards_byte_identical_to_one(images, tmp_pa
     assert shard_bytes(out) == shard_bytes(tmp_path / "one")
     two = json.loads((out / "pack.json").read_text())
     assert (two["packed"], two["skipped"]) == (one.packed, one.skipped)
+
+
+def test_pack_worker_processes_import_neither_jax_nor_tensorflow():
+    """Spawned workers import ``trainers.pack`` (and the CLI module as ``__main__``):
+    neither may pull in JAX or TensorFlow (start-up time, memory, device locks)."""
+    code = ("import sys, trainers.pack, autotune.cli; "
+            "print(sorted(m for m in ('jax', 'tensorflow', 'tensorflow_datasets') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_pack_under_srun_takes_its_share_from_slurm(monkeypatch):
+    import argparse
+
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_PROCID", "2")
+    args = argparse.Namespace(num_processes=None, process_id=None)
+    cli._pack_processes(args)
+    assert (args.num_processes, args.process_id) == (4, 2)
+    args = argparse.Namespace(num_processes=1, process_id=None)  # explicit wins
+    cli._pack_processes(args)
+    assert (args.num_processes, args.process_id) == (1, 0)

@@ -1,25 +1,46 @@
-"""Pack an ImageNet-layout folder of JPEGs into ArrayRecord shards that
+"""Pack training images, as downloaded, into ArrayRecord shards that
 tensorflow-datasets can read.
 
-Input: ``<root>/<wnid>/<file>`` (class index = position of the wnid in sorted order,
-the order tensorflow-datasets ``imagenet2012`` uses). Output: a folder readable with
+Input: anything :func:`trainers.sources.open_source` reads: ``<root>/<wnid>/**/<file>``
+trees, ``ILSVRC2012_img_train.tar`` and ImageNet-21k tars of per-class tars, Kaggle's
+folder or zip; validation also from ``ILSVRC2012_img_val.tar`` or a flat folder with
+labels (class index = position of the wnid in sorted order, the order
+tensorflow-datasets ``imagenet2012`` uses). Output: a folder readable with
 ``tfds.builder_from_directory(out)`` (``dataset_info.json``, ``features.json`` and
 ``autotune_images-<split>.array_record-XXXXX-of-YYYYY`` shards, one serialized
 ``tf.train.Example`` per record with ``image`` (JPEG bytes), ``label`` (int64) and
 ``file_name``), written without TensorFlow.
 
-Nothing is lost: every input file is either packed or listed, with its path and the
+Nothing is lost: every input member is either packed or listed, with its path and the
 reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
 ``input_images == packed + skipped`` always.
 
 Records are serialized deterministically (sorted protobuf map keys), so the same
-inputs and options give byte-identical shards in any process.
+inputs and options give byte-identical shards in any process, with threads or worker
+processes (:class:`_Workers` returns results in input order), and across hosts.
+
+Which member goes to which shard:
+
+* listed inputs (folders, zips): a seeded global shuffle cut into ``num_shards``
+  shards (:func:`_assign`, :func:`_chunks`);
+* archive streams (tars): :func:`stream_shard`, a function of the member's position in
+  the archive: groups of ``archive_group_shards`` shards filled by dealing consecutive
+  members over them. Chosen over a listing pass because a tar can only be read in
+  order (a ``.tar.gz`` cannot seek at all) and over one shard at a time because each
+  shard then mixes the classes of a whole group; the readers' shuffle does the rest.
+
+Several processes (``process_index`` of ``process_count``) write disjoint shards
+(listed) or groups (streamed) of one shared folder; the assignment above does not
+depend on their number, so the union is byte-identical to a one-process pack.
 
 Crash safety: each shard is written to a temporary name and renamed when complete,
 with a sidecar JSON that lists what went into it; the data set's metadata and the
-``pack.json`` summary are written last. A rerun after an interruption keeps the
-complete shards (same inputs and options give the same assignment of images to
-shards) and redoes the rest, so the result is identical to an uninterrupted run.
+``pack.json`` summary are written last (by the process that finds every shard
+complete). A rerun after an interruption keeps the complete shards (same inputs and
+options give the same assignment) and redoes the rest, so the result is identical to
+an uninterrupted run. An archive is re-read from its start on a rerun (streams cannot
+seek), but only the incomplete groups are decoded and written; its fingerprint is its
+path, size and mtime, so resuming never reads a 150 GB tar an extra time.
 """
 
 from __future__ import annotations
