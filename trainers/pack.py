@@ -394,13 +394,17 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     splits = _split_plans(src, val, options)
     if all(p.chunks is not None for p in splits.values()):
         shards.total = sum(len(c) for p in splits.values() for c in p.chunks)
-    with _Workers(options) as workers:
-        for split, plan in splits.items():
-            if plan.chunks is not None:
-                shards.write_listed(split, plan, workers)
-        streamed = {s: p for s, p in splits.items() if p.chunks is None}
-        if streamed:
-            shards.write_streamed(streamed, workers)
+    kept = _every_shard_kept(shards, splits)
+    if kept is not None:  # only the metadata is missing: no archive is read again
+        shards.resumed = kept
+    else:
+        with _Workers(options) as workers:
+            for split, plan in splits.items():
+                if plan.chunks is not None:
+                    shards.write_listed(split, plan, workers)
+            streamed = {s: p for s, p in splits.items() if p.chunks is None}
+            if streamed:
+                shards.write_streamed(streamed, workers)
     if is_packed(out) and _read_fingerprint(out) == fp:
         return load_pack_result(out)  # another process finished it meanwhile
     infos = {s: _split_info(out, fp, s, p) for s, p in splits.items()}
@@ -410,6 +414,32 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         if not mine:
             return _partial_result(out, src, options, shards, t0)
         return _finalize(out, src, val, options, splits, infos, shards.resumed, t0)
+
+
+def _every_shard_kept(shards: "_ShardWriter", splits: dict[str, "_SplitPlan"]) -> int | None:
+    """The number of shards (with records) when every shard of every split is
+    complete (sidecar, and the file at its pending or final name with the sidecar's
+    size), else None: a pack whose metadata alone is missing (a killed finish, or the
+    merge step after several processes) is finished without reading its input."""
+    count = 0
+    for split, plan in splits.items():
+        infos = _split_info(shards.out, shards.fp, split, plan)
+        if infos is None:
+            return None
+        if plan.chunks is not None:
+            paths = [_listed_path(shards.out, split, i, len(infos)) for i in range(len(infos))]
+            if any(shards.kept(p) is None for p in paths):
+                return None
+            count += len(paths)
+            continue
+        full = [i for i, info in enumerate(infos) if info["records"]]
+        for k, i in enumerate(full):
+            sizes = {_size(str(_pending_path(shards.out, split, i))),
+                     _size(str(_listed_path(shards.out, split, k, len(full))))}
+            if infos[i]["num_bytes"] not in sizes:
+                return None
+        count += len(full)
+    return count
 
 
 class _SplitPlan:
@@ -688,7 +718,9 @@ def _prepare_data(data: bytes, resize_shorter: int | None,
 
 class _Workers:
     """The pack's workers: ``pack_threads`` threads, or ``pack_workers`` spawned
-    processes. :meth:`ordered` runs jobs in batches with a bounded number in flight
+    processes (``spawn`` re-imports the caller's main module in each: a script that
+    packs with worker processes must do so under ``if __name__ == "__main__":``,
+    the standard rule of Python's multiprocessing). :meth:`ordered` runs jobs in batches with a bounded number in flight
     (memory stays flat on any input size) and yields the results in job order, so
     the shards' bytes do not depend on the worker kind or count."""
 
@@ -733,12 +765,23 @@ class _Workers:
                 submit()
                 while len(pending) >= self.window:
                     ms, fut = pending.popleft()
-                    yield from zip(ms, fut.result())
+                    yield from zip(ms, _result(fut))
         if batch:
             submit()
         while pending:
             ms, fut = pending.popleft()
-            yield from zip(ms, fut.result())
+            yield from zip(ms, _result(fut))
+
+
+def _result(fut: cf.Future) -> list:
+    """A batch's results; a worker process that died (killed, out of memory) is a
+    :class:`PackError` (complete shards stay for the rerun)."""
+    try:
+        return fut.result()
+    except cf.process.BrokenProcessPool as exc:
+        raise PackError(f"a pack worker process ended abruptly ({exc}); out of memory? The "
+                        f"complete shards are kept: rerun to resume, with fewer --workers if "
+                        f"memory is short") from None
 
 
 class _Shard:

@@ -445,6 +445,7 @@ def _stream_tar_of_tars(p: Path, index: dict[str, int], end: StreamEnd) -> Itera
                 return
             if m is None:
                 break
+            tf.members.clear()  # stream mode needs no list: memory stays flat
             if not m.isfile():
                 continue
             last = m.name
@@ -467,6 +468,7 @@ def _inner_members(p: Path, tf, m, label: int, end: StreamEnd) -> Iterator[Membe
         inner = tarfile.open(fileobj=tf.extractfile(m), mode="r|*")
         with inner:
             while (im := inner.next()) is not None:
+                inner.members.clear()
                 if not im.isfile():
                     continue
                 last = f"{m.name}/{im.name}"
@@ -533,6 +535,7 @@ def _stream_flat_tar(p: Path, by_name: dict[str, int], end: StreamEnd) -> Iterat
                 m = tf.next()
                 if m is None:
                     break
+                tf.members.clear()
                 if not m.isfile():
                     continue
                 last = m.name
