@@ -439,3 +439,51 @@ def test_pack_under_srun_takes_its_share_from_slurm(monkeypatch):
     args = argparse.Namespace(num_processes=1, process_id=None)  # explicit wins
     cli._pack_processes(args)
     assert (args.num_processes, args.process_id) == (1, 0)
+
+
+_PACK_FOR_PLAN_CHILD = """
+import json, sys
+from types import SimpleNamespace
+pid, port, data = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+from trainers.distributed import initialize
+initialize(f"127.0.0.1:{port}", 2, pid, peer_timeout_s=60, connect_timeout_s=120)
+from autotune.orchestrate import pack_for_plan
+plan = SimpleNamespace(num_shards=4, pack_resize=None, val_fraction=0.25, pack_threads=1,
+                       pack_workers=0)
+packed, res = pack_for_plan(data, plan, None)
+print(json.dumps({"packed": packed, "records": res.packed, "complete": res.complete}), flush=True)
+"""
+
+
+@pytest.mark.parametrize("form", ["folder", "tar"])
+def test_train_auto_hosts_share_the_pack_on_a_shared_cache(images, tmp_path, form):
+    """Two jax.distributed processes seeing one cache folder pack disjoint shards (of
+    a folder: 2 of 4 each; an archive this small is one group) and finish it once;
+    the data set is byte-identical to a one-process pack."""
+    from conftest import free_port
+
+    tar = (train_tar(tmp_path / "train.tar", images, compress="gz") if form == "tar"
+           else nested_tree(tmp_path / "tree", images))
+    env = {**_env(), "AUTOTUNE_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    port = free_port()
+    logs = [tmp_path / f"p{i}.log" for i in range(2)]
+    procs = []
+    for i in range(2):
+        with open(logs[i], "wb") as f:
+            procs.append(subprocess.Popen([sys.executable, "-c", _PACK_FOR_PLAN_CHILD, str(i),
+                                           str(port), str(tar)], env=env, stdout=f,
+                                          stderr=subprocess.STDOUT))
+    try:
+        rcs = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outs = [l.read_text(errors="replace") for l in logs]
+    assert rcs == [0, 0], outs
+    got = [json.loads(o.strip().splitlines()[-1]) for o in outs]
+    assert got[0] == got[1] and got[0]["records"] == 12 and got[0]["complete"]
+    one = pack_folder(tar, tmp_path / "one", PackOptions(num_shards=4, val_fraction=0.25))
+    assert shard_bytes(Path(got[0]["packed"])) == shard_bytes(tmp_path / "one")
+    assert not list(Path(got[0]["packed"]).glob(".shared-*"))

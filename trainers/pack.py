@@ -374,19 +374,12 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         still to write and the bytes free there. Complete shards survive for the
         rerun; the partial shard is deleted.
     """
-    from trainers.validation import ValidationLayoutError
-
     t0 = time.perf_counter()
     if not 0 <= process_index < process_count:
         raise PackError(f"process index {process_index} is not in 0..{process_count - 1}")
     out = Path(out_dir)
-    src = sources.open_source(source, error=PackError)
-    val = None
-    if val_source is not None:
-        val = sources.open_source(val_source, role="val", class_names=src.class_names,
-                                  label_file=val_labels, error=ValidationLayoutError)
-    fp = _fingerprint(src, val, options)
-    previous = _open_out_dir(out, fp, replace_stale, clean=process_count == 1)
+    src, val, fp, previous = _open_pack(source, out, options, val_source, val_labels,
+                                        replace_stale, clean=process_count == 1)
     if previous is not None:
         return previous
     shards = _ShardWriter(out, fp, options, _example_serializer(_features(src.class_names)),
@@ -414,6 +407,38 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         if not mine:
             return _partial_result(out, src, options, shards, t0)
         return _finalize(out, src, val, options, splits, infos, shards.resumed, t0)
+
+
+def prepare_pack(source: str | os.PathLike, out_dir: str | os.PathLike,
+                 options: PackOptions = PackOptions(), *,
+                 val_source: str | os.PathLike | None = None,
+                 val_labels: str | os.PathLike | None = None,
+                 replace_stale: bool = False) -> PackResult | None:
+    """Make ``out_dir`` ready for :func:`pack_folder` with these arguments, writing no
+    shard: the complete pack already there (returned), else the files of another pack
+    removed (``replace_stale``) and the fingerprint written. One process calls it
+    before several pack their shares into the same folder (``pack_folder(...,
+    process_index=i, process_count=n)``), so that none removes another's files.
+
+    Raises:
+      PackError, trainers.validation.ValidationLayoutError: see :func:`pack_folder`.
+    """
+    return _open_pack(source, Path(out_dir), options, val_source, val_labels,
+                      replace_stale, clean=True)[3]
+
+
+def _open_pack(source, out: Path, options: PackOptions, val_source, val_labels,
+               replace_stale: bool, clean: bool):
+    """``(source, validation source or None, fingerprint, complete pack or None)``."""
+    from trainers.validation import ValidationLayoutError
+
+    src = sources.open_source(source, error=PackError)
+    val = None
+    if val_source is not None:
+        val = sources.open_source(val_source, role="val", class_names=src.class_names,
+                                  label_file=val_labels, error=ValidationLayoutError)
+    fp = _fingerprint(src, val, options)
+    return src, val, fp, _open_out_dir(out, fp, replace_stale, clean=clean)
 
 
 def _every_shard_kept(shards: "_ShardWriter", splits: dict[str, "_SplitPlan"]) -> int | None:
