@@ -186,9 +186,9 @@ def packed_bytes(data: bytes, resize_shorter: int | None,
                                       min_width=int(w * factor) + 1)
         return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
                                       quality)
-    img = preprocess.decode_image(data)  # full decode: catches truncation
     if data[:3] == b"\xff\xd8\xff" and _simplejpeg_ok(data):
-        return data
+        return data  # the full decode a reader will do succeeded: catches truncation
+    img = preprocess.decode_image(data)  # Pillow's turn (or the reason it is bad)
     return preprocess.encode_jpeg(img, quality)
 
 
@@ -240,10 +240,13 @@ def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
 
 
 def _simplejpeg_ok(data: bytes) -> bool:
+    """Whether libjpeg-turbo decodes ``data`` to RGB at full size (the decode
+    :func:`trainers.preprocess.decode_image` tries first, so one decode both verifies
+    the bytes and shows that readers never need Pillow for them)."""
     import simplejpeg
 
     try:
-        simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8)
+        simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
         return True
     except (ValueError, RuntimeError):
         return False
