@@ -83,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", type=int, default=0, help="store with this shorter side (0: originals)")
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                   help="worker processes that verify, resize and re-encode (0: threads only)")
+    p.add_argument("--workers", type=int,
+                   help="worker processes that verify, resize and re-encode (0: --threads "
+                        "threads of one process; default: one per core on more than 2 cores, "
+                        "else 0; `train --auto` picks it from the decode probe)")
     p.add_argument("--archive-shard-records", type=int, default=PACK_DEFAULTS.archive_shard_records,
                    help="records per shard of an archive input (a tar is streamed)")
     p.add_argument("--archive-group-shards", type=int, default=PACK_DEFAULTS.archive_group_shards,
@@ -205,6 +207,14 @@ def cmd_plan(args, console) -> int:
     return 0
 
 
+def _default_workers() -> int:
+    """``pack --workers`` when not given: one process per core on more than 2 cores
+    (threads of one process stop scaling at the GIL there), else threads only (the
+    processes' start-up and copies outweigh what they add on 1-2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if (cores or 1) > 2 else 0
+
+
 def _pack_processes(args) -> None:
     """``--num-processes`` / ``--process-id`` of ``pack``, from the SLURM launch when
     not given (``srun autotune pack ...`` on N tasks packs N disjoint parts)."""
@@ -231,7 +241,8 @@ def cmd_pack(args, console) -> int:
     try:
         opts = PackOptions(num_shards=args.shards, val_fraction=args.val_fraction,
                            resize_shorter=args.resize or None, pack_threads=args.threads,
-                           pack_workers=args.workers,
+                           pack_workers=_default_workers() if args.workers is None
+                           else args.workers,
                            archive_shard_records=args.archive_shard_records,
                            archive_group_shards=args.archive_group_shards)
     except ValueError as exc:

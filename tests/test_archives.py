@@ -309,6 +309,7 @@ def _bad_inputs(tmp: Path, images) -> dict[str, tuple[list[str], str]]:
         "file list mismatch": ([str(train), "--val-data", str(val), "--val-labels",
                                 str(tmp / "short.txt")], "3 labels for 4 images"),
         "no val labels": ([str(train), "--val-data", str(val)], "no label file"),
+        "download folder": ([str(tmp / "val")], "pass the archive itself"),
     }
 
 

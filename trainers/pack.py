@@ -936,39 +936,54 @@ class _ShardWriter:
             self.records += info["records"]
             self.resumed += 1
             self.tick(len(chunk))
-        for k, (path, chunk) in enumerate(todo):
-            self._write_chunk(path, chunk, plan.source, workers, todo[k:])
+        self._write_chunks(todo, plan.source, workers)
 
-    def _write_chunk(self, path: Path, chunk, source, workers: _Workers, rest) -> None:
-        """Write one listed shard (``rest``: this and the later shards, sized for the
-        error)."""
+    def _write_chunks(self, todo: list[tuple[Path, list]], source, workers: _Workers) -> None:
+        """Write the listed shards ``todo`` (``[(path, [(key, label), ...])]``) in
+        order, from one stream of jobs, so that the workers never wait at a shard's
+        end."""
         def jobs():
-            for key, label in chunk:
-                if source.zip_path is None:
-                    yield (key, label), ("path", key)
-                    continue
-                try:
-                    yield (key, label), ("bytes", source.read(key))
-                except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
-                    yield (key, label), ("skip", f"cannot read: {type(exc).__name__}: {exc}")
+            for k, (_, chunk) in enumerate(todo):
+                for key, label in chunk:
+                    if source.zip_path is None:
+                        yield (k, key, label), ("path", key)
+                        continue
+                    try:
+                        yield (k, key, label), ("bytes", source.read(key))
+                    except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
+                        yield (k, key, label), ("skip", f"cannot read: {type(exc).__name__}: {exc}")
 
-        shard = _Shard(path, self.serialize, eager=False)
+        state = {"k": -1, "shard": None}
+
+        def advance(to: int) -> None:  # close the open shard, open the next, up to ``to``
+            while state["k"] < to:
+                if state["shard"] is not None:
+                    sh = state["shard"]
+                    _guarded(sh, sh.finish)
+                    self.records += sh.write_sidecar(self.out, self.fp)["records"]
+                state["k"] += 1
+                state["shard"] = None
+                if state["k"] < len(todo):
+                    state["shard"] = _Shard(todo[state["k"]][0], self.serialize, eager=False)
+                    _guarded(state["shard"], state["shard"]._open)
+
         try:
-            _guarded(shard, shard._open)
-            for (key, label), result in workers.ordered(jobs()):
-                if _guarded(shard, shard.add, key, os.path.basename(key), label, result):
-                    self.bad.append(shard.bad[-1])
+            for (k, key, label), result in workers.ordered(jobs()):
+                advance(k)
+                sh = state["shard"]
+                if _guarded(sh, sh.add, key, os.path.basename(key), label, result):
+                    self.bad.append(sh.bad[-1])
                 self.tick()
-            _guarded(shard, shard.finish)
+            advance(len(todo))
         except _ShardWriteFailed as failed:
-            shard.discard()
-            still = sum(_size(p) for _, c in rest for p, _ in c)
+            sh = failed.shard
+            sh.discard()
+            still = sum(_size(p) for _, c in todo[max(0, state["k"]):] for p, _ in c)
             raise _write_error(
-                failed.exc, shard.tmp, self.out,
-                f"{shard.records} records, {shard.bytes_out:,} bytes of images written to it; "
+                failed.exc, sh.tmp, self.out,
+                f"{sh.records} records, {sh.bytes_out:,} bytes of images written to it; "
                 f"about {still:,} bytes still to write (input size of this and the later "
                 f"shards' images)") from failed.exc
-        self.records += shard.write_sidecar(self.out, self.fp)["records"]
 
     def write_streamed(self, plans: dict[str, _SplitPlan], workers: _Workers) -> None:
         """Write (or keep) this process's groups of the streamed splits; splits that

@@ -184,6 +184,7 @@ def open_source(path: str | os.PathLike, *, role: str = "train",
         if (p / KAGGLE_DIR).is_dir():
             return _kaggle_folder(p, role, class_names, label_file, error)
         if role == "train":
+            _hint_archives(p, error)
             return _class_folders(p, error)
         return _val_folder(p, class_names, label_file)
     if not p.is_file():
@@ -200,6 +201,18 @@ def open_source(path: str | os.PathLike, *, role: str = "train",
 
 
 # ------------------------------------------------------------------ folders
+
+def _hint_archives(p: Path, error) -> None:
+    """A download folder holding archives but no class folders: name the archives
+    to pass instead."""
+    if scan.list_class_folders(p):
+        return
+    archives = sorted(e.name for e in p.iterdir() if e.is_file() and e.name.lower().endswith(
+        (".tar", ".tar.gz", ".tgz", ".zip")))
+    if archives:
+        raise error(f"data folder {p} has no class folders but holds {', '.join(archives[:3])}: "
+                    f"pass the archive itself (e.g. --data {p / archives[0]})")
+
 
 def read_class_words(text: str) -> dict[str, str]:
     """``LOC_synset_mapping.txt`` / ``words.txt`` text (a wnid, then its words, per
