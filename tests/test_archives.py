@@ -164,7 +164,11 @@ def test_val_tar_with_labels_from_devkit_csv_or_any_mapping(images, tmp_path, la
         flag.write_text("file\tclass\n" + "".join(
             f"{n}\t{sorted(WNIDS).index(w)}\n" for (n, _), w in zip(files, truth)))
     res = pack_folder(train, tmp_path / "out", OPTS, val_source=val, val_labels=flag)
-    assert res.kind == f"{sources.KIND_TAR_OF_TARS} + {sources.KIND_FLAT_TAR}"
+    assert res.kind.startswith(f"{sources.KIND_TAR_OF_TARS} + {sources.KIND_FLAT_TAR} "
+                               f"(labels from ")
+    label_file = {"devkit": "ILSVRC2012_devkit_t12.tar.gz", "kaggle_csv": "LOC_val_solution.csv",
+                  "tsv_indices_flag": "my_labels.tsv"}[labels]
+    assert res.kind.endswith(f"{label_file})")
     assert res.split("validation").num_examples == len(files)
     want = dict(zip([n for n, _ in files], truth))
     got = records(tmp_path / "out", "validation")
@@ -200,7 +204,7 @@ def test_kaggle_folder_and_zip(images, tmp_path, form):
                 zf.write(p, p.relative_to(root))
     res = pack_folder(data, tmp_path / "out", OPTS, val_source=data)
     kind = sources.KIND_KAGGLE if form == "folder" else sources.KIND_KAGGLE_ZIP
-    assert res.kind == f"{kind} + {kind}"
+    assert res.kind.startswith(f"{kind} + {kind} (labels from ")
     assert res.class_names == tuple(sorted(WNIDS))
     assert res.class_words[0] == f"words of {sorted(WNIDS)[0]}, more words"
     assert res.class_label(1).startswith(f"{sorted(WNIDS)[1]} (words of")

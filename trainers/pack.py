@@ -637,7 +637,8 @@ def _finalize(out: Path, src, val, options: PackOptions, splits: dict[str, _Spli
         seconds=time.perf_counter() - t0, resumed_shards=resumed,
         decode_speedup=(measure_decode_speedup(first, options)
                         if options.resize_shorter and first else None),
-        kind=src.kind + (f" + {val.kind}" if val is not None else ""),
+        kind=src.kind + (f" + {val.kind}" if val is not None else "") + (
+            f" (labels from {val.labels_from})" if val is not None and val.labels_from else ""),
         class_words=src.class_words, stopped=tuple(stopped),
         val_source=val.path if val is not None else None)
     assert result.input_images == result.packed + result.skipped, result

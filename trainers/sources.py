@@ -148,11 +148,6 @@ class Source:
             self._zip = zipfile.ZipFile(self.zip_path)
         return self._zip.read(key[len(self.zip_path) + 1:])
 
-    def describe(self) -> str:
-        """One line: kind, classes, where the labels came from."""
-        text = f"{self.kind}, {len(self.class_names):,} classes"
-        return text + (f", labels from {self.labels_from}" if self.labels_from else "")
-
 
 def open_source(path: str | os.PathLike, *, role: str = "train",
                 class_names: Sequence[str] | None = None,
@@ -192,7 +187,7 @@ def open_source(path: str | os.PathLike, *, role: str = "train",
     size = p.stat().st_size
     if size == 0:
         raise error(f"{p} is empty (0 bytes): expected a folder, a tar or a zip archive")
-    if zipfile.is_zipfile(p):
+    if not _looks_like_tar(p) and zipfile.is_zipfile(p):
         return _kaggle_zip(p, role, class_names, label_file, error)
     kind = _tar_kind(p, error)
     if kind == KIND_TAR_OF_TARS:
@@ -319,6 +314,15 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
 def _stamp(p: Path) -> str:
     st = p.stat()
     return f"{p}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def _looks_like_tar(p: Path) -> bool:
+    """A POSIX tar header (``ustar`` at byte 257) or a gzip/bz2/xz stream: checked
+    before the zip test, which looks at the end of the file, where a tar's last
+    member could itself be a zip."""
+    with open(p, "rb") as f:
+        head = f.read(512)
+    return head[257:262] == b"ustar" or _compressed(p)
 
 
 def _compressed(p: Path) -> bool:
@@ -576,7 +580,8 @@ def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple
       SourceError: see :func:`open_source`; no image found.
     """
     p = Path(path).expanduser().absolute()
-    if p.is_file() and not zipfile.is_zipfile(p) and _tar_kind(p, SourceError) == KIND_TAR_OF_TARS:
+    if (p.is_file() and (_looks_like_tar(p) or not zipfile.is_zipfile(p))
+            and _tar_kind(p, SourceError) == KIND_TAR_OF_TARS):
         # No header pass: the labels do not matter here, only the first inner tars.
         src = Source(kind=KIND_TAR_OF_TARS, path=str(p), class_names=(),
                      stream_fn=partial(_stream_tar_of_tars, p, _AnyClass()))

@@ -58,7 +58,7 @@ class PackResult(Record):
       decode_speedup: with a pack-time resize, full decode time of a sample of the
         original files / of the same images as stored (measured, single thread).
       kind: the detected input kind (``trainers.sources``), with the validation
-        input's after `` + `` when there is one.
+        input's after `` + `` when there is one (and the label file it used).
       class_words: the words of each class ('' when unknown), or () when no words
         file was found.
       stopped: where damaged archives ended early (member, byte offset), one line
