@@ -492,3 +492,18 @@ def test_train_auto_hosts_share_the_pack_on_a_shared_cache(images, tmp_path, for
     one = pack_folder(tar, tmp_path / "one", PackOptions(num_shards=4, val_fraction=0.25))
     assert shard_bytes(Path(got[0]["packed"])) == shard_bytes(tmp_path / "one")
     assert not list(Path(got[0]["packed"]).glob(".shared-*"))
+
+
+def test_hand_written_records_equal_tfds_serialization():
+    """Workers serialize records without TensorFlow (``example_record``); the bytes
+    must be tensorflow-datasets' own (deterministic) serialization."""
+    import random
+
+    serialize = pack_mod._example_serializer(pack_mod._features([f"n{i:08d}" for i in range(1001)]))
+    rng = random.Random(0)
+    for _ in range(200):
+        image = rng.randbytes(rng.choice([0, 1, 127, 128, 300, 16_383, 16_384, 70_000]))
+        label = rng.choice([0, 1, 127, 128, 999, 1000])
+        name = rng.choice(["a.JPEG", "ILSVRC2012_val_00000001.JPEG", "é.jpg", "x" * 300, ""])
+        want = serialize({"image": io.BytesIO(image), "label": label, "file_name": name})
+        assert pack_mod.example_record(image, label, name) == want, (len(image), label, name)

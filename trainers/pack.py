@@ -136,6 +136,48 @@ def _example_serializer(feats) -> Callable[[dict], bytes]:
     return serialize
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited protobuf field."""
+    return bytes([number << 3 | 2]) + _varint(length)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return _field(number, len(payload)) + payload
+
+
+def example_record(image: bytes, label: int, file_name: str) -> bytes:
+    """One record as the pack stores it: a serialized ``tf.train.Example`` with
+    ``file_name`` (bytes), ``image`` (JPEG bytes) and ``label`` (int64 >= 0), written
+    by hand (protobuf wire format: ``Example.features`` = 1, ``Features.feature`` = 1,
+    a map entry's key = 1 and value = 2, ``Feature.bytes_list`` = 1 /
+    ``int64_list`` = 3 packed, ``value`` = 1) with the map keys sorted: byte-identical
+    to tensorflow-datasets' ``FeaturesDict.serialize_example`` serialized
+    deterministically (:func:`_example_serializer`; the tests compare them), without
+    importing TensorFlow, and with one copy of the image, so that worker processes
+    serialize too."""
+    name_entry = _ld(1, _ld(1, b"file_name") + _ld(2, _ld(1, _ld(1, file_name.encode()))))
+    label_entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
+    values = _field(1, len(image))
+    feature = _field(1, len(values) + len(image))
+    key = _ld(1, b"image")
+    value = _field(2, len(feature) + len(values) + len(image))
+    entry_len = len(key) + len(value) + len(feature) + len(values) + len(image)
+    entry = _field(1, entry_len)
+    total = len(name_entry) + len(entry) + entry_len + len(label_entry)
+    return b"".join((_field(1, total), name_entry, entry, key, value, feature, values, image,
+                     label_entry))
+
+
 def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
                            repeats: int = 3) -> float | None:
     """Full-decode time of ``paths`` as they are / as packed with ``options`` (the
@@ -385,8 +427,8 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                                         replace_stale, clean=process_count == 1)
     if previous is not None:
         return previous
-    shards = _ShardWriter(out, fp, options, _example_serializer(_features(src.class_names)),
-                          progress, owner=lambda i: i % process_count == process_index)
+    shards = _ShardWriter(out, fp, options, progress,
+                          owner=lambda i: i % process_count == process_index)
     splits = _split_plans(src, val, options)
     if all(p.chunks is not None for p in splits.values()):
         shards.total = sum(len(c) for p in splits.values() for c in p.chunks)
@@ -715,20 +757,23 @@ def _open_out_dir(out: Path, fp: str, replace_stale: bool, clean: bool = True
     return None
 
 
-def _prepare_batch(jobs: list[tuple[str, object]], resize_shorter: int | None,
-                   quality: int) -> list[tuple[bytes | None, str | None, int]]:
-    """``(stored bytes or None, reason if skipped, bytes in)`` for each job:
-    ``("path", file)`` read here, ``("bytes", data)`` from an archive, ``("skip",
-    reason)``. Runs in a worker thread or a spawned worker process (this module
-    imports no JAX and no TensorFlow at import time)."""
+def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int | None,
+                   quality: int) -> list[tuple[bytes | None, str | None, int, int]]:
+    """``(record or None, reason if skipped, bytes in, image bytes stored)`` for each
+    job ``(kind, value, label, file name)``: kind ``"path"`` (a file read here),
+    ``"bytes"`` (from an archive) or ``"skip"`` (value: the reason). The record is
+    :func:`example_record`. Runs in a worker thread or a spawned worker process (this
+    module imports no JAX and no TensorFlow at import time)."""
     out = []
-    for kind, value in jobs:
+    for kind, value, label, name in jobs:
         if kind == "skip":
-            out.append((None, value, 0))
+            data, reason, nbytes = None, value, 0
         elif kind == "path":
-            out.append(_prepare(value, resize_shorter, quality))
+            data, reason, nbytes = _prepare(value, resize_shorter, quality)
         else:
-            out.append(_prepare_data(value, resize_shorter, quality))
+            data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
+        out.append((None, reason, 0, 0) if data is None else
+                   (example_record(data, label, name), None, nbytes, len(data)))
     return out
 
 
@@ -818,8 +863,8 @@ class _Shard:
     The array_record writer opens at the first record (``eager``: at once, so that a
     listed shard of only bad files still exists, as before)."""
 
-    def __init__(self, path: Path, serialize: Callable[[dict], bytes], eager: bool):
-        self.path, self.tmp, self.serialize = path, path.with_name(path.name + ".tmp"), serialize
+    def __init__(self, path: Path, eager: bool):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
         self.writer = None
         self.records = self.bytes_in = self.bytes_out = self.num_bytes = 0
         self.bad: list[BadImage] = []
@@ -831,19 +876,19 @@ class _Shard:
 
         self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1,uncompressed")
 
-    def add(self, key: str, name: str, label: int, result) -> BadImage | None:
-        """Write one prepared member, or list it as skipped (returned)."""
-        data, reason, nbytes = result
-        if data is None:
+    def add(self, key: str, result) -> BadImage | None:
+        """Write one prepared member (:func:`_prepare_batch`), or list it as skipped
+        (returned)."""
+        record, reason, nbytes_in, nbytes_out = result
+        if record is None:
             self.bad.append(BadImage(path=key, reason=reason or "unknown"))
             return self.bad[-1]
         if self.writer is None:
             self._open()
-        self.writer.write(self.serialize({"image": io.BytesIO(data), "label": label,
-                                          "file_name": name}))
+        self.writer.write(record)
         self.records += 1
-        self.bytes_in += nbytes
-        self.bytes_out += len(data)
+        self.bytes_in += nbytes_in
+        self.bytes_out += nbytes_out
         return None
 
     def finish(self) -> None:
@@ -894,10 +939,9 @@ class _ShardWriter:
     ``i`` (streamed) is this process's."""
 
     def __init__(self, out: Path, fp: str, options: PackOptions,
-                 serialize: Callable[[dict], bytes],
                  progress: Callable[[int, int | None, int], None] | None,
                  owner: Callable[[int], bool]):
-        self.out, self.fp, self.options, self.serialize = out, fp, options, serialize
+        self.out, self.fp, self.options = out, fp, options
         self.progress, self.owner = progress, owner
         self.total: int | None = None
         self.done = self.resumed = self.records = 0
@@ -946,13 +990,15 @@ class _ShardWriter:
         def jobs():
             for k, (_, chunk) in enumerate(todo):
                 for key, label in chunk:
+                    name = os.path.basename(key)
                     if source.zip_path is None:
-                        yield (k, key, label), ("path", key)
+                        yield (k, key), ("path", key, label, name)
                         continue
                     try:
-                        yield (k, key, label), ("bytes", source.read(key))
+                        yield (k, key), ("bytes", source.read(key), label, name)
                     except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
-                        yield (k, key, label), ("skip", f"cannot read: {type(exc).__name__}: {exc}")
+                        yield (k, key), ("skip", f"cannot read: {type(exc).__name__}: {exc}",
+                                         label, name)
 
         state = {"k": -1, "shard": None}
 
@@ -965,14 +1011,14 @@ class _ShardWriter:
                 state["k"] += 1
                 state["shard"] = None
                 if state["k"] < len(todo):
-                    state["shard"] = _Shard(todo[state["k"]][0], self.serialize, eager=False)
+                    state["shard"] = _Shard(todo[state["k"]][0], eager=False)
                     _guarded(state["shard"], state["shard"]._open)
 
         try:
-            for (k, key, label), result in workers.ordered(jobs()):
+            for (k, key), result in workers.ordered(jobs()):
                 advance(k)
                 sh = state["shard"]
-                if _guarded(sh, sh.add, key, os.path.basename(key), label, result):
+                if _guarded(sh, sh.add, key, result):
                     self.bad.append(sh.bad[-1])
                 self.tick()
             advance(len(todo))
@@ -1035,7 +1081,8 @@ class _StreamPass:
                 continue
             if m.reason is None and m.label < 0:
                 m = dataclasses.replace(m, reason="no label for this file")
-            yield (split, shard, m), (("skip", m.reason) if m.reason else ("bytes", m.data))
+            yield (split, shard, m.key), (("skip", m.reason, m.label, m.name) if m.reason
+                                         else ("bytes", m.data, m.label, m.name))
 
     def run(self, workers: _Workers) -> None:
         """Stream, write, then record each split's stream marker."""
@@ -1043,9 +1090,9 @@ class _StreamPass:
 
         end = StreamEnd()
         try:
-            for (split, shard, m), result in workers.ordered(self._jobs(end)):
+            for (split, shard, key), result in workers.ordered(self._jobs(end)):
                 sh = self._shard(split, shard)
-                if _guarded(sh, sh.add, m.key, m.name, m.label, result):
+                if _guarded(sh, sh.add, key, result):
                     self.w.bad.append(sh.bad[-1])
                 self.w.tick()
             for split in list(self.open):
@@ -1074,8 +1121,7 @@ class _StreamPass:
             self._close_group(split)
         group = self.open.setdefault(split, (g, {}))[1]
         if shard not in group:
-            group[shard] = _Shard(_pending_path(self.w.out, split, shard), self.w.serialize,
-                                  eager=False)
+            group[shard] = _Shard(_pending_path(self.w.out, split, shard), eager=False)
         return group[shard]
 
     def _close_group(self, split: str) -> None:
@@ -1084,12 +1130,10 @@ class _StreamPass:
         g, group = self.open.pop(split)
         G = self.w.options.archive_group_shards
         for i in range(g * G, g * G + G):
-            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), self.w.serialize,
-                                        eager=False)
+            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), eager=False)
             _guarded(sh, sh.finish)
         for i in range(g * G, g * G + G):
-            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), self.w.serialize,
-                                        eager=False)
+            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), eager=False)
             self.w.records += sh.write_sidecar(self.w.out, self.w.fp)["records"]
 
 
