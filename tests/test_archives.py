@@ -176,6 +176,9 @@ def test_val_tar_with_labels_from_devkit_csv_or_any_mapping(images, tmp_path, la
     check_tfds(tmp_path / "out", res)
 
 
+KAGGLE_TRAIN = Path("ILSVRC", "Data", "CLS-LOC", "train")
+
+
 def kaggle_tree(root: Path, images) -> Path:
     """Kaggle's imagenet-object-localization-challenge layout."""
     base = root / "ILSVRC" / "Data" / "CLS-LOC"
@@ -197,12 +200,15 @@ def kaggle_tree(root: Path, images) -> Path:
 def test_kaggle_folder_and_zip(images, tmp_path, form):
     root = kaggle_tree(tmp_path / "imagenet-object-localization-challenge", images)
     data = root
+    (root / KAGGLE_TRAIN / WNIDS[0] / "notes.txt").write_text("not an image")
     if form == "zip":
         data = tmp_path / "imagenet-object-localization-challenge.zip"
         with zipfile.ZipFile(data, "w") as zf:
             for p in sorted(root.rglob("*")):
                 zf.write(p, p.relative_to(root))
     res = pack_folder(data, tmp_path / "out", OPTS, val_source=data)
+    assert [(Path(b.path).name, b.reason[:12]) for b in res.bad_images] == [("notes.txt",
+                                                                              "not an image")]
     kind = sources.KIND_KAGGLE if form == "folder" else sources.KIND_KAGGLE_ZIP
     assert res.kind.startswith(f"{kind} + {kind} (labels from ")
     assert res.class_names == tuple(sorted(WNIDS))

@@ -761,7 +761,8 @@ def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int
                    quality: int) -> list[tuple[bytes | None, str | None, int, int]]:
     """``(record or None, reason if skipped, bytes in, image bytes stored)`` for each
     job ``(kind, value, label, file name)``: kind ``"path"`` (a file read here),
-    ``"bytes"`` (from an archive) or ``"skip"`` (value: the reason). The record is
+    ``"zip"`` (value: ``(zip path, key)``, read here), ``"bytes"`` (from an archive
+    stream) or ``"skip"`` (value: the reason). The record is
     :func:`example_record`. Runs in a worker thread or a spawned worker process (this
     module imports no JAX and no TensorFlow at import time)."""
     out = []
@@ -770,11 +771,39 @@ def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int
             data, reason, nbytes = None, value, 0
         elif kind == "path":
             data, reason, nbytes = _prepare(value, resize_shorter, quality)
+        elif kind == "zip":
+            raw, reason = _read_zip_member(*value)
+            data, reason, nbytes = ((None, reason, 0) if raw is None else
+                                    _prepare_data(raw, resize_shorter, quality))
         else:
             data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
         out.append((None, reason, 0, 0) if data is None else
                    (example_record(data, label, name), None, nbytes, len(data)))
     return out
+
+
+_ZIPS: dict[str, "object"] = {}
+
+
+def _read_zip_member(zip_path: str, key: str) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` of zip member ``key`` (``<zip>!<member>``), or ``(None, why
+    not)``. Each process opens the zip once (its threads share it: ``zipfile``
+    serialises their reads)."""
+    import zipfile
+
+    reason = scan.not_an_image(os.path.basename(key))
+    if reason is not None:
+        return None, reason
+    try:
+        if zip_path not in _ZIPS:
+            _ZIPS[zip_path] = zipfile.ZipFile(zip_path)
+        zf = _ZIPS[zip_path]
+        info = zf.getinfo(key[len(zip_path) + 1:])
+        if info.file_size > MAX_FILE_BYTES:
+            return None, f"file too large ({info.file_size:,} bytes)"
+        return zf.read(info), None
+    except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
+        return None, f"cannot read: {type(exc).__name__}: {exc}"
 
 
 def _prepare_data(data: bytes, resize_shorter: int | None,
@@ -993,12 +1022,8 @@ class _ShardWriter:
                     name = os.path.basename(key)
                     if source.zip_path is None:
                         yield (k, key), ("path", key, label, name)
-                        continue
-                    try:
-                        yield (k, key), ("bytes", source.read(key), label, name)
-                    except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
-                        yield (k, key), ("skip", f"cannot read: {type(exc).__name__}: {exc}",
-                                         label, name)
+                    else:  # the worker reads the member: reads in parallel
+                        yield (k, key), ("zip", (source.zip_path, key), label, name)
 
         state = {"k": -1, "shard": None}
 
