@@ -166,6 +166,7 @@ class Plan(Record):
     sequentially (filled in either mode), ``cache_decoded`` is already off when
     ``decode_workers`` decode, ``pack_threads`` are the threads of the pack step,
     ``pack_workers`` its worker processes (0: threads only),
+    ``archive_shard_records`` the records per shard of a streamed archive,
     ``resize_speedup`` is the decode speed-up credited to ``pack_resize`` (1.0
     without it).
     """
@@ -204,6 +205,7 @@ class Plan(Record):
     pack_threads: int = 2
     resize_speedup: float = 1.0
     pack_workers: int = 0
+    archive_shard_records: int = PackOptions().archive_shard_records
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -591,6 +593,21 @@ def choose_pack_threads(usable_cores: int) -> tuple[int, Decision]:
                                                f"runs alone, before training")
 
 
+def choose_archive_shard_records(num_images: int, num_shards: int,
+                                 streamed: bool) -> tuple[int, Decision | None]:
+    """Records per shard of a streamed archive (a tar, whose length the pack does not
+    know up front, so it cuts shards by record count): the plan's images / its shards,
+    rounded up, so that an archive gives about ``num_shards`` shards as a folder does.
+    ``num_images`` is the probe's estimate for an archive. No decision (None) for other
+    inputs, where the setting is unused."""
+    n = max(1, math.ceil(num_images / max(1, num_shards)))
+    if not streamed:
+        return n, None
+    return n, Decision("archive_shard_records", str(n),
+                       f"about {num_images:,} images (estimated from the archive's bytes) / "
+                       f"{num_shards:,} shards")
+
+
 def choose_pack_workers(usable_cores: int, knee_threads: int, best_images_per_s: float,
                         ceiling_images_per_s: float) -> tuple[int, Decision]:
     """Worker processes of the pack step (0: ``pack_threads`` threads of one process).
@@ -754,6 +771,9 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     dec.append(why)
     pack_threads, why = choose_pack_threads(report.decode.usable_cores)
     dec.append(why)
+    shard_records, why = choose_archive_shard_records(
+        report.dataset.num_images, s.shards, getattr(report.dataset, "estimated", False))
+    dec += [why] if why else []
     best = max((pt.images_per_s for pt in report.decode.points), default=0.0)
     pack_workers, why = choose_pack_workers(report.decode.usable_cores,
                                             report.decode.knee_threads, best,
@@ -776,7 +796,7 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
         bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes_at(report, batch),
         decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup,
-        pack_workers=pack_workers)
+        pack_workers=pack_workers, archive_shard_records=shard_records)
 
 
 # ---------------------------------------------------------------- plan -> trainer
@@ -809,14 +829,16 @@ def loop_options(plan: Plan, **overrides: Any) -> LoopOptions:
 
 def pack_options(plan: Plan, *, separate_val: bool = False,
                  pack_threads: int | None = None) -> PackOptions:
-    """The :class:`trainers.options.PackOptions` of ``plan``: its shards, resize,
-    pack threads (``pack_threads`` overrides them) and worker processes; no held-out
+    """The :class:`trainers.options.PackOptions` of ``plan``: its shards (records per
+    shard of an archive), resize, pack threads (``pack_threads`` overrides them) and
+    worker processes; no held-out
     fraction when a separate validation input is packed (``separate_val``)."""
     return PackOptions(num_shards=plan.num_shards,
                        val_fraction=0.0 if separate_val else plan.val_fraction,
                        resize_shorter=plan.pack_resize,
                        pack_threads=pack_threads or plan.pack_threads,
-                       pack_workers=plan.pack_workers)
+                       pack_workers=plan.pack_workers,
+                       archive_shard_records=plan.archive_shard_records)
 
 
 def pack_cache_key(plan: Plan, data: str, val_data: str | None = None) -> str:
