@@ -460,7 +460,7 @@ from trainers.distributed import initialize
 initialize(f"127.0.0.1:{port}", 2, pid, peer_timeout_s=60, connect_timeout_s=120)
 from autotune.orchestrate import pack_for_plan
 plan = SimpleNamespace(num_shards=4, pack_resize=None, val_fraction=0.25, pack_threads=1,
-                       pack_workers=0)
+                       pack_workers=0, archive_shard_records=1024)
 packed, res = pack_for_plan(data, plan, None)
 print(json.dumps({"packed": packed, "records": res.packed, "complete": res.complete}), flush=True)
 """
