@@ -266,7 +266,8 @@ def test_probes_read_every_input_kind(images, tmp_path):
     from probes.dataset import dataset_stats
     from probes.decode import probe_decode
 
-    tar = train_tar(tmp_path / "train.tar", images)
+    tar = train_tar(tmp_path / "train.tar", images)  # sampled by seeks
+    tgz = train_tar(tmp_path / "train.tar.gz", images, compress="gz")  # sampled by streaming
     zip_root = kaggle_tree(tmp_path / "k", images)
     zpath = tmp_path / "k.zip"
     with zipfile.ZipFile(zpath, "w") as zf:
@@ -276,7 +277,8 @@ def test_probes_read_every_input_kind(images, tmp_path):
     for data, kind, exact in [(nested, sources.KIND_FOLDERS, True),
                               (zip_root, sources.KIND_KAGGLE, True),
                               (zpath, sources.KIND_KAGGLE_ZIP, True),
-                              (tar, sources.KIND_TAR_OF_TARS, False)]:
+                              (tar, sources.KIND_TAR_OF_TARS, False),
+                              (tgz, sources.KIND_TAR_OF_TARS, False)]:
         stats = dataset_stats(data)
         assert (stats.kind, stats.num_classes, stats.estimated) == (kind, 4, not exact)
         if exact:

@@ -571,10 +571,12 @@ def _stream_flat_tar(p: Path, by_name: dict[str, int], end: StreamEnd) -> Iterat
 
 def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple[str, bytes]]:
     """Up to ``n`` images of the training input ``path`` as ``(key, bytes)``, for the
-    probes: spread over the classes of a listed kind (a seeded sample); for a tar of
-    per-class tars, at most ``max(1, n // 8)`` images from each of the first inner
-    tars (only the start of the archive is read; an archive of fewer classes gives
-    more per class).
+    probes: spread over the classes of a listed kind (a seeded sample); for an
+    uncompressed tar of per-class tars, the first images of 8 inner tars spread over
+    the archive, reached by seeks (:func:`_sample_by_seeks`: about ``n`` images'
+    bytes are read); for a compressed one, at most ``max(1, n // 8)`` images from each
+    of the first inner tars (only the start of the archive is read, but whole inner
+    tars of it; an archive of fewer classes gives more per class).
 
     Raises:
       SourceError: see :func:`open_source`; no image found.
@@ -582,6 +584,10 @@ def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple
     p = Path(path).expanduser().absolute()
     if (p.is_file() and (_looks_like_tar(p) or not zipfile.is_zipfile(p))
             and _tar_kind(p, SourceError) == KIND_TAR_OF_TARS):
+        if not _compressed(p):
+            sampled = _sample_by_seeks(p, n)
+            if sampled:
+                return sampled
         # No header pass: the labels do not matter here, only the first inner tars.
         src = Source(kind=KIND_TAR_OF_TARS, path=str(p), class_names=(),
                      stream_fn=partial(_stream_tar_of_tars, p, _AnyClass()))
@@ -614,6 +620,30 @@ def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple
     if not out:
         raise SourceError(f"no image files ({', '.join(scan.IMAGE_SUFFIXES)}) in {path}")
     return out
+
+
+def _sample_by_seeks(p: Path, n: int, tars: int = 8) -> list[tuple[str, bytes]]:
+    """Up to ``n`` images of an uncompressed tar of per-class tars: the first
+    ``ceil(n / tars)`` images of ``tars`` inner tars evenly spaced over the archive,
+    found by walking headers with seeks (the outer tar's, then each inner tar's).
+    Stops quietly at damage (what was read is returned)."""
+    out: list[tuple[str, bytes]] = []
+    try:
+        with tarfile.open(p, "r:") as tf:
+            inners = [m for m in iter(tf.next, None) if m.isfile() and inner_tar_wnid(m.name)]
+            k = min(len(inners), tars)
+            picks = [inners[round(i * (len(inners) - 1) / max(1, k - 1))] for i in range(k)]
+            per = -(-n // max(1, k))
+            for m in picks:
+                with tarfile.open(fileobj=tf.extractfile(m), mode="r:") as inner:
+                    got = 0
+                    while got < per and (im := inner.next()) is not None:
+                        if im.isfile() and scan.is_image_name(os.path.basename(im.name)):
+                            out.append((f"{p}!{m.name}/{im.name}", inner.extractfile(im).read()))
+                            got += 1
+    except ARCHIVE_ERRORS:
+        pass
+    return out[:n]
 
 
 class _AnyClass(dict):
