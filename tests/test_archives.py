@@ -515,3 +515,18 @@ def test_hand_written_records_equal_tfds_serialization():
         name = rng.choice(["a.JPEG", "ILSVRC2012_val_00000001.JPEG", "é.jpg", "x" * 300, ""])
         want = serialize({"image": io.BytesIO(image), "label": label, "file_name": name})
         assert pack_mod.example_record(image, label, name) == want, (len(image), label, name)
+
+
+def test_a_tarred_class_folder_tree_packs_like_the_tree(images, tmp_path):
+    root = nested_tree(tmp_path / "tiny", images)
+    tar = tmp_path / "tiny.tar.gz"
+    with tarfile.open(tar, "w:gz") as tf:
+        tf.add(root, arcname="data/train")  # data/train/<wnid>/images/*.JPEG
+    res = pack_folder(tar, tmp_path / "out", OPTS)
+    ref = pack_folder(root, tmp_path / "ref", OPTS)
+    assert res.kind == sources.KIND_TAR_OF_FOLDERS
+    assert res.class_names == ref.class_names == tuple(sorted(WNIDS))
+    assert (res.input_images, res.packed, res.skipped) == (ref.input_images, ref.packed,
+                                                          ref.skipped)
+    names = wnid_of(images)
+    assert all(res.class_names[label] == names[n] for n, label, _ in records(tmp_path / "out"))

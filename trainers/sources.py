@@ -13,6 +13,8 @@ Kinds (:func:`open_source`), each shown by name in the pack table:
 * ``tar of per-class tars``: ``ILSVRC2012_img_train.tar`` (1,000 ``<wnid>.tar``) and
   ImageNet-21k's ``fall11_whole.tar`` / ``winter21_whole.tar.gz`` (19,167 or 21,841),
   optionally gzip/bz2/xz-compressed.
+* ``tar of class folders``: a class-folder tree tarred as it is (the class is the folder
+  right below the deepest folder that holds every image).
 * ``flat tar + labels``: ``ILSVRC2012_img_val.tar`` (validation), labelled by the devkit
   archive ``ILSVRC2012_devkit_t12.tar.gz`` (ground truth + ``meta.mat``, read from the
   archive), ``LOC_val_solution.csv`` or any text/CSV/TSV file mapping file names to
@@ -58,6 +60,7 @@ KIND_KAGGLE = "Kaggle folder"
 KIND_KAGGLE_ZIP = "Kaggle zip"
 KIND_TAR_OF_TARS = "tar of per-class tars"
 KIND_FLAT_TAR = "flat tar + labels"
+KIND_TAR_OF_FOLDERS = "tar of class folders"
 #: Suffixes of the per-class inner tars of a tar of tars.
 INNER_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 #: Errors a damaged or truncated archive raises while read.
@@ -192,7 +195,12 @@ def open_source(path: str | os.PathLike, *, role: str = "train",
     kind = _tar_kind(p, error)
     if kind == KIND_TAR_OF_TARS:
         return _tar_of_tars(p, role, class_names, error)
-    return _flat_tar(p, role, class_names, label_file, error)
+    listing, stopped = list_tar(p, error)
+    names = [n for n, _ in listing if scan.is_image_name(os.path.basename(n))]
+    root = _common_dir(names)
+    if all("/" not in n[len(root):] for n in names):
+        return _flat_tar(p, role, class_names, label_file, error)
+    return _tar_of_folders(p, root, names, stopped, role, class_names)
 
 
 # ------------------------------------------------------------------ folders
@@ -540,11 +548,51 @@ def _flat_tar(p: Path, role, class_names, label_file, error) -> Source:
                               truncated=stopped is not None)
     by_name = dict(zip(images, labels))
     return Source(kind=KIND_FLAT_TAR, path=str(p), class_names=tuple(class_names),
-                  stream_fn=partial(_stream_flat_tar, p, by_name), labels_from=str(label_file),
+                  stream_fn=partial(_stream_image_tar, p, partial(_label_by_name, by_name)),
+                  labels_from=str(label_file),
                   stamp=f"{_stamp(p)}|{_stamp(label_file)}", note=stopped)
 
 
-def _stream_flat_tar(p: Path, by_name: dict[str, int], end: StreamEnd) -> Iterator[Member]:
+def _label_by_name(by_name: dict[str, int], name: str) -> int:
+    return by_name.get(os.path.basename(name), -1)
+
+
+def _label_by_folder(root: str, index: dict[str, int], name: str) -> int:
+    rel = name[len(root):] if name.startswith(root) else name
+    return index.get(rel.split("/", 1)[0], -1) if "/" in rel else -1
+
+
+def _common_dir(names: Sequence[str]) -> str:
+    """The deepest folder (``a/b/``, or '') holding every name of ``names``."""
+    dirs = [n.rsplit("/", 1)[0] if "/" in n else "" for n in names]
+    if not dirs or any(d == "" for d in dirs):
+        return ""
+    common = os.path.commonpath(dirs)
+    return common + "/" if common else ""
+
+
+def _tar_of_folders(p: Path, root: str, names: Sequence[str], stopped: str | None, role,
+                    class_names) -> Source:
+    """A tar of a class-folder tree (``[<prefix>/]<wnid>/**/<file>``): the class is
+    the folder right below the deepest folder holding every image (``root``)."""
+    found = sorted({n[len(root):].split("/", 1)[0] for n in names if "/" in n[len(root):]})
+    if role == "val":
+        unknown = [c for c in found if c not in set(class_names)]
+        if unknown:
+            raise ValidationLayoutError(f"{p}: class folder {root}{unknown[0]} is not a train "
+                                        f"class ({len(unknown)} such)")
+        found = list(class_names)
+    index = {c: i for i, c in enumerate(found)}
+    return Source(kind=KIND_TAR_OF_FOLDERS, path=str(p), class_names=tuple(found),
+                  class_words=_words_beside([p.parent], found),
+                  stream_fn=partial(_stream_image_tar, p, partial(_label_by_folder, root, index)),
+                  stamp=_stamp(p), note=stopped)
+
+
+def _stream_image_tar(p: Path, label_of: Callable[[str], int],
+                      end: StreamEnd) -> Iterator[Member]:
+    """The members of a tar of images, in archive order, labelled by ``label_of(member
+    name)`` (-1: none, the pack lists the member as skipped)."""
     last = ""
     with tarfile.open(p, "r|*") as tf:
         while True:
@@ -556,8 +604,7 @@ def _stream_flat_tar(p: Path, by_name: dict[str, int], end: StreamEnd) -> Iterat
                 if not m.isfile():
                     continue
                 last = m.name
-                member = _read_member(tf, m, f"{p}!{m.name}",
-                                      by_name.get(os.path.basename(m.name), -1))
+                member = _read_member(tf, m, f"{p}!{m.name}", label_of(m.name))
             except ARCHIVE_ERRORS as exc:
                 end.stopped = (f"{p} ends early: stopped in {last or '(none)'} at byte "
                                f"{tf.offset:,} of the tar stream: {exc}")
