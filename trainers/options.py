@@ -137,8 +137,8 @@ class PackOptions(Record):
         habit).
       seed: seed of the shuffle that assigns images to shards and of the held-out
         split.
-      pack_threads: decode/verify threads (in this process; with ``pack_workers``,
-        the reader threads of a listed input feeding the processes).
+      pack_threads: read/verify/serialize threads of this process (unused when
+        ``pack_workers`` > 0: the worker processes read, verify and serialize).
       pack_workers: worker processes that read, verify, resize and re-encode (unit:
         processes; 0: threads of this process only). Processes are started with
         ``spawn`` and never import JAX; the output bytes do not depend on the count.
