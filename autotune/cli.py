@@ -6,7 +6,7 @@ what is expected, exit code 2, no traceback.
 
     autotune probe [--data DIR]                 measure this machine on this data
     autotune plan  [--probe FILE]               show the plan for a saved probe report
-    autotune pack  --data DIR --out DIR         pack a folder into ArrayRecord shards
+    autotune pack  --data PATH --out DIR        pack a folder or archive into ArrayRecord shards
     autotune train --auto [--data DIR]          probe (or reuse one), plan, pack, train
     autotune report RUN [RUN2]                  render a saved run, or compare two
 """
@@ -21,6 +21,9 @@ from pathlib import Path
 
 from autotune import results
 from autotune.progress import progress_bar
+from trainers.options import PackOptions as _PackOptions
+
+PACK_DEFAULTS = _PackOptions()
 
 EXIT_USAGE = 2
 #: A signal stopped the run after every process wrote the same checkpoint.
@@ -32,13 +35,25 @@ class UsageError(Exception):
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", help="ImageNet-layout training folder <root>/<wnid>/*.JPEG "
-                                  "(default: a built-in synthetic JPEG data set)")
+    p.add_argument("--data", help="training images as downloaded: a folder <root>/<wnid>/**/*.JPEG, "
+                                  "ILSVRC2012_img_train.tar, an ImageNet-21k tar of per-class "
+                                  "tars, or Kaggle's imagenet-object-localization-challenge "
+                                  "folder or zip (default: a built-in synthetic JPEG data set)")
     p.add_argument("--preset", help="training recipe (default: resnet50 on GPU, cpu-small on CPU)")
     p.add_argument("--memory-budget", help="per-device memory budget, e.g. 8GiB (default: the "
                                            "device's limit; on CPU half the free RAM)")
     p.add_argument("--results", help="results folder (default: ./results or $AUTOTUNE_RESULTS)")
     p.add_argument("--quiet", action="store_true", help="print only errors and the final summary")
+
+
+def _add_val(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--val-data", help="separate validation images: class folders, a flat folder "
+                                      "or ILSVRC2012_img_val.tar with labels, or the Kaggle "
+                                      "folder or zip (default: a seeded hold-out of --data)")
+    p.add_argument("--val-labels", help="validation labels: ILSVRC2012_devkit_t12.tar.gz, "
+                                        "LOC_val_solution.csv or any text/CSV/TSV file of "
+                                        "file name -> wnid or class index (default: looked for "
+                                        "beside the validation images)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,20 +75,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hosts", type=int, default=1)
     p.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("pack", help="pack an ImageNet-layout folder into ArrayRecord shards")
-    p.add_argument("--data", required=True)
+    p = sub.add_parser("pack", help="pack a folder or archive into ArrayRecord shards")
+    p.add_argument("--data", required=True, help="as for train: a folder, a tar or a zip")
     p.add_argument("--out", required=True)
-    p.add_argument("--val-data", help="separate validation folder (class folders, or flat with a label file)")
+    _add_val(p)
     p.add_argument("--shards", type=int, default=16)
     p.add_argument("--resize", type=int, default=0, help="store with this shorter side (0: originals)")
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    p.add_argument("--workers", type=int,
+                   help="worker processes that verify, resize and re-encode (0: --threads "
+                        "threads of one process; default: one per core on more than 2 cores, "
+                        "else 0; `train --auto` picks it from the decode probe)")
+    p.add_argument("--archive-shard-records", type=int, default=PACK_DEFAULTS.archive_shard_records,
+                   help="records per shard of an archive input (a tar is streamed)")
+    p.add_argument("--archive-group-shards", type=int, default=PACK_DEFAULTS.archive_group_shards,
+                   help="shards of an archive input written at once (consecutive members are "
+                        "dealt over them; the unit of resume and of the split between processes)")
+    p.add_argument("--num-processes", type=int,
+                   help="processes (hosts) packing into one shared --out; the result is "
+                        "byte-identical to a one-process pack (default: SLURM_NTASKS "
+                        "under srun, else 1)")
+    p.add_argument("--process-id", type=int,
+                   help="this process's index (default: SLURM_PROCID under srun, else 0)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("train", help="train a ResNet (with --auto: probe, plan and pack first)")
     _add_common(p)
     p.add_argument("--auto", action="store_true", help="probe (or reuse a fresh probe), plan, pack, train")
-    p.add_argument("--val-data", help="validation folder (default: a seeded hold-out of --data)")
+    _add_val(p)
     p.add_argument("--epochs", type=float)
     p.add_argument("--batch", type=int, help="per-device batch (overrides the plan)")
     p.add_argument("--threads", type=int, help="decode threads (overrides the plan)")
@@ -177,20 +207,50 @@ def cmd_plan(args, console) -> int:
     return 0
 
 
+def _default_workers() -> int:
+    """``pack --workers`` when not given: one process per core on more than 2 cores
+    (threads of one process stop scaling at the GIL there), else threads only (the
+    processes' start-up and copies outweigh what they add on 1-2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cores if (cores or 1) > 2 else 0
+
+
+def _pack_processes(args) -> None:
+    """``--num-processes`` / ``--process-id`` of ``pack``, from the SLURM launch when
+    not given (``srun autotune pack ...`` on N tasks packs N disjoint parts)."""
+    env_n, env_id = os.environ.get("SLURM_NTASKS"), os.environ.get("SLURM_PROCID")
+    if args.num_processes is None:
+        args.num_processes = int(env_n) if env_n and env_id and args.process_id is None else 1
+    if args.process_id is None:
+        args.process_id = int(env_id) if env_id and args.num_processes > 1 else 0
+
+
 def cmd_pack(args, console) -> int:
     from autotune import render
     from trainers.options import PackOptions
     from trainers.pack import pack_folder
 
-    if not Path(args.data).is_dir():
-        raise UsageError(f"--data {args.data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+    _pack_processes(args)
+    if not args.num_processes >= 1 or not 0 <= args.process_id < args.num_processes:
+        raise UsageError(f"--process-id {args.process_id} --num-processes {args.num_processes}: "
+                         f"need 0 <= process id < processes")
+    if not Path(args.data).exists():
+        raise UsageError(f"--data {args.data}: no such folder or archive (expected "
+                         f"<root>/<wnid>/*.JPEG, a tar of per-class tars or the Kaggle folder "
+                         f"or zip)")
     try:
         opts = PackOptions(num_shards=args.shards, val_fraction=args.val_fraction,
-                           resize_shorter=args.resize or None, pack_threads=args.threads)
+                           resize_shorter=args.resize or None, pack_threads=args.threads,
+                           pack_workers=_default_workers() if args.workers is None
+                           else args.workers,
+                           archive_shard_records=args.archive_shard_records,
+                           archive_group_shards=args.archive_group_shards)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     with progress_bar(console, "packing", args.quiet) as bar:
-        result = pack_folder(args.data, args.out, opts, val_source=args.val_data, progress=bar)
+        result = pack_folder(args.data, args.out, opts, val_source=args.val_data,
+                             val_labels=args.val_labels, progress=bar,
+                             process_index=args.process_id, process_count=args.num_processes)
     console.print(render.render_pack(result))
     return 0
 
@@ -224,7 +284,7 @@ def _train_request(args, console, argv: list[str]):
         plan_request=PlanRequest(epochs=args.epochs, per_device_batch=args.batch,
                                  decode_threads=args.threads, read_mode=args.read_mode,
                                  num_shards=args.shards),
-        val_data=args.val_data, reprobe=args.reprobe,
+        val_data=args.val_data, val_labels=args.val_labels, reprobe=args.reprobe,
         budget_bytes=orchestrate.memory_budget(args.memory_budget),
         partitions=args.partitions, argv=tuple(argv),
         loop_overrides={"on_bad_record": args.on_bad_record,
@@ -328,6 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``autotune`` command. Returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _one_line_archive_warnings()
     from autotune.render import make_console
 
     console = make_console(quiet=False)
@@ -343,18 +404,41 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - known input errors become one line
         from trainers.distributed import ConnectError
         from trainers.pack import PackError
-        from trainers.validation import ValidationLayoutError
+        from trainers.scan import DataFolderError
         from trainers.records import RecordError
 
         from autotune.orchestrate import SetupError
 
-        if isinstance(exc, (PackError, ValidationLayoutError, RecordError, FileNotFoundError,
+        # DataFolderError covers trainers.validation.ValidationLayoutError and
+        # trainers.sources.SourceError: every bad --data / --val-data / --val-labels.
+        if isinstance(exc, (PackError, DataFolderError, RecordError, FileNotFoundError,
                             ConnectError, SetupError)):
             return _fail(args.command, exc, EXIT_USAGE)
         from trainers.distributed import leave_on_error
 
         leave_on_error(exc, 1, print_traceback=True)  # multi-host: peers told, exit now
         raise
+
+
+def _one_line_archive_warnings() -> None:
+    """A damaged archive that ended early (``trainers.pack.ArchiveEndedEarly``) is
+    reported as one line on stderr (the pack table repeats it)."""
+    import warnings
+
+    from trainers.pack import ArchiveEndedEarly
+
+    shown = warnings.showwarning
+    if getattr(shown, "one_line_archive", False):
+        return
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ArchiveEndedEarly):
+            print(f"autotune: warning: {message}", file=sys.stderr)
+        else:
+            shown(message, category, filename, lineno, file, line)
+
+    show.one_line_archive = True
+    warnings.showwarning = show
 
 
 def _fail(command: str, exc: BaseException, code: int) -> int:

@@ -45,7 +45,9 @@ class TrainRequest:
       preset: the preset record.
       results_root: where run folders go.
       plan_request: the user's overrides for the planner.
-      val_data: a separate validation folder.
+      val_data: a separate validation input (folder, ``ILSVRC2012_img_val.tar``, the
+        Kaggle folder or zip).
+      val_labels: its label file (default: looked for beside it).
       reprobe: probe even when a fresh probe exists.
       budget_bytes: per-device memory budget (bytes) or None.
       partitions: data partitions (see ``trainers.input_pipeline``).
@@ -59,6 +61,7 @@ class TrainRequest:
     results_root: Path
     plan_request: PlanRequest
     val_data: str | None = None
+    val_labels: str | None = None
     reprobe: bool = False
     budget_bytes: int | None = None
     partitions: int | None = None
@@ -125,22 +128,26 @@ def memory_budget(text: str | None) -> int | None:
 
 
 def resolve_data(data: str | None, progress: Progress) -> str:
-    """The absolute training folder, checked (class folders present, none empty) before
-    minutes of probing; with no ``data``, the built-in synthetic data set (generated
-    once into the cache).
+    """The absolute training input, checked (its kind detected, class folders present,
+    none empty, an archive readable: ``trainers.sources.open_source``) before minutes
+    of probing; with no ``data``, the built-in synthetic data set (generated once into
+    the cache).
 
     Raises:
-      SetupError: not a folder, or not an ImageNet-layout folder (names why).
+      SetupError: missing, not a readable input kind (names the path and why).
     """
     if data:
-        from trainers.pack import PackError, scan_image_folder
+        from trainers.sources import open_source
+        from trainers.scan import DataFolderError
 
         path = Path(data).expanduser()
-        if not path.is_dir():
-            raise SetupError(f"--data {data}: no such folder (expected <root>/<wnid>/*.JPEG)")
+        if not path.exists():
+            raise SetupError(f"--data {data}: no such folder or archive (expected "
+                             f"<root>/<wnid>/*.JPEG, a tar of per-class tars or the Kaggle "
+                             f"folder or zip)")
         try:
-            scan_image_folder(path)
-        except PackError as exc:
+            open_source(path)
+        except DataFolderError as exc:
             raise SetupError(f"--data {data}: {exc}") from None
         return str(path.resolve())
     from trainers.synthetic import ensure_synthetic_dataset
@@ -264,29 +271,72 @@ def packed_dir_for(data: str, plan: Plan, val_data: str | None) -> Path:
         f"{Path(data).name}-{planner.pack_cache_key(plan, data, val_data)}")
 
 
-def pack_for_plan(data: str, plan: Plan, progress: Progress, val_data: str | None = None
-                  ) -> tuple[str, PackResult]:
+def pack_for_plan(data: str, plan: Plan, progress: Progress, val_data: str | None = None,
+                  val_labels: str | None = None) -> tuple[str, PackResult]:
     """Pack ``data`` as the plan says into the cache (resumes an interrupted pack,
-    reuses a finished one, replaces one of an older state of ``data``). On several
-    hosts process 0 packs first; on a shared file system the others then find it
-    finished, on node-local disks each packs the same shards itself."""
+    reuses a finished one, replaces one of an older state of ``data``).
+
+    On several hosts: when every host sees the cache folder (a shared file system,
+    :func:`_shared_folder`), process 0 prepares it, every process packs its share of
+    the shards (``trainers.pack.pack_folder(process_index=, process_count=)``: the
+    result is byte-identical to a one-host pack) and the last to finish writes the
+    metadata. Otherwise process 0 packs first and each other host then packs the same
+    shards on its own disk."""
     import jax
 
-    from trainers.pack import pack_folder
+    from trainers.pack import pack_folder, load_pack_result, prepare_pack
 
     packed = str(packed_dir_for(data, plan, val_data))
+    opts = planner.pack_options(plan, separate_val=bool(val_data))
+    kw = dict(val_source=val_data, val_labels=val_labels)
 
-    def pack():
-        return pack_folder(data, packed, planner.pack_options(plan, separate_val=bool(val_data)),
-                           val_source=val_data, progress=progress, replace_stale=True)
+    def pack(**share):
+        return pack_folder(data, packed, opts, progress=progress, replace_stale=not share,
+                           **kw, **share)
 
     if jax.process_count() == 1:
         return packed, pack()
     from jax.experimental import multihost_utils
 
-    result = pack() if jax.process_index() == 0 else None
-    multihost_utils.sync_global_devices("autotune: packed")
-    return packed, result or pack()
+    sync = multihost_utils.sync_global_devices
+    if not _shared_folder(Path(packed)):
+        result = pack() if jax.process_index() == 0 else None
+        sync("autotune: packed")
+        return packed, result or pack()
+    if jax.process_index() == 0:
+        prepare_pack(data, packed, opts, replace_stale=True, **kw)
+    sync("autotune: pack folder ready")
+    result = pack(process_index=jax.process_index(), process_count=jax.process_count())
+    sync("autotune: shards packed")
+    if not result.complete and jax.process_index() == 0:
+        result = pack()  # every shard is there: writes the metadata, reads nothing
+    sync("autotune: packed")
+    return packed, result if result.complete else load_pack_result(packed)
+
+
+def _shared_folder(folder: Path) -> bool:
+    """Whether every process sees ``folder`` as the same folder: process 0 writes a
+    file with a fresh token there, every process looks for it (a collective: every
+    process calls it at the same point)."""
+    import secrets
+
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    from trainers.distributed import broadcast_text
+
+    token = broadcast_text(secrets.token_hex(8) if jax.process_index() == 0 else "", 64)
+    folder.mkdir(parents=True, exist_ok=True)
+    mark = folder / f".shared-{token}"
+    if jax.process_index() == 0:
+        mark.write_text(token)
+    multihost_utils.sync_global_devices("autotune: shared folder written")
+    seen = np.asarray(multihost_utils.process_allgather(np.int32(mark.is_file())))
+    multihost_utils.sync_global_devices("autotune: shared folder checked")
+    if jax.process_index() == 0:
+        mark.unlink(missing_ok=True)
+    return bool(seen.all())
 
 
 # ---------------------------------------------------------------- multi-host
@@ -377,7 +427,8 @@ def new_session(req: TrainRequest, *, say: Say, show: Show, progress: Progress) 
     if primary:
         plan.save(run / results.PLAN)
     show(plan)
-    packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data)
+    packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data,
+                                          req.val_labels)
     if primary:
         pack_result.save(run / results.PACK)
         results.save_json(run / results.BAD_IMAGES, [b.to_dict() for b in pack_result.bad_images])

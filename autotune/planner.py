@@ -48,6 +48,9 @@ step-down (:func:`step_down`). The rules:
   builds a whole batch, so fewer would idle threads), within 5% of RAM; 2 batches on
   the device (double buffering).
 * **Pack threads** (:func:`choose_pack_threads`): the probe's usable cores.
+* **Pack worker processes** (:func:`choose_pack_workers`): one per usable core when
+  the decode probe's threads stop scaling before the cores run out (the pack's checks,
+  resizes and serialisation hold the GIL between decodes), else none (threads).
 * **Bottleneck** (:func:`predict_throughput`): the slowest of compute, decode and
   (when the data set does not fit in the page cache) disk.
 * **Out of memory** (:func:`step_down`): the next smaller per-device batch and the
@@ -162,6 +165,8 @@ class Plan(Record):
     :func:`pack_options`): ``shuffle_window`` is the window used when reading
     sequentially (filled in either mode), ``cache_decoded`` is already off when
     ``decode_workers`` decode, ``pack_threads`` are the threads of the pack step,
+    ``pack_workers`` its worker processes (0: threads only),
+    ``archive_shard_records`` the records per shard of a streamed archive,
     ``resize_speedup`` is the decode speed-up credited to ``pack_resize`` (1.0
     without it).
     """
@@ -199,6 +204,8 @@ class Plan(Record):
     decode_workers: int = 0
     pack_threads: int = 2
     resize_speedup: float = 1.0
+    pack_workers: int = 0
+    archive_shard_records: int = PackOptions().archive_shard_records
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -586,6 +593,47 @@ def choose_pack_threads(usable_cores: int) -> tuple[int, Decision]:
                                                f"runs alone, before training")
 
 
+def choose_archive_shard_records(num_images: int, num_shards: int,
+                                 streamed: bool) -> tuple[int, Decision | None]:
+    """Records per shard of a streamed archive (a tar, whose length the pack does not
+    know up front, so it cuts shards by record count): the plan's images / its shards,
+    rounded up, so that an archive gives about ``num_shards`` shards as a folder does.
+    ``num_images`` is the probe's estimate for an archive. No decision (None) for other
+    inputs, where the setting is unused."""
+    n = max(1, math.ceil(num_images / max(1, num_shards)))
+    if not streamed:
+        return n, None
+    return n, Decision("archive_shard_records", str(n),
+                       f"about {num_images:,} images (estimated from the archive's bytes) / "
+                       f"{num_shards:,} shards")
+
+
+def choose_pack_workers(usable_cores: int, knee_threads: int, best_images_per_s: float,
+                        ceiling_images_per_s: float) -> tuple[int, Decision]:
+    """Worker processes of the pack step (0: ``pack_threads`` threads of one process).
+
+    The decode probe's thread curve says whether threads of one process scale: when
+    its knee (``knee_threads``) is below ``usable_cores``, the Python work between
+    decodes (header checks, resize, re-encode, serialisation) holds the GIL, and the
+    pack runs one spawned process per usable core instead (the parent only reads and
+    writes). With one core, or threads that scale to every core, processes would only
+    add start-up time and copies of the bytes.
+    """
+    cores = max(1, usable_cores)
+    numbers = (f"decode probe: threads scale to {knee_threads} of {cores} usable cores, "
+               f"{_fmt(best_images_per_s)} img/s at best vs a {_fmt(ceiling_images_per_s)} "
+               f"img/s ceiling")
+    if cores == 1:
+        return 0, Decision("pack_workers", "0", f"one usable core: threads of one process "
+                                                f"({numbers})")
+    if knee_threads >= cores:
+        return 0, Decision("pack_workers", "0", f"threads scale to every core ({numbers}): "
+                                                f"no worker processes needed")
+    return cores, Decision("pack_workers", str(cores),
+                           f"one worker process per usable core: the pack's checks, resizes "
+                           f"and serialisation hold the GIL between decodes ({numbers})")
+
+
 def predict_throughput(*, step_ips: float, decode_ips: float, disk_ips: float | None,
                        cache_decoded: bool,
                        cached_ips: float | None = None) -> tuple[str, float, Decision]:
@@ -723,6 +771,14 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     dec.append(why)
     pack_threads, why = choose_pack_threads(report.decode.usable_cores)
     dec.append(why)
+    shard_records, why = choose_archive_shard_records(
+        report.dataset.num_images, s.shards, getattr(report.dataset, "estimated", False))
+    dec += [why] if why else []
+    best = max((pt.images_per_s for pt in report.decode.points), default=0.0)
+    pack_workers, why = choose_pack_workers(report.decode.usable_cores,
+                                            report.decode.knee_threads, best,
+                                            report.decode.ceiling_images_per_s)
+    dec.append(why)
     bottleneck, predicted, why = predict_throughput(
         step_ips=p.step_ips, decode_ips=p.decode_ips, disk_ips=s.disk_ips,
         cache_decoded=p.cache, cached_ips=p.cached_ips)
@@ -739,7 +795,8 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         random_read_images_per_s=s.rand_ips, sequential_read_images_per_s=s.seq_ips,
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
         bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes_at(report, batch),
-        decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup)
+        decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup,
+        pack_workers=pack_workers, archive_shard_records=shard_records)
 
 
 # ---------------------------------------------------------------- plan -> trainer
@@ -772,13 +829,16 @@ def loop_options(plan: Plan, **overrides: Any) -> LoopOptions:
 
 def pack_options(plan: Plan, *, separate_val: bool = False,
                  pack_threads: int | None = None) -> PackOptions:
-    """The :class:`trainers.options.PackOptions` of ``plan``: its shards, resize and
-    pack threads (``pack_threads`` overrides them); no held-out fraction when a
-    separate validation folder is packed (``separate_val``)."""
+    """The :class:`trainers.options.PackOptions` of ``plan``: its shards (records per
+    shard of an archive), resize, pack threads (``pack_threads`` overrides them) and
+    worker processes; no held-out
+    fraction when a separate validation input is packed (``separate_val``)."""
     return PackOptions(num_shards=plan.num_shards,
                        val_fraction=0.0 if separate_val else plan.val_fraction,
                        resize_shorter=plan.pack_resize,
-                       pack_threads=pack_threads or plan.pack_threads)
+                       pack_threads=pack_threads or plan.pack_threads,
+                       pack_workers=plan.pack_workers,
+                       archive_shard_records=plan.archive_shard_records)
 
 
 def pack_cache_key(plan: Plan, data: str, val_data: str | None = None) -> str:

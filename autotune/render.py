@@ -239,8 +239,11 @@ def render_probe(report) -> Group:
     ran with ``--stall``."""
     ds, acc = report.dataset, report.accelerator
     parts: list[Any] = [_host_table(report), kv_table("Data set", [
-        ("folder", ds.path),
-        ("images", f"{ds.num_images:,} in {ds.num_classes:,} classes"),
+        ("input", ds.path + (f" ({ds.kind})" if getattr(ds, "kind", "") else "")),
+        ("images", ("about " if getattr(ds, "estimated", False) else "")
+                   + f"{ds.num_images:,} in {ds.num_classes:,} classes"
+                   + (" (estimated from the archive's bytes)"
+                      if getattr(ds, "estimated", False) else "")),
         ("size", f"{fmt_bytes(ds.total_bytes)} (median file {fmt_bytes(ds.median_bytes)})"),
     ])]
     if report.disk is not None:
@@ -282,9 +285,25 @@ def render_plan(plan) -> Group:
 def render_pack(result) -> Table:
     """A ``trainers.summaries.PackResult``: counts, bytes (and the share the pack-time
     resize saved, :func:`autotune.runs.pack_saved_fraction`), time, skipped files."""
-    rows = [("output", result.out_dir),
-            ("images", f"{result.input_images:,} in = {result.packed:,} packed + "
-                       f"{result.skipped:,} skipped"),
+    kind = getattr(result, "kind", "")
+    rows = [("input", f"{result.source}" + (f" ({kind})" if kind else "")),
+            ("output", result.out_dir)]
+    if getattr(result, "val_source", None):
+        rows.append(("validation input", result.val_source))
+    if not getattr(result, "complete", True):
+        return kv_table("Pack (this process's shards)", rows + [
+            ("images", f"{result.input_images:,} read, {result.packed:,} packed + "
+                       f"{result.skipped:,} skipped here"),
+            ("status", "other processes are still packing; the last one to finish writes "
+                       "the data set's metadata (or run `autotune pack` again without "
+                       "--process-id once all have finished)")])
+    names = result.class_names
+    words = [w for w in getattr(result, "class_words", ()) if w]
+    rows.append(("classes", f"{len(names):,}" + (
+        f": {result.class_label(0)} ... {result.class_label(len(names) - 1)}"
+        if words else f": {names[0]} ... {names[-1]}" if names else "")))
+    rows += [("images", f"{result.input_images:,} in = {result.packed:,} packed + "
+                        f"{result.skipped:,} skipped"),
             ("splits", ", ".join(f"{s.name} {s.num_examples:,} in {len(s.shard_lengths)} shards"
                                  for s in result.splits)),
             ("bytes", f"{fmt_bytes(result.bytes_in)} in -> {fmt_bytes(result.bytes_out)} stored"
@@ -295,6 +314,8 @@ def render_pack(result) -> Table:
                          if result.resize_shorter else "")),
             ("time", fmt_secs(result.seconds) + (f", {result.resumed_shards} shards kept from an "
                                                  f"interrupted run" if result.resumed_shards else ""))]
+    for line in getattr(result, "stopped", ()):
+        rows.append(("ended early", line))
     for b in result.bad_images[:10]:
         rows.append(("skipped", f"{b.path}: {b.reason}"))
     if len(result.bad_images) > 10:

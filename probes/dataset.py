@@ -1,5 +1,6 @@
 """The data set at a glance: how many images, how many bytes (for the disk probe's
-test-file size and the planner's shard size and page-cache rule)."""
+test-file size and the planner's shard size and page-cache rule), for every input
+kind ``trainers.sources`` reads."""
 
 from __future__ import annotations
 
@@ -9,25 +10,46 @@ import statistics
 from pathlib import Path
 
 from probes.records import DatasetStats
-from trainers import scan
+from trainers import scan, sources
 
 
 def dataset_stats(root: str | os.PathLike, *, sample: int = 2000, seed: int = 0) -> DatasetStats:
-    """Count the images of an ImageNet-layout folder (the one scanner,
-    ``trainers.scan``, images only) and estimate their bytes from a sample of
-    ``sample`` file sizes.
+    """Count the images of the training input ``root`` and estimate their bytes.
+
+    Class folders (also the Kaggle folder's): the one scanner (``trainers.scan``,
+    images only), bytes from a sample of ``sample`` file sizes. A zip: every image
+    member, sizes from its central directory. A tar of per-class tars: the classes
+    and bytes from its member headers (``trainers.sources.list_tar``: seeks on an
+    uncompressed tar, a full decompression of a ``.tar.gz``), the image count
+    estimated from the bytes of the first images (``estimated=True``).
 
     Raises:
-      trainers.scan.DataFolderError (a ValueError): missing folder, no class folders,
-        an empty class folder.
+      trainers.scan.DataFolderError (a ValueError; ``trainers.sources.SourceError``):
+        missing input, no class folders, an empty class folder, not an archive, an
+        unknown layout.
     """
-    root = Path(root)
-    classes, items = scan.scan_class_folders(root, images_only=True)
-    files = [path for path, _ in items]
-    pick = files if len(files) <= sample else random.Random(seed).sample(files, sample)
-    sizes = [os.stat(f).st_size for f in pick]
+    src = sources.open_source(root)
+    if src.kind in (sources.KIND_FOLDERS, sources.KIND_KAGGLE):
+        classes, items = scan.scan_class_folders(src.path, images_only=True)
+        files = [path for path, _ in items]
+        pick = files if len(files) <= sample else random.Random(seed).sample(files, sample)
+        sizes = [os.stat(f).st_size for f in pick]
+        count, estimated = len(files), False
+    elif src.items is not None:
+        import zipfile
+
+        with zipfile.ZipFile(src.zip_path) as zf:
+            sizes = [zf.getinfo(k[len(src.zip_path) + 1:]).file_size for k, _ in src.items
+                     if scan.is_image_name(os.path.basename(k))]
+        count, estimated = len(sizes), False
+    else:
+        sizes = [len(d) for _, d in sources.sample_members(root, min(sample, 64), seed)]
+        _, tar_bytes = sources.image_count(src)
+        count, estimated = max(1, round(tar_bytes / (statistics.fmean(sizes) + 768))), True
+    if not sizes:
+        raise sources.SourceError(f"no image files ({', '.join(scan.IMAGE_SUFFIXES)}) in {root}")
     mean = statistics.fmean(sizes)
-    return DatasetStats(path=str(root), num_classes=len(classes), num_images=len(files),
-                        total_bytes=int(round(mean * len(files))),
+    return DatasetStats(path=str(Path(root)), num_classes=len(src.class_names),
+                        num_images=count, total_bytes=int(round(mean * count)),
                         median_bytes=int(statistics.median(sizes)), mean_bytes=mean,
-                        sampled=len(pick))
+                        sampled=len(sizes), kind=src.kind, estimated=estimated)

@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from probes.records import DecodePoint, DecodeReport, DecodeVariant
-from trainers import options, pack, preprocess, scan
+from trainers import options, pack, preprocess, sources
 from trainers.options import PackOptions
 
 
@@ -165,14 +165,15 @@ def time_variant(inputs: Sequence, cached: bool, cfg: preprocess.AugmentConfig,
     return tuple(points)
 
 
-def _load_sample(files: Sequence[Path], quality: int
+def _load_sample(files: Sequence[tuple[str, bytes | None]], quality: int
                  ) -> tuple[list[bytes], list[bytes], list[str], list[tuple[int, int]]]:
-    """(file bytes, bytes as packed, ``"path: reason"`` of the bad ones, (width,
-    height) of each good one)."""
+    """``files``: ``(path or archive key, bytes or None to read the path)``. Returns
+    (file bytes, bytes as packed, ``"path: reason"`` of the bad ones, (width, height)
+    of each good one)."""
     originals, stored, bad, dims = [], [], [], []
-    for f in files:
+    for f, data in files:
         try:
-            data = f.read_bytes()
+            data = Path(f).read_bytes() if data is None else data
             h, w = preprocess.image_header(data)
             packed = pack.packed_bytes(data, None, quality)  # decodes it fully
         except (OSError, preprocess.BadImageError) as exc:
@@ -228,7 +229,9 @@ def probe_decode(data_path: str | os.PathLike, *, image_size: int = 224,
     (see the module docstring).
 
     Args:
-      data_path: image folder (ImageNet layout or flat).
+      data_path: the training input, any kind ``trainers.sources`` reads (a class-
+        folder tree, a tar of per-class tars: images from its first inner tars only,
+        the Kaggle folder or zip).
       image_size: output side of the training preprocessing (pixels).
       min_crop_scale: smallest random-resized-crop area fraction.
       sample: images read into memory and cycled through.
@@ -245,11 +248,12 @@ def probe_decode(data_path: str | os.PathLike, *, image_size: int = 224,
       of getting the images.
 
     Raises:
-      trainers.scan.DataFolderError (a ValueError): no folder, or no image file in it.
+      trainers.scan.DataFolderError (a ValueError): no input, not a readable kind, or
+        no image file in it.
       ValueError: no decodable image in the sample.
     """
-    files = ([Path(f) for f in files] if files is not None
-             else scan.sample_images(data_path, sample))
+    files = ([(str(f), None) for f in files] if files is not None
+             else sources.sample_members(data_path, sample))
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     max_threads = max_threads or 2 * cores
     cfg = preprocess.AugmentConfig(image_size=image_size, min_scale=min_crop_scale)

@@ -549,6 +549,10 @@ class DatasetStats(Record):
         small folders).
       median_bytes / mean_bytes: file size statistics of the sample.
       sampled: files whose size was read.
+      kind: the input kind (``trainers.sources``: class folders, a tar of per-class
+        tars, the Kaggle folder or zip).
+      estimated: ``num_images`` is an estimate (a streamed archive: its bytes / the
+        sample's mean image bytes), not a count.
     """
 
     path: str
@@ -558,3 +562,5 @@ class DatasetStats(Record):
     median_bytes: int
     mean_bytes: float
     sampled: int
+    kind: str = ""
+    estimated: bool = False

@@ -729,7 +729,8 @@ def cli_folders(tmp_path_factory):
 
 
 CLI_CASES = [
-    (["pack", "--data", "{r}/a_file", "--out", "{r}/o"], "--data {r}/a_file: no such folder"),
+    (["pack", "--data", "{r}/a_file", "--out", "{r}/o"],
+     "{r}/a_file is not a folder, a zip or a tar archive"),
     (["pack", "--data", "{r}/nope", "--out", "{r}/o"], "--data {r}/nope: no such folder"),
     (["pack", "--data", "{r}/empty_class", "--out", "{r}/o"],
      "class folder {r}/empty_class/n00000005 is empty"),

@@ -11,7 +11,7 @@ import probe_fixtures as pf
 from autotune.planner import (
     Plan, PlanRequest, choose_cache_decoded, choose_decode_threads, choose_decode_workers,
     choose_global_batch, choose_learning_rate, choose_num_shards, choose_pack_resize,
-    choose_pack_threads, choose_per_device_batch, choose_prefetch, choose_read_mode,
+    choose_archive_shard_records, choose_pack_threads, choose_pack_workers, choose_per_device_batch, choose_prefetch, choose_read_mode,
     choose_shuffle_window, decode_rate, decode_thread_cap, fits_page_cache, loop_options,
     make_plan, pack_cache_key, pack_options, pack_resize_side, predict_throughput, read_rates,
     record_bytes_stored, resize_speedup, shard_count, step_bytes_at, stored_pixels,
@@ -390,6 +390,22 @@ def test_shuffle_window_shards_prefetch_and_pack_threads():
     n, d = choose_prefetch(**kw, ram_available=16 * GiB)
     assert n == 2 and "capped at 2" in d.reason
     assert choose_pack_threads(32)[0] == 32 and choose_pack_threads(0)[0] == 1
+
+
+def test_pack_workers_are_processes_when_threads_stop_scaling():
+    # threads stop at 4 of 32 cores: one worker process per core
+    n, d = choose_pack_workers(32, 4, 3000.0, 20000.0)
+    assert n == 32 and d.name == "pack_workers" and "4 of 32" in d.reason
+    # threads scale to every core, or one core: no processes
+    assert choose_pack_workers(8, 8, 8000.0, 8000.0)[0] == 0
+    assert choose_pack_workers(1, 1, 900.0, 900.0)[0] == 0
+
+
+def test_archive_shards_hold_the_plans_share_of_images():
+    n, d = choose_archive_shard_records(1_281_167, 1024, streamed=True)
+    assert n == 1252 and d.name == "archive_shard_records" and "1,024 shards" in d.reason
+    assert choose_archive_shard_records(10, 64, streamed=True)[0] == 1
+    assert choose_archive_shard_records(5000, 16, streamed=False) == (313, None)
 
 
 @pytest.mark.parametrize("kw, bottleneck, predicted", [

@@ -211,3 +211,30 @@ def test_missing_or_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValidationLayoutError, match="no class folders and no images"):
         scan_validation(tmp_path / "empty", CLASSES)
+
+
+@pytest.mark.parametrize("text", [
+    # CSV, no header, wnids, file names with suffix
+    "".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG,{w}\n" for i, w in enumerate(TRUTH)),
+    # TSV with a header, class indices (0-based, sorted train classes), stems
+    "image\tlabel\n" + "".join(f"ILSVRC2012_val_{i + 1:08d}\t{CLASSES.index(w)}\n"
+                                for i, w in enumerate(TRUTH)),
+    # whitespace-separated, rows in any order, a comment
+    "# name label\n" + "".join(f"ILSVRC2012_val_{i + 1:08d}.JPEG   {w}\n"
+                               for i, w in reversed(list(enumerate(TRUTH)))),
+])
+def test_any_mapping_file_labels_a_flat_folder(tmp_path, text):
+    val = flat_folder(tmp_path)
+    labels = tmp_path / "labels.anything"
+    labels.write_text(text)
+    assert labels_of(scan_validation(val, CLASSES, label_file=labels)) == TRUTH
+
+
+def test_a_truncated_archive_takes_devkit_lines_by_image_number():
+    from trainers.validation import label_indices
+
+    names = ["ILSVRC2012_val_00000002.JPEG", "ILSVRC2012_val_00000004.JPEG"]
+    got = label_indices(names, CLASSES, "gt", wnids=TRUTH, truncated=True)
+    assert [CLASSES[i] for i in got] == [TRUTH[1], TRUTH[3]]
+    with pytest.raises(ValidationLayoutError, match="5 labels for 2 images"):
+        label_indices(names, CLASSES, "gt", wnids=TRUTH)

@@ -137,7 +137,18 @@ class PackOptions(Record):
         habit).
       seed: seed of the shuffle that assigns images to shards and of the held-out
         split.
-      pack_threads: decode/verify threads.
+      pack_threads: read/verify/serialize threads of this process (unused when
+        ``pack_workers`` > 0: the worker processes read, verify and serialize).
+      pack_workers: worker processes that read, verify, resize and re-encode (unit:
+        processes; 0: threads of this process only). Processes are started with
+        ``spawn`` and never import JAX; the output bytes do not depend on the count.
+      archive_shard_records: records per shard of a streamed archive input (a tar:
+        its length is unknown until read, so the shard count follows from it).
+      archive_group_shards: shards of a streamed archive written at once: consecutive
+        members are dealt over them (seeded), so each holds members of
+        ``archive_group_shards x archive_shard_records`` consecutive ones (several
+        classes of a tar of per-class tars). A group is the unit of resume and of
+        the split between processes.
 
     Raises:
       ValueError: a value out of range (the message names it and the range).
@@ -149,8 +160,14 @@ class PackOptions(Record):
     quality: int = 90
     seed: int = 0
     pack_threads: int = 2
+    pack_workers: int = 0
+    archive_shard_records: int = 1024
+    archive_group_shards: int = 16
 
     RENAMED = {"threads": "pack_threads"}
+    #: Fields that change how fast a pack runs, never its bytes (left out of its
+    #: fingerprint).
+    EXECUTION_ONLY = ("pack_threads", "pack_workers")
 
     def __post_init__(self):
         if self.num_shards < 1:
@@ -163,6 +180,11 @@ class PackOptions(Record):
             raise ValueError(f"quality ({self.quality}) must be in 1..100")
         if self.pack_threads < 1:
             raise ValueError(f"pack_threads ({self.pack_threads}) must be at least 1")
+        if self.pack_workers < 0:
+            raise ValueError(f"pack_workers ({self.pack_workers}) must be >= 0")
+        if self.archive_shard_records < 1 or self.archive_group_shards < 1:
+            raise ValueError(f"archive_shard_records ({self.archive_shard_records}) and "
+                             f"archive_group_shards ({self.archive_group_shards}) must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -1,31 +1,53 @@
-"""Pack an ImageNet-layout folder of JPEGs into ArrayRecord shards that
+"""Pack training images, as downloaded, into ArrayRecord shards that
 tensorflow-datasets can read.
 
-Input: ``<root>/<wnid>/<file>`` (class index = position of the wnid in sorted order,
-the order tensorflow-datasets ``imagenet2012`` uses). Output: a folder readable with
+Input: anything :func:`trainers.sources.open_source` reads: ``<root>/<wnid>/**/<file>``
+trees, ``ILSVRC2012_img_train.tar`` and ImageNet-21k tars of per-class tars, Kaggle's
+folder or zip; validation also from ``ILSVRC2012_img_val.tar`` or a flat folder with
+labels (class index = position of the wnid in sorted order, the order
+tensorflow-datasets ``imagenet2012`` uses). Output: a folder readable with
 ``tfds.builder_from_directory(out)`` (``dataset_info.json``, ``features.json`` and
 ``autotune_images-<split>.array_record-XXXXX-of-YYYYY`` shards, one serialized
 ``tf.train.Example`` per record with ``image`` (JPEG bytes), ``label`` (int64) and
 ``file_name``), written without TensorFlow.
 
-Nothing is lost: every input file is either packed or listed, with its path and the
+Nothing is lost: every input member is either packed or listed, with its path and the
 reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
 ``input_images == packed + skipped`` always.
 
 Records are serialized deterministically (sorted protobuf map keys), so the same
-inputs and options give byte-identical shards in any process.
+inputs and options give byte-identical shards in any process, with threads or worker
+processes (:class:`_Workers` returns results in input order), and across hosts.
+
+Which member goes to which shard:
+
+* listed inputs (folders, zips): a seeded global shuffle cut into ``num_shards``
+  shards (:func:`_assign`, :func:`_chunks`);
+* archive streams (tars): :func:`stream_shard`, a function of the member's position in
+  the archive: groups of ``archive_group_shards`` shards filled by dealing consecutive
+  members over them. Chosen over a listing pass because a tar can only be read in
+  order (a ``.tar.gz`` cannot seek at all) and over one shard at a time because each
+  shard then mixes the classes of a whole group; the readers' shuffle does the rest.
+
+Several processes (``process_index`` of ``process_count``) write disjoint shards
+(listed) or groups (streamed) of one shared folder; the assignment above does not
+depend on their number, so the union is byte-identical to a one-process pack.
 
 Crash safety: each shard is written to a temporary name and renamed when complete,
 with a sidecar JSON that lists what went into it; the data set's metadata and the
-``pack.json`` summary are written last. A rerun after an interruption keeps the
-complete shards (same inputs and options give the same assignment of images to
-shards) and redoes the rest, so the result is identical to an uninterrupted run.
+``pack.json`` summary are written last (by the process that finds every shard
+complete). A rerun after an interruption keeps the complete shards (same inputs and
+options give the same assignment) and redoes the rest, so the result is identical to
+an uninterrupted run. An archive is re-read from its start on a rerun (streams cannot
+seek), but only the incomplete groups are decoded and written; its fingerprint is its
+path, size and mtime, so resuming never reads a 150 GB tar an extra time.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import io
@@ -36,11 +58,12 @@ import re
 import shutil
 import stat
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 from trainers.records import RecordError, write_text_atomic
-from trainers import preprocess, scan
+from trainers import preprocess, scan, sources
 from trainers.summaries import BadImage, PackResult, SplitSummary
 from trainers.options import PackOptions
 
@@ -113,6 +136,48 @@ def _example_serializer(feats) -> Callable[[dict], bytes]:
     return serialize
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            out.append(b)
+            return bytes(out)
+        out.append(b | 0x80)
+
+
+def _field(number: int, length: int) -> bytes:
+    """The key and length of a length-delimited protobuf field."""
+    return bytes([number << 3 | 2]) + _varint(length)
+
+
+def _ld(number: int, payload: bytes) -> bytes:
+    return _field(number, len(payload)) + payload
+
+
+def example_record(image: bytes, label: int, file_name: str) -> bytes:
+    """One record as the pack stores it: a serialized ``tf.train.Example`` with
+    ``file_name`` (bytes), ``image`` (JPEG bytes) and ``label`` (int64 >= 0), written
+    by hand (protobuf wire format: ``Example.features`` = 1, ``Features.feature`` = 1,
+    a map entry's key = 1 and value = 2, ``Feature.bytes_list`` = 1 /
+    ``int64_list`` = 3 packed, ``value`` = 1) with the map keys sorted: byte-identical
+    to tensorflow-datasets' ``FeaturesDict.serialize_example`` serialized
+    deterministically (:func:`_example_serializer`; the tests compare them), without
+    importing TensorFlow, and with one copy of the image, so that worker processes
+    serialize too."""
+    name_entry = _ld(1, _ld(1, b"file_name") + _ld(2, _ld(1, _ld(1, file_name.encode()))))
+    label_entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
+    values = _field(1, len(image))
+    feature = _field(1, len(values) + len(image))
+    key = _ld(1, b"image")
+    value = _field(2, len(feature) + len(values) + len(image))
+    entry_len = len(key) + len(value) + len(feature) + len(values) + len(image)
+    entry = _field(1, entry_len)
+    total = len(name_entry) + len(entry) + entry_len + len(label_entry)
+    return b"".join((_field(1, total), name_entry, entry, key, value, feature, values, image,
+                     label_entry))
+
+
 def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
                            repeats: int = 3) -> float | None:
     """Full-decode time of ``paths`` as they are / as packed with ``options`` (the
@@ -163,9 +228,9 @@ def packed_bytes(data: bytes, resize_shorter: int | None,
                                       min_width=int(w * factor) + 1)
         return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
                                       quality)
-    img = preprocess.decode_image(data)  # full decode: catches truncation
     if data[:3] == b"\xff\xd8\xff" and _simplejpeg_ok(data):
-        return data
+        return data  # the full decode a reader will do succeeded: catches truncation
+    img = preprocess.decode_image(data)  # Pillow's turn (or the reason it is bad)
     return preprocess.encode_jpeg(img, quality)
 
 
@@ -217,10 +282,13 @@ def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
 
 
 def _simplejpeg_ok(data: bytes) -> bool:
+    """Whether libjpeg-turbo decodes ``data`` to RGB at full size (the decode
+    :func:`trainers.preprocess.decode_image` tries first, so one decode both verifies
+    the bytes and shows that readers never need Pillow for them)."""
     import simplejpeg
 
     try:
-        simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=8)
+        simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
         return True
     except (ValueError, RuntimeError):
         return False
@@ -258,15 +326,27 @@ def _chunks(items: list, n: int) -> list[list]:
     return out
 
 
-def _fingerprint(source: str, items, val_items, options: PackOptions) -> str:
+def _fingerprint(src, val, options: PackOptions) -> str:
+    """16 hex digits naming a pack's inputs and the options that change its bytes:
+    each listed file's path, label, size and mtime (a zip's members by name and
+    label); for an archive its path, size and mtime (and its label file's), so a
+    150 GB tar is never read twice to fingerprint it."""
     h = hashlib.sha256()
-    h.update(json.dumps([FORMAT_VERSION, source, options.to_dict()]).encode())
-    for path, label in list(items) + list(val_items or []):
-        try:
-            st = os.stat(path)
-            h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        except OSError:
-            h.update(f"{path}\0{label}\0missing\n".encode())
+    opts = {k: v for k, v in options.to_dict().items() if k not in PackOptions.EXECUTION_ONLY}
+    h.update(json.dumps([FORMAT_VERSION, src.path, opts]).encode())
+    for s in (src, val):
+        if s is None:
+            continue
+        h.update(f"{s.kind}\0{s.stamp}\0{s.labels_from}\n".encode())
+        for path, label in s.items or ():
+            if s.zip_path is not None:
+                h.update(f"{path}\0{label}\n".encode())
+                continue
+            try:
+                st = os.stat(path)
+                h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            except OSError:
+                h.update(f"{path}\0{label}\0missing\n".encode())
     return h.hexdigest()[:16]
 
 
@@ -295,93 +375,359 @@ def load_pack_result(out_dir: str | os.PathLike) -> PackResult:
 def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
                 options: PackOptions = PackOptions(), *,
                 val_source: str | os.PathLike | None = None,
-                progress: Callable[[int, int, int], None] | None = None,
-                replace_stale: bool = False) -> PackResult:
-    """Pack ``source`` (``<root>/<wnid>/*``) into ArrayRecord shards in ``out_dir``.
+                val_labels: str | os.PathLike | None = None,
+                progress: Callable[[int, int | None, int], None] | None = None,
+                replace_stale: bool = False, process_index: int = 0,
+                process_count: int = 1) -> PackResult:
+    """Pack ``source`` into ArrayRecord shards in ``out_dir``.
 
     Args:
-      source: ImageNet-layout training folder.
+      source: the training input as downloaded: a class-folder tree (images at any
+        depth below ``<wnid>/``), ``ILSVRC2012_img_train.tar``, an ImageNet-21k tar
+        of per-class tars, Kaggle's folder or zip (:func:`trainers.sources.open_source`).
       out_dir: output folder; created; an existing complete pack with the same inputs
         and options is returned as is, an interrupted one is resumed.
-      options: shards, resize, hold-out fraction, threads.
-      val_source: optional separate validation folder in the same layout (its
-        classes must be a subset of the train classes).
-      progress: ``progress(done, total, bad_so_far)`` after each image.
+      options: shards, resize, hold-out fraction, threads, worker processes.
+      val_source: optional separate validation input (class folders, a flat folder or
+        ``ILSVRC2012_img_val.tar`` with labels, the Kaggle folder or zip); its classes
+        must be train classes.
+      val_labels: the validation label file (default: looked for beside it).
+      progress: ``progress(done, total, bad_so_far)`` after each member; ``total`` is
+        None while unknown (archives are streamed).
       replace_stale: when ``out_dir`` holds a complete pack made from other inputs
-        (files added, removed, or with another size or mtime, e.g. after the data
-        set was copied again) or options, delete its files and pack anew instead of
-        raising. For cache folders the tool owns, never for a user's ``--out``.
+        or options, delete its files and pack anew instead of raising. For cache
+        folders the tool owns, never for a user's ``--out``.
+      process_index, process_count: this process's share of a pack run by several
+        processes or hosts on one shared ``out_dir``: shard ``i`` of a listed input
+        (group ``g`` of an archive) is written by process ``i % process_count``. The
+        assignment of members to shards does not depend on ``process_count``, so the
+        result is byte-identical to a one-process pack. The process that finds every
+        shard complete writes the metadata; ``process_count=1`` over the same folder
+        afterwards also finishes it (writing no shard twice).
 
     Returns:
       PackResult (also saved as ``out_dir/pack.json``; skipped files also in
-      ``out_dir/bad_images.json``).
+      ``out_dir/bad_images.json``); with several processes, possibly a partial
+      result (``complete=False``, nothing saved) while others still pack.
 
     Raises:
-      PackError: bad input folder, or no image could be packed.
+      PackError: bad input (missing, empty, not an archive, unknown layout, no class
+        folders), no image could be packed, or a bad process index.
+      trainers.validation.ValidationLayoutError: bad validation input or labels.
       OSError: writing failed (for example the disk is full: ``errno.ENOSPC``); the
         message names the file, the bytes written to it, an estimate of the bytes
         still to write and the bytes free there. Complete shards survive for the
         rerun; the partial shard is deleted.
     """
     t0 = time.perf_counter()
-    source = str(Path(source).resolve())
+    if not 0 <= process_index < process_count:
+        raise PackError(f"process index {process_index} is not in 0..{process_count - 1}")
     out = Path(out_dir)
-    class_names, items = scan_image_folder(source)
-    val_items: list[tuple[str, int]] = []
-    if val_source is not None:
-        from trainers.validation import scan_validation
-
-        val_items = scan_validation(val_source, class_names)
-    fp = _fingerprint(source, items, val_items, options)
-    previous = _open_out_dir(out, fp, replace_stale)
+    src, val, fp, previous = _open_pack(source, out, options, val_source, val_labels,
+                                        replace_stale, clean=process_count == 1)
     if previous is not None:
         return previous
+    shards = _ShardWriter(out, fp, options, progress,
+                          owner=lambda i: i % process_count == process_index)
+    splits = _split_plans(src, val, options)
+    if all(p.chunks is not None for p in splits.values()):
+        shards.total = sum(len(c) for p in splits.values() for c in p.chunks)
+    kept = _every_shard_kept(shards, splits)
+    if kept is not None:  # only the metadata is missing: no archive is read again
+        shards.resumed = kept
+    else:
+        with _Workers(options) as workers:
+            for split, plan in splits.items():
+                if plan.chunks is not None:
+                    shards.write_listed(split, plan, workers)
+            streamed = {s: p for s, p in splits.items() if p.chunks is None}
+            if streamed:
+                shards.write_streamed(streamed, workers)
+    if is_packed(out) and _read_fingerprint(out) == fp:
+        return load_pack_result(out)  # another process finished it meanwhile
+    infos = {s: _split_info(out, fp, s, p) for s, p in splits.items()}
+    if any(i is None for i in infos.values()):
+        return _partial_result(out, src, options, shards, t0)
+    with _finalize_lock(out, force=process_count == 1) as mine:
+        if not mine:
+            return _partial_result(out, src, options, shards, t0)
+        return _finalize(out, src, val, options, splits, infos, shards.resumed, t0)
 
-    train, val = _assign(items, options, has_val_folder=val_source is not None)
+
+def prepare_pack(source: str | os.PathLike, out_dir: str | os.PathLike,
+                 options: PackOptions = PackOptions(), *,
+                 val_source: str | os.PathLike | None = None,
+                 val_labels: str | os.PathLike | None = None,
+                 replace_stale: bool = False) -> PackResult | None:
+    """Make ``out_dir`` ready for :func:`pack_folder` with these arguments, writing no
+    shard: the complete pack already there (returned), else the files of another pack
+    removed (``replace_stale``) and the fingerprint written. One process calls it
+    before several pack their shares into the same folder (``pack_folder(...,
+    process_index=i, process_count=n)``), so that none removes another's files.
+
+    Raises:
+      PackError, trainers.validation.ValidationLayoutError: see :func:`pack_folder`.
+    """
+    return _open_pack(source, Path(out_dir), options, val_source, val_labels,
+                      replace_stale, clean=True)[3]
+
+
+def _open_pack(source, out: Path, options: PackOptions, val_source, val_labels,
+               replace_stale: bool, clean: bool):
+    """``(source, validation source or None, fingerprint, complete pack or None)``."""
+    from trainers.validation import ValidationLayoutError
+
+    src = sources.open_source(source, error=PackError)
+    val = None
     if val_source is not None:
-        val = val_items
-    n_val_shards = max(1, round(options.num_shards * len(val) / max(1, len(train)))) if val else 0
-    plan = [("train", c) for c in _chunks(train, options.num_shards)]
-    plan += [("validation", c) for c in _chunks(val, n_val_shards)] if val else []
-    feats = _features(class_names)
-    shards = _ShardWriter(out, fp, options, _example_serializer(feats), progress,
-                          total=len(items) + len(val_items))
-    shards.write_all(plan)
+        val = sources.open_source(val_source, role="val", class_names=src.class_names,
+                                  label_file=val_labels, error=ValidationLayoutError)
+    fp = _fingerprint(src, val, options)
+    return src, val, fp, _open_out_dir(out, fp, replace_stale, clean=clean)
 
-    packed = sum(r for v in shards.info.values() for r, *_ in v)
-    bad_all = shards.bad
+
+def _every_shard_kept(shards: "_ShardWriter", splits: dict[str, "_SplitPlan"]) -> int | None:
+    """The number of shards (with records) when every shard of every split is
+    complete (sidecar, and the file at its pending or final name with the sidecar's
+    size), else None: a pack whose metadata alone is missing (a killed finish, or the
+    merge step after several processes) is finished without reading its input."""
+    count = 0
+    for split, plan in splits.items():
+        infos = _split_info(shards.out, shards.fp, split, plan)
+        if infos is None:
+            return None
+        if plan.chunks is not None:
+            paths = [_listed_path(shards.out, split, i, len(infos)) for i in range(len(infos))]
+            if any(shards.kept(p) is None for p in paths):
+                return None
+            count += len(paths)
+            continue
+        full = [i for i, info in enumerate(infos) if info["records"]]
+        for k, i in enumerate(full):
+            sizes = {_size(str(_pending_path(shards.out, split, i))),
+                     _size(str(_listed_path(shards.out, split, k, len(full))))}
+            if infos[i]["num_bytes"] not in sizes:
+                return None
+        count += len(full)
+    return count
+
+
+class _SplitPlan:
+    """How one split is written: ``chunks`` (listed input: the items of each shard,
+    decided up front) or ``stream`` (archive input: members dealt to shards as they
+    come, :func:`stream_shard`) with ``select(member)`` choosing the members of this
+    split. ``source`` reads listed items from a zip."""
+
+    def __init__(self, source, chunks=None, stream=None, select=None):
+        self.source, self.chunks, self.stream, self.select = source, chunks, stream, select
+
+
+def _split_plans(src, val, options: PackOptions) -> dict[str, _SplitPlan]:
+    """The train and validation splits of ``src`` (and ``val``): listed inputs are
+    shuffled and cut into shards as before (:func:`_assign`, :func:`_chunks`); a
+    streamed train input holds out members by a seeded hash of their name
+    (:func:`held_out`), since a stream cannot be split per class up front."""
+    plans: dict[str, _SplitPlan] = {}
+    hold = options.val_fraction > 0 and val is None
+    if src.streamed:
+        plans["train"] = _SplitPlan(src, stream=src.stream,
+                                    select=lambda m: not (hold and held_out(m.key, options)))
+        if hold:
+            plans["validation"] = _SplitPlan(src, stream=src.stream,
+                                             select=lambda m: held_out(m.key, options))
+        train_n = None
+    else:
+        train, heldout = _assign(src.items, options, has_val_folder=val is not None)
+        plans["train"] = _SplitPlan(src, chunks=_chunks(train, options.num_shards))
+        if heldout:
+            plans["validation"] = _SplitPlan(src, chunks=_chunks(
+                heldout, _val_shards(options, len(heldout), len(train))))
+        train_n = len(train)
+    if val is not None and val.streamed:
+        plans["validation"] = _SplitPlan(val, stream=val.stream, select=lambda m: True)
+    elif val is not None and val.items:
+        items = list(val.items)
+        plans["validation"] = _SplitPlan(val, chunks=_chunks(
+            items, _val_shards(options, len(items), train_n)))
+    return plans
+
+
+def _val_shards(options: PackOptions, n_val: int, n_train: int | None) -> int:
+    """Validation shards: in proportion to the train split's (1 when its size is not
+    known, for a streamed train input; at least 1)."""
+    if n_train is None:
+        return max(1, -(-n_val // options.archive_shard_records))
+    return max(1, round(options.num_shards * n_val / max(1, n_train)))
+
+
+def held_out(key: str, options: PackOptions) -> bool:
+    """Whether archive member ``key`` (``<archive>!<member>``) is held out for
+    validation: the SHA-256 of the seed and the member's name (not the archive's
+    path), as a fraction of 2**64, is below ``options.val_fraction``."""
+    name = key.split("!", 1)[-1]
+    digest = hashlib.sha256(f"{options.seed}/{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2 ** 64 < options.val_fraction
+
+
+def stream_shard(j: int, split: str, options: PackOptions) -> int:
+    """The shard of the ``j``-th member (0-based, archive order) of a streamed split.
+
+    Members come in groups of ``G x R`` (``archive_group_shards`` x
+    ``archive_shard_records``); group ``g`` fills shards ``g*G .. g*G+G-1``, dealing
+    each round of ``G`` consecutive members over them in a seeded order. A function of
+    ``j``, the split and the options only: any number of processes agree on it, and it
+    needs neither the archive's length nor a listing.
+    """
+    G, R = options.archive_group_shards, options.archive_shard_records
+    g, pos = divmod(j, G * R)
+    rnd, slot = divmod(pos, G)
+    order = list(range(G))
+    random.Random(f"{options.seed}/{split}/{g}/{rnd}").shuffle(order)
+    return g * G + order[slot]
+
+
+def _partial_result(out: Path, src, options: PackOptions, shards: "_ShardWriter",
+                    t0: float) -> PackResult:
+    """What this process wrote when others still pack (not saved)."""
+    return PackResult(out_dir=str(out), source=src.path, class_names=src.class_names,
+                      input_images=shards.done, packed=shards.records,
+                      skipped=len(shards.bad), bad_images=tuple(shards.bad), splits=(),
+                      bytes_in=0, bytes_out=0, resize_shorter=options.resize_shorter,
+                      options=options, seconds=time.perf_counter() - t0,
+                      resumed_shards=shards.resumed, kind=src.kind, complete=False)
+
+
+@contextlib.contextmanager
+def _finalize_lock(out: Path, force: bool):
+    """Yields True when this process may write the data set's metadata: it created
+    ``.finalize.lock`` (removed after); ``force`` (a one-process run) takes over a
+    lock a killed process left."""
+    lock = out / ".finalize.lock"
+    if force:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+    try:
+        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+
+
+def _split_info(out: Path, fp: str, split: str, plan: _SplitPlan) -> list[dict] | None:
+    """The sidecars of every shard of ``split`` in shard order, or None while one is
+    missing (another process still writes it). A streamed split also needs its
+    stream marker (how many members, where a damaged archive stopped)."""
+    if plan.chunks is not None:
+        n = len(plan.chunks)
+        paths = [_listed_path(out, split, i, n) for i in range(n)]
+    else:
+        marker = _read_sidecar(_marker_path(out, split))
+        if marker is None or marker.get("fingerprint") != fp:
+            return None
+        paths = [_pending_path(out, split, i) for i in range(marker["shards"])]
+    infos = []
+    for path in paths:
+        info = _read_sidecar(_sidecar(path))
+        if info is None or info.get("fingerprint") != fp:
+            return None
+        infos.append(info)
+    return infos
+
+
+def _finalize(out: Path, src, val, options: PackOptions, splits: dict[str, _SplitPlan],
+              infos: dict[str, list[dict]], resumed: int, t0: float) -> PackResult:
+    """Every shard is complete: name a streamed split's non-empty shards
+    ``-XXXXX-of-YYYYY``, write the tfds metadata, ``bad_images.json`` and, last,
+    ``pack.json``."""
+    summaries, bad, stopped = [], [], []
+    for split, plan in splits.items():
+        kept = infos[split]
+        if plan.chunks is None:
+            kept = _name_streamed_shards(out, split, kept)
+            marker = _read_sidecar(_marker_path(out, split))
+            if marker.get("stopped") and marker["stopped"] not in stopped:
+                stopped.append(marker["stopped"])
+        bad += [BadImage(**b) for i in infos[split] for b in i["bad"]]
+        if kept:
+            summaries.append(SplitSummary(name=split, num_examples=sum(i["records"] for i in kept),
+                                          shard_lengths=tuple(i["records"] for i in kept),
+                                          num_bytes=sum(i["num_bytes"] for i in kept)))
+    packed = sum(s.num_examples for s in summaries)
     if packed == 0:
-        raise PackError(f"no image in {source} could be packed; {len(bad_all)} files skipped, "
-                        f"first: {bad_all[0].path}: {bad_all[0].reason}" if bad_all else
-                        f"no image in {source} could be packed")
-    splits = tuple(SplitSummary(name=s, num_examples=sum(r for r, *_ in v),
-                                shard_lengths=tuple(r for r, *_ in v),
-                                num_bytes=sum(b for _, b, *_ in v))
-                   for s, v in shards.info.items() if v)
+        raise PackError((f"{stopped[0]}; " if stopped else "") + (
+            f"no image in {src.path} could be packed; {len(bad)} files skipped, "
+            f"first: {bad[0].path}: {bad[0].reason}" if bad else
+            f"no image in {src.path} could be packed"))
+    for line in stopped:  # the table repeats it; one line on the CLI
+        warnings.warn(line, ArchiveEndedEarly, stacklevel=3)
+    feats = _features(src.class_names)
     with _writing(out / "dataset_info.json", out):
-        _write_tfds_metadata(out, feats, splits)
+        _write_tfds_metadata(out, feats, summaries)
+    every = [i for v in infos.values() for i in v]
+    first = [k for k, _ in (src.items or [])[:32] if os.path.isfile(k)]
     result = PackResult(
-        out_dir=str(out), source=source, class_names=class_names, input_images=shards.total,
-        packed=packed, skipped=len(bad_all), bad_images=tuple(bad_all), splits=splits,
-        bytes_in=sum(x[2] for v in shards.info.values() for x in v),
-        bytes_out=sum(x[3] for v in shards.info.values() for x in v),
+        out_dir=str(out), source=src.path, class_names=src.class_names,
+        input_images=sum(i["records"] + len(i["bad"]) for i in every), packed=packed,
+        skipped=len(bad), bad_images=tuple(bad), splits=tuple(summaries),
+        bytes_in=sum(i["bytes_in"] for i in every), bytes_out=sum(i["bytes_out"] for i in every),
         resize_shorter=options.resize_shorter, options=options,
-        seconds=time.perf_counter() - t0, resumed_shards=shards.resumed,
-        decode_speedup=(measure_decode_speedup([p for p, _ in train[:32]], options)
-                        if options.resize_shorter else None))
+        seconds=time.perf_counter() - t0, resumed_shards=resumed,
+        decode_speedup=(measure_decode_speedup(first, options)
+                        if options.resize_shorter and first else None),
+        kind=src.kind + (f" + {val.kind}" if val is not None else "") + (
+            f" (labels from {val.labels_from})" if val is not None and val.labels_from else ""),
+        class_words=src.class_words, stopped=tuple(stopped),
+        val_source=val.path if val is not None else None)
     assert result.input_images == result.packed + result.skipped, result
     with _writing(out / "bad_images.json", out):
         write_text_atomic(out / "bad_images.json",
-                          json.dumps([b.to_dict() for b in bad_all], indent=1) + "\n")
+                          json.dumps([b.to_dict() for b in bad], indent=1) + "\n")
     with _writing(out / PACK_SUMMARY, out):
         result.save(out / PACK_SUMMARY)  # last: its presence marks the pack complete
     return result
 
 
-def _open_out_dir(out: Path, fp: str, replace_stale: bool) -> PackResult | None:
+def _name_streamed_shards(out: Path, split: str, infos: list[dict]) -> list[dict]:
+    """Rename the non-empty shards of a streamed split to their final names (numbered
+    in shard order, empty ones left out) and return their sidecars. Safe to repeat
+    after an interruption: a shard already renamed is left as it is."""
+    kept = [(i, info) for i, info in enumerate(infos) if info["records"] > 0]
+    for k, (i, _) in enumerate(kept):
+        pending = _pending_path(out, split, i)
+        if pending.is_file():
+            os.replace(pending, _listed_path(out, split, k, len(kept)))
+    return [info for _, info in kept]
+
+
+def _listed_path(out: Path, split: str, i: int, n: int) -> Path:
+    return out / f"{DATASET_NAME}-{split}.array_record-{i:05d}-of-{n:05d}"
+
+
+def _pending_path(out: Path, split: str, i: int) -> Path:
+    """A streamed split's shard before the count is known (renamed at the end)."""
+    return out / f"{DATASET_NAME}-{split}.shard-{i:05d}"
+
+
+def _marker_path(out: Path, split: str) -> Path:
+    return out / f"{DATASET_NAME}-{split}.stream.json"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def _open_out_dir(out: Path, fp: str, replace_stale: bool, clean: bool = True
+                  ) -> PackResult | None:
     """Make ``out`` ready for the pack with fingerprint ``fp``: returns the complete
     pack already there when it has that fingerprint; else removes what another pack
-    (``replace_stale``) or an interrupted run left, and writes the fingerprint.
+    (``replace_stale``) or an interrupted run left (partial files only when ``clean``:
+    with several processes another one may be writing them), and writes the
+    fingerprint.
 
     Raises:
       PackError: ``out`` holds a complete different pack and not ``replace_stale``.
@@ -401,111 +747,424 @@ def _open_out_dir(out: Path, fp: str, replace_stale: bool) -> PackResult | None:
         for p in out.iterdir():
             if p.is_file():
                 p.unlink()
-    for p in out.iterdir():  # partial files of an interrupted run (killed mid-write)
+    for p in out.iterdir() if clean else ():  # partial files of a killed run
         if p.is_file() and _TEMP_NAME.fullmatch(p.name):
             with contextlib.suppress(OSError):
                 p.unlink()
-    with _writing(out / "fingerprint.txt", out):
-        write_text_atomic(out / "fingerprint.txt", fp + "\n")
+    if _read_fingerprint(out) != fp:
+        with _writing(out / "fingerprint.txt", out):
+            write_text_atomic(out / "fingerprint.txt", fp + "\n")
     return None
 
 
+def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int | None,
+                   quality: int) -> list[tuple[bytes | None, str | None, int, int]]:
+    """``(record or None, reason if skipped, bytes in, image bytes stored)`` for each
+    job ``(kind, value, label, file name)``: kind ``"path"`` (a file read here),
+    ``"zip"`` (value: ``(zip path, key)``, read here), ``"bytes"`` (from an archive
+    stream) or ``"skip"`` (value: the reason). The record is
+    :func:`example_record`. Runs in a worker thread or a spawned worker process (this
+    module imports no JAX and no TensorFlow at import time)."""
+    out = []
+    for kind, value, label, name in jobs:
+        if kind == "skip":
+            data, reason, nbytes = None, value, 0
+        elif kind == "path":
+            data, reason, nbytes = _prepare(value, resize_shorter, quality)
+        elif kind == "zip":
+            raw, reason = _read_zip_member(*value)
+            data, reason, nbytes = ((None, reason, 0) if raw is None else
+                                    _prepare_data(raw, resize_shorter, quality))
+        else:
+            data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
+        out.append((None, reason, 0, 0) if data is None else
+                   (example_record(data, label, name), None, nbytes, len(data)))
+    return out
+
+
+_ZIPS: dict[str, "object"] = {}
+
+
+def _read_zip_member(zip_path: str, key: str) -> tuple[bytes | None, str | None]:
+    """``(bytes, None)`` of zip member ``key`` (``<zip>!<member>``), or ``(None, why
+    not)``. Each process opens the zip once (its threads share it: ``zipfile``
+    serialises their reads)."""
+    import zipfile
+
+    reason = scan.not_an_image(os.path.basename(key))
+    if reason is not None:
+        return None, reason
+    try:
+        if zip_path not in _ZIPS:
+            _ZIPS[zip_path] = zipfile.ZipFile(zip_path)
+        zf = _ZIPS[zip_path]
+        info = zf.getinfo(key[len(zip_path) + 1:])
+        if info.file_size > MAX_FILE_BYTES:
+            return None, f"file too large ({info.file_size:,} bytes)"
+        return zf.read(info), None
+    except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
+        return None, f"cannot read: {type(exc).__name__}: {exc}"
+
+
+def _prepare_data(data: bytes, resize_shorter: int | None,
+                  quality: int) -> tuple[bytes | None, str | None, int]:
+    """:func:`_prepare` for bytes read from an archive."""
+    try:
+        return packed_bytes(data, resize_shorter, quality), None, len(data)
+    except preprocess.BadImageError as exc:
+        return None, exc.reason, len(data)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - one odd member must not stop the pack
+        return None, f"cannot process: {type(exc).__name__}: {exc}", len(data)
+
+
+class _Workers:
+    """The pack's workers: ``pack_threads`` threads, or ``pack_workers`` spawned
+    processes (``spawn`` re-imports the caller's main module in each: a script that
+    packs with worker processes must do so under ``if __name__ == "__main__":``,
+    the standard rule of Python's multiprocessing). :meth:`ordered` runs jobs in batches with a bounded number in flight
+    (memory stays flat on any input size) and yields the results in job order, so
+    the shards' bytes do not depend on the worker kind or count."""
+
+    def __init__(self, options: PackOptions):
+        self.options = options
+        if options.pack_workers > 0:
+            import multiprocessing
+
+            self.pool = cf.ProcessPoolExecutor(
+                options.pack_workers, mp_context=multiprocessing.get_context("spawn"))
+            self.batch, n = 16, options.pack_workers
+        else:
+            self.pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
+            self.batch, n = 4, options.pack_threads
+        self.window = 4 * max(1, n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def ordered(self, jobs: Iterable[tuple[object, tuple[str, object]]]):
+        """``(meta, result)`` for each ``(meta, job)`` of ``jobs``, in order (see
+        :func:`_prepare_batch` for jobs and results)."""
+        import collections
+
+        pending: collections.deque = collections.deque()
+        metas, batch = [], []
+        opts = self.options
+
+        def submit():
+            pending.append((metas[:], self.pool.submit(
+                _prepare_batch, batch[:], opts.resize_shorter, opts.quality)))
+            metas.clear()
+            batch.clear()
+
+        for meta, job in jobs:
+            metas.append(meta)
+            batch.append(job)
+            if len(batch) >= self.batch:
+                submit()
+                while len(pending) >= self.window:
+                    ms, fut = pending.popleft()
+                    yield from zip(ms, _result(fut))
+        if batch:
+            submit()
+        while pending:
+            ms, fut = pending.popleft()
+            yield from zip(ms, _result(fut))
+
+
+def _result(fut: cf.Future) -> list:
+    """A batch's results; a worker process that died (killed, out of memory) is a
+    :class:`PackError` (complete shards stay for the rerun)."""
+    try:
+        return fut.result()
+    except cf.process.BrokenProcessPool as exc:
+        raise PackError(f"a pack worker process ended abruptly ({exc}); out of memory? The "
+                        f"complete shards are kept: rerun to resume, with fewer --workers if "
+                        f"memory is short") from None
+
+
+class _Shard:
+    """One shard being written to ``path + '.tmp'``: records, bytes, skipped members.
+    The array_record writer opens at the first record (``eager``: at once, so that a
+    listed shard of only bad files still exists, as before)."""
+
+    def __init__(self, path: Path, eager: bool):
+        self.path, self.tmp = path, path.with_name(path.name + ".tmp")
+        self.writer = None
+        self.records = self.bytes_in = self.bytes_out = self.num_bytes = 0
+        self.bad: list[BadImage] = []
+        if eager:
+            self._open()
+
+    def _open(self):
+        from array_record.python.array_record_module import ArrayRecordWriter
+
+        self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1,uncompressed")
+
+    def add(self, key: str, result) -> BadImage | None:
+        """Write one prepared member (:func:`_prepare_batch`), or list it as skipped
+        (returned)."""
+        record, reason, nbytes_in, nbytes_out = result
+        if record is None:
+            self.bad.append(BadImage(path=key, reason=reason or "unknown"))
+            return self.bad[-1]
+        if self.writer is None:
+            self._open()
+        self.writer.write(record)
+        self.records += 1
+        self.bytes_in += nbytes_in
+        self.bytes_out += nbytes_out
+        return None
+
+    def finish(self) -> None:
+        """Close the writer and rename the shard into place (none without records,
+        unless opened eagerly)."""
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            self.num_bytes = self.tmp.stat().st_size
+            os.replace(self.tmp, self.path)
+
+    def write_sidecar(self, out: Path, fp: str) -> dict:
+        """Write the sidecar (after :meth:`finish`: a sidecar vouches for a complete
+        shard); returns it."""
+        info = {"fingerprint": fp, "records": self.records, "num_bytes": self.num_bytes,
+                "bytes_in": self.bytes_in, "bytes_out": self.bytes_out,
+                "bad": [b.to_dict() for b in self.bad]}
+        with _writing(_sidecar(self.path), out):
+            write_text_atomic(_sidecar(self.path), json.dumps(info))
+        return info
+
+    def discard(self) -> None:
+        _discard(self.writer, self.tmp)
+        self.writer = None
+
+
+class _ShardWriteFailed(Exception):
+    """Writing a shard failed (the cause is ``__cause__``)."""
+
+    def __init__(self, shard: _Shard, exc: BaseException):
+        super().__init__(str(exc))
+        self.shard, self.exc = shard, exc
+
+
+def _guarded(shard: _Shard, fn, *args):
+    """``fn(*args)``, with a write failure (array_record raises RuntimeError) raised
+    as :class:`_ShardWriteFailed` naming ``shard``."""
+    try:
+        return fn(*args)
+    except (OSError, RuntimeError) as exc:
+        raise _ShardWriteFailed(shard, exc) from exc
+
+
 class _ShardWriter:
-    """Writes the shards of one pack (or keeps those a previous run completed) and
-    gathers what went into them: ``info[split]`` = ``[(records, num_bytes, bytes_in,
-    bytes_out), ...]`` per shard, ``bad`` (skipped files), ``resumed`` (shards kept)."""
+    """Writes this process's shards of one pack (or keeps those a previous run
+    completed): ``done`` members handled, ``records`` written, ``bad`` skipped,
+    ``resumed`` shards kept; ``owner(i)`` says whether shard ``i`` (listed) or group
+    ``i`` (streamed) is this process's."""
 
     def __init__(self, out: Path, fp: str, options: PackOptions,
-                 serialize: Callable[[dict], bytes],
-                 progress: Callable[[int, int, int], None] | None, total: int):
-        self.out, self.fp, self.options, self.serialize = out, fp, options, serialize
-        self.progress, self.total = progress, total
-        self.done = self.resumed = 0
+                 progress: Callable[[int, int | None, int], None] | None,
+                 owner: Callable[[int], bool]):
+        self.out, self.fp, self.options = out, fp, options
+        self.progress, self.owner = progress, owner
+        self.total: int | None = None
+        self.done = self.resumed = self.records = 0
         self.bad: list[BadImage] = []
-        self.info: dict[str, list[tuple[int, int, int, int]]] = {"train": [], "validation": []}
 
-    def _tick(self) -> None:
+    def tick(self, n: int = 1) -> None:
+        self.done += n
         if self.progress:
             self.progress(self.done, self.total, len(self.bad))
 
-    def write_all(self, plan: list[tuple[str, list[tuple[str, int]]]]) -> None:
-        """Write (or keep) every shard of ``plan`` (``[(split, [(path, label), ...])]``)."""
-        counts = {"train": 0, "validation": 0}
-        pool = cf.ThreadPoolExecutor(max(1, self.options.pack_threads))
+    def kept(self, path: Path) -> dict | None:
+        """The sidecar of a shard a previous run completed, else None. The sidecar is
+        written after the shard's rename, so a shard it describes was complete; the
+        size check catches one damaged since."""
+        info = _read_sidecar(_sidecar(path))
+        if info is None or info.get("fingerprint") != self.fp:
+            return None
+        if info["num_bytes"] == 0 and info["records"] == 0 and not path.exists():
+            return info  # a streamed shard that received no image
+        if not path.is_file() or path.stat().st_size != info["num_bytes"]:
+            return None
+        return info
+
+    def write_listed(self, split: str, plan: _SplitPlan, workers: _Workers) -> None:
+        """Write (or keep) this process's shards of a listed split."""
+        n = len(plan.chunks)
+        todo = []
+        for i, chunk in enumerate(plan.chunks):
+            path = _listed_path(self.out, split, i, n)
+            if not self.owner(i):
+                continue
+            info = self.kept(path)
+            if info is None:
+                todo.append((path, chunk))
+                continue
+            self.bad.extend(BadImage(**b) for b in info["bad"])
+            self.records += info["records"]
+            self.resumed += 1
+            self.tick(len(chunk))
+        self._write_chunks(todo, plan.source, workers)
+
+    def _write_chunks(self, todo: list[tuple[Path, list]], source, workers: _Workers) -> None:
+        """Write the listed shards ``todo`` (``[(path, [(key, label), ...])]``) in
+        order, from one stream of jobs, so that the workers never wait at a shard's
+        end."""
+        def jobs():
+            for k, (_, chunk) in enumerate(todo):
+                for key, label in chunk:
+                    name = os.path.basename(key)
+                    if source.zip_path is None:
+                        yield (k, key), ("path", key, label, name)
+                    else:  # the worker reads the member: reads in parallel
+                        yield (k, key), ("zip", (source.zip_path, key), label, name)
+
+        state = {"k": -1, "shard": None}
+
+        def advance(to: int) -> None:  # close the open shard, open the next, up to ``to``
+            while state["k"] < to:
+                if state["shard"] is not None:
+                    sh = state["shard"]
+                    _guarded(sh, sh.finish)
+                    self.records += sh.write_sidecar(self.out, self.fp)["records"]
+                state["k"] += 1
+                state["shard"] = None
+                if state["k"] < len(todo):
+                    state["shard"] = _Shard(todo[state["k"]][0], eager=False)
+                    _guarded(state["shard"], state["shard"]._open)
+
         try:
-            for shard_no, (split, chunk) in enumerate(plan):
-                idx = counts[split]
-                counts[split] += 1
-                n_split = sum(1 for s, _ in plan if s == split)
-                final = self.out / f"{DATASET_NAME}-{split}.array_record-{idx:05d}-of-{n_split:05d}"
-                if not self._keep(final, split, chunk):
-                    self._write(final, split, chunk, pool, plan[shard_no:])
-        finally:
-            pool.shutdown(wait=True)
-
-    def _keep(self, final: Path, split: str, chunk: list) -> bool:
-        """Keep a shard a previous run completed. The sidecar is written after the
-        shard's rename, so a shard it describes was complete; the size check catches
-        one damaged since."""
-        info = _read_sidecar(final.with_name(final.name + ".json"))
-        if (info is None or info.get("fingerprint") != self.fp or not final.is_file()
-                or final.stat().st_size != info.get("num_bytes")):
-            return False
-        self.bad.extend(BadImage(**b) for b in info["bad"])
-        self.info[split].append((info["records"], info["num_bytes"], info["bytes_in"],
-                                 info["bytes_out"]))
-        self.done += len(chunk)
-        self.resumed += 1
-        self._tick()
-        return True
-
-    def _write(self, final: Path, split: str, chunk: list, pool: cf.Executor,
-               rest: list) -> None:
-        """Write one shard to a temporary name, rename it, then write its sidecar
-        (``rest``: this and the later shards of the plan, sized for the error)."""
-        from array_record.python.array_record_module import ArrayRecordWriter
-
-        tmp = final.with_name(final.name + ".tmp")
-        records = bytes_in = bytes_out = 0
-        bad: list[BadImage] = []
-        writer = None
-        opts = self.options
-        try:
-            writer = ArrayRecordWriter(str(tmp), "group_size:1,uncompressed")
-            results = pool.map(lambda it: _prepare(it[0], opts.resize_shorter, opts.quality),
-                               chunk)
-            for (path, label), (data, reason, nbytes) in zip(chunk, results):
-                self.done += 1
-                if data is None:
-                    bad.append(BadImage(path=path, reason=reason or "unknown"))
-                    self.bad.append(bad[-1])
-                else:
-                    writer.write(self.serialize({
-                        "image": io.BytesIO(data), "label": label,
-                        "file_name": os.path.basename(path)}))
-                    records += 1
-                    bytes_in += nbytes
-                    bytes_out += len(data)
-                self._tick()
-            writer.close()
-            writer = None
-        except (OSError, RuntimeError) as exc:  # array_record raises RuntimeError
-            _discard(writer, tmp)
-            still = sum(_size(p) for _, c in rest for p, _ in c)
+            for (k, key), result in workers.ordered(jobs()):
+                advance(k)
+                sh = state["shard"]
+                if _guarded(sh, sh.add, key, result):
+                    self.bad.append(sh.bad[-1])
+                self.tick()
+            advance(len(todo))
+        except _ShardWriteFailed as failed:
+            sh = failed.shard
+            sh.discard()
+            still = sum(_size(p) for _, c in todo[max(0, state["k"]):] for p, _ in c)
             raise _write_error(
-                exc, tmp, self.out,
-                f"{records} records, {bytes_out:,} bytes of images written to it; about "
-                f"{still:,} bytes still to write (input size of this and the later "
-                f"shards' images)") from exc
-        num_bytes = tmp.stat().st_size
-        os.replace(tmp, final)
-        sidecar = final.with_name(final.name + ".json")
-        with _writing(sidecar, self.out):
-            write_text_atomic(sidecar, json.dumps({
-                "fingerprint": self.fp, "records": records, "num_bytes": num_bytes,
-                "bytes_in": bytes_in, "bytes_out": bytes_out,
-                "bad": [b.to_dict() for b in bad]}))
-        self.info[split].append((records, num_bytes, bytes_in, bytes_out))
+                failed.exc, sh.tmp, self.out,
+                f"{sh.records} records, {sh.bytes_out:,} bytes of images written to it; "
+                f"about {still:,} bytes still to write (input size of this and the later "
+                f"shards' images)") from failed.exc
+
+    def write_streamed(self, plans: dict[str, _SplitPlan], workers: _Workers) -> None:
+        """Write (or keep) this process's groups of the streamed splits; splits that
+        share one stream (train and its held-out members) are written in one pass."""
+        by_source: dict[int, list[tuple[str, _SplitPlan]]] = {}
+        for split, plan in plans.items():
+            by_source.setdefault(id(plan.source), []).append((split, plan))
+        for group in by_source.values():
+            _StreamPass(self, group).run(workers)
+
+
+class _StreamPass:
+    """One pass over an archive stream feeding one or more splits (see
+    :func:`stream_shard`): members of groups this process does not own, or that a
+    previous run completed, are read past; the others go to the workers in order and
+    their shards are written group by group."""
+
+    def __init__(self, shards: _ShardWriter, splits: list[tuple[str, _SplitPlan]]):
+        self.w, self.splits = shards, splits
+        self.source = splits[0][1].source
+        self.count = {s: 0 for s, _ in splits}  # members of each split so far
+        self.wanted: dict[tuple[str, int], bool] = {}
+        self.open: dict[str, tuple[int, dict[int, _Shard]]] = {}
+
+    def _want(self, split: str, g: int) -> bool:
+        """Whether group ``g`` is to be written here (owned and not already complete)."""
+        if (split, g) not in self.wanted:
+            G = self.w.options.archive_group_shards
+            infos = [self.w.kept(_pending_path(self.w.out, split, i))
+                     for i in range(g * G, g * G + G)]
+            done = all(i is not None for i in infos) and self.w.owner(g)
+            if done:
+                self.w.resumed += sum(1 for i in infos if i["records"])
+                self.w.records += sum(i["records"] for i in infos)
+                self.w.bad.extend(BadImage(**b) for i in infos for b in i["bad"])
+            self.wanted[(split, g)] = self.w.owner(g) and not done
+        return self.wanted[(split, g)]
+
+    def _jobs(self, end):
+        opts = self.w.options
+        for m in self.source.stream(end):
+            split = next((s for s, p in self.splits if p.select(m)), self.splits[0][0])
+            j = self.count[split]
+            self.count[split] += 1
+            shard = stream_shard(j, split, opts)
+            if not self._want(split, shard // opts.archive_group_shards):
+                self.w.tick()
+                continue
+            if m.reason is None and m.label < 0:
+                m = dataclasses.replace(m, reason="no label for this file")
+            yield (split, shard, m.key), (("skip", m.reason, m.label, m.name) if m.reason
+                                         else ("bytes", m.data, m.label, m.name))
+
+    def run(self, workers: _Workers) -> None:
+        """Stream, write, then record each split's stream marker."""
+        from trainers.sources import StreamEnd
+
+        end = StreamEnd()
+        try:
+            for (split, shard, key), result in workers.ordered(self._jobs(end)):
+                sh = self._shard(split, shard)
+                if _guarded(sh, sh.add, key, result):
+                    self.w.bad.append(sh.bad[-1])
+                self.w.tick()
+            for split in list(self.open):
+                self._close_group(split)
+        except _ShardWriteFailed as failed:
+            for _, group in self.open.values():
+                for sh in group.values():
+                    sh.discard()
+            raise _write_error(failed.exc, failed.shard.tmp, self.w.out,
+                               f"{failed.shard.records} records written to it; the rest of "
+                               f"{self.source.path} is still to pack") from failed.exc
+        stopped = end.stopped or self.source.note
+        G, R = self.w.options.archive_group_shards, self.w.options.archive_shard_records
+        for split, n in self.count.items():
+            path = _marker_path(self.w.out, split)
+            with _writing(path, self.w.out):
+                write_text_atomic(path, json.dumps({
+                    "fingerprint": self.w.fp, "members": n, "shards": -(-n // (G * R)) * G,
+                    "stopped": stopped}))
+
+    def _shard(self, split: str, shard: int) -> _Shard:
+        """The open shard ``shard`` of ``split``; a new group closes the previous one."""
+        G = self.w.options.archive_group_shards
+        g = shard // G
+        if split in self.open and self.open[split][0] != g:
+            self._close_group(split)
+        group = self.open.setdefault(split, (g, {}))[1]
+        if shard not in group:
+            group[shard] = _Shard(_pending_path(self.w.out, split, shard), eager=False)
+        return group[shard]
+
+    def _close_group(self, split: str) -> None:
+        """Finish every shard of the open group of ``split`` (empty ones get a sidecar
+        saying so) and write their sidecars."""
+        g, group = self.open.pop(split)
+        G = self.w.options.archive_group_shards
+        for i in range(g * G, g * G + G):
+            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), eager=False)
+            _guarded(sh, sh.finish)
+        for i in range(g * G, g * G + G):
+            sh = group.get(i) or _Shard(_pending_path(self.w.out, split, i), eager=False)
+            self.w.records += sh.write_sidecar(self.w.out, self.w.fp)["records"]
+
+
+class ArchiveEndedEarly(UserWarning):
+    """A damaged archive ended early; what was read before is packed (the message
+    names the archive, the member and the byte offset)."""
 
 
 def _read_sidecar(path: Path) -> dict | None:

@@ -1,8 +1,11 @@
 """The one folder scanner: what an image file is, and how an image folder is listed.
 
-Layouts: ``<root>/<class>/<file>`` (ImageNet, one folder per class; class index =
-position of the folder name in sorted order, the order tensorflow-datasets
-``imagenet2012`` uses) or a flat folder of images.
+Layouts: ``<root>/<class>/**/<file>`` (ImageNet, one folder per class, images
+directly in it or at any depth below it, e.g. ``<wnid>/images/*.JPEG`` with a boxes
+file beside the folder; class index = position of the folder name in sorted order,
+the order tensorflow-datasets ``imagenet2012`` uses) or a flat folder of images.
+Below a class folder, files are listed depth first, sorted by name at each level
+(for a class folder without sub-folders: sorted by name).
 
 **An image file** is a directory entry whose name is not hidden or a system file
 (names starting with ``.``: ``.DS_Store``, macOS ``._*`` AppleDouble files; and
@@ -63,6 +66,30 @@ def _entries(folder: str | os.PathLike) -> list[os.DirEntry]:
         return sorted(it, key=lambda e: e.name)
 
 
+#: Deepest folder level listed below a class folder (a guard against link loops).
+MAX_DEPTH = 32
+
+
+def files_below(folder: str | os.PathLike, depth: int = 0) -> list[os.DirEntry]:
+    """Every entry below ``folder`` that is not a folder (files, links, FIFOs...),
+    depth first, sorted by name at each level; folders starting with ``.`` and
+    levels deeper than :data:`MAX_DEPTH` are left out. A sub-folder with nothing in
+    it is listed itself, so that a caller accounting for every entry (the pack) can
+    say why it packs nothing from it.
+
+    Raises:
+      OSError: ``folder`` cannot be listed.
+    """
+    out: list[os.DirEntry] = []
+    for e in _entries(folder):
+        if e.is_dir():
+            if not e.name.startswith(".") and depth < MAX_DEPTH:
+                out.extend(files_below(e.path, depth + 1) or [e])
+        else:
+            out.append(e)
+    return out
+
+
 def list_class_folders(root: str | os.PathLike) -> list[str]:
     """Sorted names of the class folders of ``root`` (sub-folders not starting with
     ``.``); empty when there are none.
@@ -86,7 +113,8 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | None = None, *,
                        images_only: bool = False, error: type[Exception] = DataFolderError,
                        ) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """List ``<root>/<class>/<entry>`` as ``(class_names, [(path, label), ...])``.
+    """List ``<root>/<class>/**/<entry>`` as ``(class_names, [(path, label), ...])``
+    (entries at any depth below the class folder, :func:`files_below`).
 
     Args:
       root: the folder of class folders. Files directly under it are ignored.
@@ -119,9 +147,9 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
     for name in found:
         if name not in index:
             raise error(f"class folder {root / name} is not a train class")
-        entries = _entries(root / name)
+        entries = files_below(root / name)
         if not entries:
-            raise error(f"class folder {root / name} is empty")
+            raise error(f"class folder {root / name} is empty (no file at any depth)")
         items.extend((e.path, index[name]) for e in entries
                      if not images_only or (is_image_name(e.name) and e.is_file()))
     return names, items
@@ -137,7 +165,8 @@ def sample_images(root: str | os.PathLike, n: int, seed: int = 0) -> list[Path]:
     root = Path(root)
     if not root.is_dir():
         raise DataFolderError(f"data folder {root} does not exist")
-    groups = [image_files(root / c) for c in list_class_folders(root)] + [image_files(root)]
+    groups = [[Path(e.path) for e in files_below(root / c) if is_image_name(e.name) and e.is_file()]
+              for c in list_class_folders(root)] + [image_files(root)]
     groups = [g for g in groups if g]
     if not groups:
         raise DataFolderError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")

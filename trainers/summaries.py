@@ -57,6 +57,15 @@ class PackResult(Record):
       resumed_shards: complete shards found and kept from an interrupted run.
       decode_speedup: with a pack-time resize, full decode time of a sample of the
         original files / of the same images as stored (measured, single thread).
+      kind: the detected input kind (``trainers.sources``), with the validation
+        input's after `` + `` when there is one (and the label file it used).
+      class_words: the words of each class ('' when unknown), or () when no words
+        file was found.
+      stopped: where damaged archives ended early (member, byte offset), one line
+        each; what was read before is packed.
+      val_source: the separate validation input, if any.
+      complete: False for the partial result of one of several processes that has
+        written its shards while others are still packing (never saved).
     """
 
     out_dir: str
@@ -74,6 +83,16 @@ class PackResult(Record):
     seconds: float
     resumed_shards: int = 0
     decode_speedup: float | None = None
+    kind: str = ""
+    class_words: tuple[str, ...] = ()
+    stopped: tuple[str, ...] = ()
+    val_source: str | None = None
+    complete: bool = True
+
+    def class_label(self, index: int) -> str:
+        """``wnid (words)`` of class ``index``, or the wnid alone."""
+        words = self.class_words[index] if index < len(self.class_words) else ""
+        return f"{self.class_names[index]} ({words})" if words else self.class_names[index]
 
     @property
     def num_classes(self) -> int:
