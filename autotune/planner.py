@@ -369,16 +369,19 @@ def resize_speedup(resize: int, *, mean_pixels: float, originals_ips: float,
 
 def choose_pack_resize(*, image_size: int, mean_pixels: float, originals_ips: float,
                        step_ips: float, resized_ips: float | None = None,
-                       requested: int | None = None) -> tuple[int | None, float, Decision]:
+                       requested: int | None = None,
+                       eval_image_size: int | None = None) -> tuple[int | None, float, Decision]:
     """The shorter side to store at pack time (None: the original bytes) and the
     decode speed-up credited to it. The side is ``requested`` or
-    :func:`pack_resize_side`; ``resized_ips`` is the probe's best images/s on the
+    :func:`pack_resize_side` of the larger of the training and evaluation sides (an
+    evaluation at 256 px needs a 296 px shorter side for its 0.875 centre crop);
+    ``resized_ips`` is the probe's best images/s on the
     sample stored at that side, if measured. Resize when training at <= 64 px, or when
     the originals' best decode rate is below ``step_ips x DECODE_MARGIN`` and the
     resize decodes faster (:func:`resize_speedup`). Returns ``(resize, speedup,
     decision)``."""
     need = step_ips * DECODE_MARGIN
-    side = requested or pack_resize_side(image_size)
+    side = requested or pack_resize_side(max(image_size, eval_image_size or 0))
     speedup, how = resize_speedup(side, mean_pixels=mean_pixels, originals_ips=originals_ips,
                                   resized_ips=resized_ips)
     if requested is not None:
@@ -681,11 +684,11 @@ def _decode_plan(report: ProbeReport, preset: Preset, request: PlanRequest,
     """Pack resize, decode threads and workers, decoded cache (appends to ``dec``)."""
     d, cpu = report.decode, report.accelerator.backend == "cpu"
     step_ips = report.accelerator.step_rate.images_per_s
-    resized = d.variant(request.pack_resize or pack_resize_side(preset.image_size), False)
+    resized = d.variant(request.pack_resize or pack_resize_side(preset.pack_image_size), False)
     resize, speedup, why = choose_pack_resize(
         image_size=preset.image_size, mean_pixels=d.mean_pixels, originals_ips=originals_rate(d),
         step_ips=step_ips, resized_ips=resized.best_images_per_s if resized else None,
-        requested=request.pack_resize)
+        requested=request.pack_resize, eval_image_size=preset.eval_image_size)
     dec.append(why)
     threads, why = choose_decode_threads(d.points, speedup=speedup, step_ips=step_ips,
                                          cpu_backend=cpu, usable_cores=d.usable_cores,

@@ -103,6 +103,12 @@ class Preset(Record):
     progressive_end_epoch: float = 0.0
     source: str = ""
 
+    @property
+    def pack_image_size(self) -> int:
+        """The side (pixels) stored images must serve: the larger of the training
+        side and the evaluation side."""
+        return max(self.image_size, self.eval_image_size or 0)
+
     def per_device_for(self, devices: int) -> int | None:
         """The fixed per-device batch on ``devices`` devices in all (None: search).
 
