@@ -107,6 +107,8 @@ def test_step_compiles_once_per_size_and_resume_across_a_change_is_exact(
                                 eval_at_end=False)
     assert second.resumed_from_step == spe - 1 and second.steps == ref.steps
     assert second.params_sha256 == ref.params_sha256
+    # Each run compiled each side it met once: 8 | 8 | 8, 12, 16 px.
+    assert [s[2] for s in shapes] == [8, 12, 16, 8, 8, 12, 16], shapes
 
 
 def test_eval_step_averages_the_logits_of_the_image_and_its_mirror():

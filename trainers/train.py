@@ -3,8 +3,10 @@
 Shaped like flax ``examples/imagenet/train.py``: ``create_*`` factories, pure
 module-level :func:`train_step` / :func:`eval_step` wrapped with
 ``jax.pmap(..., axis_name='batch')``, gradients averaged with ``lax.pmean`` (across
-hosts too: pmap's axis spans every device of every process), synchronised batch
-norm (``axis_name='batch'``), the input pipeline separate from the step.
+hosts too: pmap's axis spans every device of every process), batch norm over each
+device's batch by default (or groups of devices, or all: ``bn_group_devices``) with
+the running statistics averaged across devices once per step, the input pipeline
+separate from the step.
 
 Throughput habits (big_vision / MLPerf): no host sync in the step loop (metrics stay
 on device and are fetched every ``log_every_steps``), donated state buffers, batches
