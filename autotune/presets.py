@@ -142,7 +142,8 @@ def _goyal_resnet50() -> Preset:
         label_smoothing=0.0,       # none in the paper
         min_crop_scale=0.08,       # scale augmentation of Szegedy et al. (5.1, [35])
         zero_init_last_bn=True,    # gamma = 0 for the last BN of each block (5.1)
-        bn_group_devices=1,        # per-worker statistics, not synchronised (5.1: n = 32)
+        bn_group_devices=None,     # per-worker statistics over n = 32 images, not
+        # synchronised (5.1): the planner's rule (per device from 32 images a device)
         eval_image_size=224, eval_crop_fraction=0.875,  # 224 centre crop of 256 (5.1)
         per_device_batch=None, max_per_device_batch=1024, val_fraction=0.01,
         log_every_steps=100, source=_GOYAL,

@@ -80,7 +80,7 @@ def test_resnet50_is_goyal_et_al():
     assert p.schedule == "step" and p.decay_epochs == (30, 60, 80) and p.decay_factor == 0.1
     assert (p.weight_decay, p.label_smoothing, p.momentum, p.nesterov) == (1e-4, 0.0, 0.9, False)
     assert p.warmup_from_base_lr and p.zero_init_last_bn and not p.blurpool
-    assert p.bn_group_devices == 1 and p.eval_image_size == 224 and not p.eval_flip
+    assert p.bn_group_devices is None and p.eval_image_size == 224 and not p.eval_flip
     assert "1706.02677" in p.source
 
 
@@ -153,8 +153,11 @@ def test_choose_bn_group(per_device, devices, want):
 
 
 def test_choose_bn_group_keeps_a_preset_choice():
-    k, decision = planner.choose_bn_group(get_preset("resnet50"), 8, 8)
-    assert k == 1 and "fixed by preset resnet50" in decision.reason
+    k, decision = planner.choose_bn_group(get_preset("resnet50-16ep"), 8, 8)
+    assert k == 1 and "fixed by preset resnet50-16ep" in decision.reason
+    # Goyal et al.'s 32 images per BN batch: the rule, per device from 32 a device.
+    assert planner.choose_bn_group(get_preset("resnet50"), 256, 8)[0] == 1
+    assert planner.choose_bn_group(get_preset("resnet50"), 8, 8)[0] == 4
 
 
 def test_old_train_config_json_still_loads():
