@@ -138,7 +138,8 @@ def _goyal_resnet50() -> Preset:
         base_lr=0.1, base_batch=256,  # eta = 0.1 x kn / 256 (2.1, 5.1)
         warmup_epochs=5.0, warmup_from_base_lr=True,  # gradual warmup eta -> k eta, 5 ep (2.2)
         schedule="step", decay_epochs=(30.0, 60.0, 80.0), decay_factor=0.1,  # /10 (5.1)
-        weight_decay=1e-4,         # lambda = 0.0001, none on BN gamma / beta (5.1)
+        weight_decay=1e-4,         # lambda = 0.0001, none on BN gamma / beta (5.1);
+        # here none on the fc bias either (the trainer decays kernels only)
         label_smoothing=0.0,       # none in the paper
         min_crop_scale=0.08,       # scale augmentation of Szegedy et al. (5.1, [35])
         zero_init_last_bn=True,    # gamma = 0 for the last BN of each block (5.1)

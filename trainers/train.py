@@ -66,7 +66,13 @@ def bn_axis(config: TrainConfig, num_devices: int) -> tuple[str | None, Any]:
     if num_devices % k or local % k:
         raise ValueError(f"bn_group_devices ({k}) must divide the device count "
                          f"({num_devices}) and the local device count ({local})")
-    return "batch", [list(range(i, i + k)) for i in range(0, num_devices, k)]
+    groups = [list(range(i, i + k)) for i in range(0, num_devices, k)]
+    if num_devices == jax.device_count():  # pmap's axis order is jax.devices()'
+        procs = [{jax.devices()[i].process_index for i in g} for g in groups]
+        if any(len(p) > 1 for p in procs):
+            raise ValueError(f"bn_group_devices ({k}): a group of consecutive devices "
+                             f"spans several hosts in this device order")
+    return "batch", groups
 
 
 def create_model(config: TrainConfig, num_devices: int | None = None) -> models.ResNet:
