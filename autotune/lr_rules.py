@@ -25,6 +25,13 @@ experiment. Three rules, chosen by optimizer family:
   You et al. 2019, arXiv:1904.00962, scales LAMB's rate this way), with 5 warmup
   epochs (the gradual warmup of Goyal et al., also used by LAMB).
 
+Each rule names the schedule the trainer runs after it (``LrDecision.schedule_name``,
+one of ``trainers.options.SCHEDULES``, formulas in
+``trainers.train.create_learning_rate_fn``): the LARS rule runs :data:`SCHEDULE_POLY`
+(MLPerf's polynomial decay with warmup) with its momentum, Nesterov off (the
+reference's ``use_nesterov=False``) and the reference's weight decay; the linear and
+square-root rules keep the preset's own schedule (``""``).
+
 No JAX import here; the trainer builds the optax optimizer from the decision.
 """
 
@@ -40,6 +47,11 @@ __all__ = [
     "DEFAULT_BASE_BATCH",
     "DEFAULT_BASE_LR",
     "LARS_END_LR",
+    "LARS_MOMENTUM",
+    "LARS_POLY_POWER",
+    "LARS_WEIGHT_DECAY",
+    "RULE_SCHEDULES",
+    "SCHEDULE_POLY",
     "LARS_SWITCH_BATCH",
     "LARS_TABLE",
     "LrDecision",
@@ -84,6 +96,16 @@ LARS_TABLE: tuple[tuple[int | None, float, float], ...] = (
 )
 #: End learning rate of the MLPerf LARS polynomial (power 2) decay.
 LARS_END_LR = 1e-4
+#: Power of the MLPerf LARS polynomial decay (``PolynomialDecay(power=2.0)``).
+LARS_POLY_POWER = 2.0
+#: LARS momentum (the reference's ``--momentum`` default 0.9) and weight decay (its
+#: run commands in ``image_classification/README_tensorflow2.md``:
+#: ``--weight_decay=0.0002``, ``--lars_epsilon=0``, ``--label_smoothing=0.1``).
+LARS_MOMENTUM = 0.9
+LARS_WEIGHT_DECAY = 2e-4
+#: Trainer schedule names the rules use (``trainers.options.SCHEDULES``).
+SCHEDULE_POLY = "poly"
+RULE_SCHEDULES = (SCHEDULE_POLY,)
 
 _GOYAL = ('Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in '
           '1 Hour", arXiv:1706.02677 (linear scaling rule, 5-epoch gradual warmup)')
@@ -115,6 +137,11 @@ class LrDecision(Record):
       formula: the arithmetic, e.g. ``"0.1 x 1024 / 256 = 0.4"``.
       source: citation of the rule.
       note: why the optimizer switched or an argument was ignored ("" if nothing).
+      schedule_name: the trainer's schedule after the warmup (``"poly"`` for LARS;
+        ``""``: the preset's own).
+      end_learning_rate, poly_power: the ``poly`` schedule's end rate and power.
+      momentum, nesterov, weight_decay: the rule's optimizer settings (None: the
+        preset's).
     """
 
     optimizer: str
@@ -129,6 +156,12 @@ class LrDecision(Record):
     formula: str
     source: str
     note: str
+    schedule_name: str = ""
+    end_learning_rate: float | None = None
+    poly_power: float | None = None
+    momentum: float | None = None
+    nesterov: bool | None = None
+    weight_decay: float | None = None
 
 
 def _check_batch(name: str, value: object) -> int:
@@ -276,8 +309,11 @@ def _lars_rule(name: str, global_batch: int, base_lr: float | None,
         base_lr=peak, base_batch=global_batch, global_batch=global_batch,
         learning_rate=peak, warmup_epochs=warmup,
         schedule=(f"linear warmup over {_g(warmup)} epochs, then polynomial decay "
-                  f"(power 2) to {_g(LARS_END_LR)}; optax.lars momentum 0.9"),
-        formula=formula, source=_LARS, note=note)
+                  f"(power 2) to {_g(LARS_END_LR)}; optax.lars momentum 0.9, no Nesterov, "
+                  f"weight decay {_g(LARS_WEIGHT_DECAY)}"),
+        formula=formula, source=_LARS, note=note, schedule_name=SCHEDULE_POLY,
+        end_learning_rate=LARS_END_LR, poly_power=LARS_POLY_POWER, momentum=LARS_MOMENTUM,
+        nesterov=False, weight_decay=LARS_WEIGHT_DECAY)
 
 
 def _sqrt_rule(name: str, global_batch: int, base_lr: float | None,

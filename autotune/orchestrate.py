@@ -23,7 +23,7 @@ from autotune.planner import Plan, PlanRequest
 from autotune.presets import Preset
 from autotune.probe_report import ProbeReport, utc_now
 from autotune.results import RunRecord
-from trainers.options import LoopOptions, TrainConfig
+from trainers.options import LoopOptions, TrainConfig, pack_resize_side
 from trainers.summaries import PackResult, TrainSummary
 
 Say = Callable[[str], None]
@@ -188,6 +188,7 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
     say("decode: JPEG decode + augmentation vs threads")
     decode_report = decode.probe_decode(
         data_path, image_size=preset.image_size, min_crop_scale=preset.min_crop_scale,
+        resizes=(pack_resize_side(preset.pack_image_size),),
         sample=100 if quick else 200, seconds_per_point=decode_s or (0.5 if quick else 1.5))
     disk_report = None
     if not skip_disk:
@@ -217,7 +218,7 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
 
     config = TrainConfig(arch=preset.arch, width=preset.width, small_images=preset.small_images,
                          image_size=preset.image_size, num_classes=num_classes,
-                         per_device_batch=32, dtype=preset.dtype)
+                         per_device_batch=32, dtype=preset.dtype, blurpool=preset.blurpool)
     batch = preset.per_device_for(jax.device_count())
     limit, _ = accelerator.device_memory_limit(budget_bytes)
     search = None

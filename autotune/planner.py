@@ -13,6 +13,10 @@ step-down (:func:`step_down`). The rules:
 * **Learning rate** (:func:`choose_learning_rate`):
   ``autotune.lr_rules.scale_learning_rate`` (linear rule with warmup, Goyal et al.
   2017; LARS above 8k; square root for Adam); warmup capped by the preset's.
+* **Batch-norm groups** (:func:`choose_bn_group`): the preset's, else per-device
+  statistics when a device's batch holds at least :data:`BN_MIN_BATCH` (32, Goyal et
+  al.'s per-worker BN batch) images, else the fewest devices of one host that
+  together hold 32; running statistics averaged once per step either way.
 * **Step rate**: the train step's measured images/s per host: what the input
   pipeline must deliver, with a 10% margin.
 * **Pack-time resize** (:func:`choose_pack_resize`, MXNet im2rec / FFCV habit): when
@@ -99,6 +103,10 @@ PREFETCH_RAM_FRACTION = 0.05
 DEVICE_PREFETCH = 2
 #: Records shuffled together when shards are read front to back.
 SHUFFLE_WINDOW = 4096
+#: Batch-norm statistics over fewer images than this are pooled across devices:
+#: Goyal et al. 2017 (arXiv:1706.02677, section 5.1) compute them per worker over
+#: n = 32 images; NVIDIA DeepLearningExamples ResNet-50 v1.5 per GPU (>= 112 images).
+BN_MIN_BATCH = 32
 GIVEN = "given on the command line"
 
 
@@ -206,6 +214,7 @@ class Plan(Record):
     resize_speedup: float = 1.0
     pack_workers: int = 0
     archive_shard_records: int = PackOptions().archive_shard_records
+    bn_group_devices: int = 1
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -283,14 +292,46 @@ def choose_global_batch(per_device_batch: int, local_devices: int,
 def choose_learning_rate(preset: Preset, global_batch: int) -> tuple[LrDecision, float, Decision]:
     """The preset's optimizer scaled to ``global_batch``; the rule's warmup (5 epochs
     for the 90-epoch recipe) capped by the preset's own, so short schedules do not
-    spend most of their epochs warming up. Returns ``(lr, warmup_epochs, decision)``."""
+    spend most of their epochs warming up, except under LARS, whose warmup is MLPerf's
+    (5 or 25 epochs) with its own schedule. Returns ``(lr, warmup_epochs, decision)``."""
     lr = scale_learning_rate(preset.optimizer, global_batch, base_lr=preset.base_lr,
                              base_batch=preset.base_batch)
-    warmup = min(lr.warmup_epochs, preset.warmup_epochs)
+    lars = bool(lr.schedule_name) and preset.optimizer != "lars"
+    warmup = lr.warmup_epochs if lars else min(lr.warmup_epochs, preset.warmup_epochs)
+    schedule = lr.schedule_name or preset.schedule
     return lr, warmup, Decision(
         "learning_rate", f"{lr.learning_rate:.4g}",
-        f"{lr.rule} rule: {lr.formula}, {warmup:g} warmup epochs ({lr.source})"
-        + (f"; {lr.note}" if lr.note else ""))
+        f"{lr.rule} rule: {lr.formula}, {warmup:g} warmup epochs, then the {schedule} "
+        f"schedule ({lr.source})" + (f"; {lr.note}" if lr.note else ""))
+
+
+def choose_bn_group(preset: Preset, per_device_batch: int,
+                    local_devices: int) -> tuple[int, Decision]:
+    """Devices whose batch statistics each batch norm pools (``TrainConfig.
+    bn_group_devices``: 1 per device, k devices of one host, 0 all): the preset's
+    when it fixes one; else 1 when ``per_device_batch >= BN_MIN_BATCH`` (no
+    all-reduce per BN layer on the step's critical path, and Goyal et al.'s
+    per-worker statistics); else the fewest devices dividing ``local_devices`` that
+    hold 32 images together (all local devices when even they hold fewer)."""
+    def group_text(k: int) -> str:
+        return "per device" if k == 1 else ("all devices" if k == 0 else
+                                            f"groups of {k} devices")
+    if preset.bn_group_devices is not None:
+        k = preset.bn_group_devices
+        return k, Decision("bn_group", group_text(k),
+                           f"fixed by preset {preset.name} ({preset.source or 'its recipe'})")
+    if per_device_batch >= BN_MIN_BATCH:
+        return 1, Decision("bn_group", "per device",
+                           f"{per_device_batch} images per device >= {BN_MIN_BATCH} (Goyal "
+                           f"et al. 2017 sec. 5.1: per-worker statistics over 32): no "
+                           f"all-reduce per BN layer; running statistics averaged each step")
+    k = next((k for k in range(1, local_devices + 1)
+              if local_devices % k == 0 and k * per_device_batch >= BN_MIN_BATCH),
+             local_devices)
+    return k, Decision("bn_group", group_text(k),
+                       f"{per_device_batch} images per device < {BN_MIN_BATCH}: statistics "
+                       f"pooled over {k} x {per_device_batch} = {k * per_device_batch} images "
+                       f"of one host (Goyal et al. 2017 sec. 5.1: 32 per BN batch)")
 
 
 # ---------------------------------------------------------------- decode
@@ -335,16 +376,19 @@ def resize_speedup(resize: int, *, mean_pixels: float, originals_ips: float,
 
 def choose_pack_resize(*, image_size: int, mean_pixels: float, originals_ips: float,
                        step_ips: float, resized_ips: float | None = None,
-                       requested: int | None = None) -> tuple[int | None, float, Decision]:
+                       requested: int | None = None,
+                       eval_image_size: int | None = None) -> tuple[int | None, float, Decision]:
     """The shorter side to store at pack time (None: the original bytes) and the
     decode speed-up credited to it. The side is ``requested`` or
-    :func:`pack_resize_side`; ``resized_ips`` is the probe's best images/s on the
+    :func:`pack_resize_side` of the larger of the training and evaluation sides (an
+    evaluation at 256 px needs a 296 px shorter side for its 0.875 centre crop);
+    ``resized_ips`` is the probe's best images/s on the
     sample stored at that side, if measured. Resize when training at <= 64 px, or when
     the originals' best decode rate is below ``step_ips x DECODE_MARGIN`` and the
     resize decodes faster (:func:`resize_speedup`). Returns ``(resize, speedup,
     decision)``."""
     need = step_ips * DECODE_MARGIN
-    side = requested or pack_resize_side(image_size)
+    side = requested or pack_resize_side(max(image_size, eval_image_size or 0))
     speedup, how = resize_speedup(side, mean_pixels=mean_pixels, originals_ips=originals_ips,
                                   resized_ips=resized_ips)
     if requested is not None:
@@ -688,11 +732,11 @@ def _decode_plan(report: ProbeReport, preset: Preset, request: PlanRequest,
     """Pack resize, decode threads and workers, decoded cache (appends to ``dec``)."""
     d, cpu = report.decode, report.accelerator.backend == "cpu"
     step_ips = report.accelerator.step_rate.images_per_s
-    resized = d.variant(request.pack_resize or pack_resize_side(preset.image_size), False)
+    resized = d.variant(request.pack_resize or pack_resize_side(preset.pack_image_size), False)
     resize, speedup, why = choose_pack_resize(
         image_size=preset.image_size, mean_pixels=d.mean_pixels, originals_ips=originals_rate(d),
         step_ips=step_ips, resized_ips=resized.best_images_per_s if resized else None,
-        requested=request.pack_resize)
+        requested=request.pack_resize, eval_image_size=preset.eval_image_size)
     dec.append(why)
     threads, why = choose_decode_threads(d.points, speedup=speedup, step_ips=step_ips,
                                          cpu_backend=cpu, usable_cores=d.usable_cores,
@@ -763,6 +807,8 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     dec.append(why)
     lr, warmup, why = choose_learning_rate(preset, global_batch)
     dec.append(why)
+    bn_group, why = choose_bn_group(preset, batch, devices)
+    dec.append(why)
     p = _decode_plan(report, preset, request, dec)
     s = _storage_plan(report, request, p, dec)
     prefetch, why = choose_prefetch(threads=p.threads, per_device_batch=batch,
@@ -796,24 +842,54 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         predicted_images_per_s=predicted, predicted_global_images_per_s=predicted * hosts,
         bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes_at(report, batch),
         decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup,
-        pack_workers=pack_workers, archive_shard_records=shard_records)
+        pack_workers=pack_workers, archive_shard_records=shard_records,
+        bn_group_devices=bn_group)
 
 
 # ---------------------------------------------------------------- plan -> trainer
 
 def train_config(plan: Plan, preset: Preset, num_classes: int) -> TrainConfig:
     """The :class:`trainers.options.TrainConfig` of ``plan``: the model and recipe
-    from ``preset``, the batch, epochs and learning rate from the plan, the classes
-    from the packed data."""
+    from ``preset``, the batch, epochs, learning rate and batch-norm groups from the
+    plan, the classes from the packed data.
+
+    The learning-rate rule's schedule and optimizer settings (LARS: MLPerf's ``poly``
+    schedule, momentum, no Nesterov, weight decay) replace the preset's; a warmup
+    ``from the base rate`` (Goyal et al.) starts at ``base_lr / peak``. When the plan's
+    epochs differ from the preset's, the epoch-valued milestones (step decays and the
+    progressive-resize ramp) scale with them (FFCV's configs place the ramp at the same
+    fraction of each schedule, Budgeted Training style); the warmup does not.
+    """
+    lr = plan.lr
+    stretch = plan.epochs / preset.epochs
+    if lr.schedule_name:
+        start = 0.0
+    elif preset.warmup_from_base_lr:
+        start = min(1.0, preset.base_lr / lr.learning_rate)
+    else:
+        start = preset.warmup_start_fraction
     return TrainConfig(
         arch=preset.arch, width=preset.width, small_images=preset.small_images,
         image_size=plan.image_size, num_classes=num_classes,
         per_device_batch=plan.per_device_batch, epochs=plan.epochs,
-        optimizer=plan.lr.optimizer, learning_rate=plan.lr.learning_rate,
-        warmup_epochs=plan.warmup_epochs, weight_decay=preset.weight_decay,
+        optimizer=lr.optimizer, learning_rate=lr.learning_rate,
+        warmup_epochs=plan.warmup_epochs,
+        weight_decay=preset.weight_decay if lr.weight_decay is None else lr.weight_decay,
         label_smoothing=preset.label_smoothing, dtype=preset.dtype,
         min_crop_scale=preset.min_crop_scale, log_every_steps=preset.log_every_steps,
-        momentum=preset.momentum, nesterov=preset.nesterov)
+        momentum=preset.momentum if lr.momentum is None else lr.momentum,
+        nesterov=preset.nesterov if lr.nesterov is None else lr.nesterov,
+        schedule=lr.schedule_name or preset.schedule, warmup_start_fraction=start,
+        decay_epochs=tuple(e * stretch for e in preset.decay_epochs),
+        decay_factor=preset.decay_factor,
+        end_learning_rate=lr.end_learning_rate if lr.end_learning_rate is not None else 1e-4,
+        poly_power=lr.poly_power if lr.poly_power is not None else 2.0,
+        bn_group_devices=plan.bn_group_devices, zero_init_last_bn=preset.zero_init_last_bn,
+        blurpool=preset.blurpool, eval_image_size=preset.eval_image_size,
+        eval_crop_fraction=preset.eval_crop_fraction, eval_flip=preset.eval_flip,
+        progressive_min_size=preset.progressive_min_size,
+        progressive_start_epoch=preset.progressive_start_epoch * stretch,
+        progressive_end_epoch=preset.progressive_end_epoch * stretch)
 
 
 def loop_options(plan: Plan, **overrides: Any) -> LoopOptions:

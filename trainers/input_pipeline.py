@@ -38,6 +38,7 @@ bad, each named when read.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass
@@ -78,6 +79,9 @@ class PipelineConfig:
       partitions: shard groups (default: one per host); a multiple of the host count.
       decode_workers: worker processes (Grain's ``mp_prefetch``) for when the GIL limits
         threads; each runs ``decode_threads`` threads. 0: threads in this process only.
+      epoch_sizes: the training side (pixels) of each epoch, for progressive resizing
+        (``TrainConfig.image_size_at``); None: ``augment.image_size`` throughout. The
+        batches stay a pure function of their index, so a resume is exact.
     """
 
     host_batch: int
@@ -93,6 +97,17 @@ class PipelineConfig:
     on_bad_record: str = "skip"
     partitions: int | None = None
     decode_workers: int = 0
+    epoch_sizes: tuple[int, ...] | None = None
+
+    def augment_for_epoch(self, epoch: int) -> AugmentConfig:
+        """The augmentation of ``epoch``: ``augment`` at ``epoch_sizes[epoch]`` pixels
+        (the last size past the end)."""
+        if not self.epoch_sizes:
+            return self.augment
+        size = self.epoch_sizes[min(epoch, len(self.epoch_sizes) - 1)]
+        if size == self.augment.image_size:
+            return self.augment
+        return dataclasses.replace(self.augment, image_size=size)
 
     @property
     def num_partitions(self) -> int:
@@ -322,7 +337,8 @@ _MAX_BAD_PER_BATCH = 64
 
 class TrainBatches(grain.MapDataset):
     """Element ``k``: training batch ``k`` of the run, a dict with
-    ``image: uint8 [host_batch, S, S, 3]``, ``label: int32 [host_batch]`` and
+    ``image: uint8 [host_batch, S, S, 3]`` (``S``: the side of batch ``k``'s epoch,
+    ``PipelineConfig.augment_for_epoch``), ``label: int32 [host_batch]`` and
     ``bad: int32 []`` (records skipped while building it).
 
     Length = ``epochs x steps_per_epoch``.
@@ -350,7 +366,8 @@ class TrainBatches(grain.MapDataset):
         return f"TrainBatches(steps={len(self)}, mode={self.cfg.read_mode})"
 
     def _augment(self, q: int, records: _Records, index: int, rec,
-                 rng: np.random.Generator, out: np.ndarray) -> int:
+                 rng: np.random.Generator, out: np.ndarray,
+                 augment: AugmentConfig | None = None) -> int:
         """Decode and augment one record straight into ``out`` (``batch[i]``,
         ``uint8 [S, S, 3]``: the image is written there once, not copied in after);
         returns its label. ``out`` is untouched when the record is bad.
@@ -364,15 +381,16 @@ class TrainBatches(grain.MapDataset):
             data, label = parse_example(rec)
         except Exception as exc:  # noqa: BLE001
             raise BadRecordError(f"{records.where(index)}: not a valid example: {exc}") from None
+        augment = augment or self.cfg.augment
         try:
             if self.cfg.cache_decoded:
                 img = self._cache.get((q, index))
                 if img is None:
                     img = preprocess.decode_image(data)
                     self._cache[(q, index)] = img
-                preprocess.augment_decoded(img, rng, self.cfg.augment, out=out)
+                preprocess.augment_decoded(img, rng, augment, out=out)
             else:
-                preprocess.train_preprocess(data, rng, self.cfg.augment, out=out)
+                preprocess.train_preprocess(data, rng, augment, out=out)
             return label
         except BadImageError as exc:
             raise BadRecordError(f"{records.where(index)}: {exc.reason}") from None
@@ -383,7 +401,8 @@ class TrainBatches(grain.MapDataset):
         if not 0 <= k < len(self):
             raise IndexError(f"batch {k} outside [0, {len(self)})")
         epoch, step = divmod(int(k), self.steps_per_epoch)
-        size = self.cfg.augment.image_size
+        augment = self.cfg.augment_for_epoch(epoch)
+        size = augment.image_size
         images = np.empty((self.cfg.host_batch, size, size, 3), np.uint8)
         labels = np.empty((self.cfg.host_batch,), np.int32)
         b = self.share
@@ -398,7 +417,8 @@ class TrainBatches(grain.MapDataset):
             for i, (index, rec) in enumerate(zip(idx, recs), start=j * b):
                 while True:
                     try:
-                        labels[i] = self._augment(q, records, int(index), rec, rng, images[i])
+                        labels[i] = self._augment(q, records, int(index), rec, rng, images[i],
+                                                  augment)
                         break
                     except BadRecordError as exc:
                         if self.cfg.on_bad_record == "fail":
@@ -452,9 +472,10 @@ def make_train_iterator(paths: Sequence[str], lengths: Sequence[int], cfg: Pipel
 
 def eval_batches(paths: Sequence[str], lengths: Sequence[int], *, batch: int, image_size: int,
                  process_index: int = 0, process_count: int = 1,
-                 threads: int = 2) -> Iterator[dict]:
+                 threads: int = 2, crop_fraction: float = 0.875) -> Iterator[dict]:
     """Evaluation batches: every record of the split exactly once across hosts
-    (host ``i`` takes records ``i, i+n, ...``), centre-cropped, padded to full
+    (host ``i`` takes records ``i, i+n, ...``), the centre ``image_size`` square of
+    the image resized to shorter side ``image_size / crop_fraction``, padded to full
     batches. Yields ``image uint8 [batch, S, S, 3]``, ``label int32 [batch]``,
     ``mask bool [batch]`` (False on padding) and ``bad int32 []``.
     """
@@ -472,7 +493,8 @@ def eval_batches(paths: Sequence[str], lengths: Sequence[int], *, batch: int, im
                 if isinstance(rec, Exception):
                     raise rec
                 data, label = parse_example(rec)
-                preprocess.eval_preprocess(data, image_size, out=images[i])  # in place
+                preprocess.eval_preprocess(data, image_size, crop_fraction,
+                                           out=images[i])  # in place
                 labels[i], mask[i] = label, True
             except Exception:  # noqa: BLE001 - counted, evaluation goes on
                 images[i] = 0  # padding stays zero whatever failed

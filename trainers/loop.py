@@ -79,7 +79,8 @@ def _evaluate(p_eval, state, packed_dir: str, config: tr.TrainConfig, n_local: i
     totals = {"top1": 0.0, "top5": 0.0, "loss": 0.0, "count": 0.0}
     bad = 0
     for batch in ip.eval_batches(paths, lengths, batch=n_local * config.per_device_batch,
-                                 image_size=config.image_size,
+                                 image_size=config.eval_size,
+                                 crop_fraction=config.eval_crop_fraction,
                                  process_index=jax.process_index(),
                                  process_count=jax.process_count(), threads=threads):
         bad += int(batch["bad"])
@@ -371,7 +372,7 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         cache_decoded=options.cache_decoded, seed=config.seed,
         process_index=jax.process_index(), process_count=lay.n_hosts,
         on_bad_record=options.on_bad_record, partitions=options.partitions,
-        decode_workers=options.decode_workers)
+        decode_workers=options.decode_workers, epoch_sizes=_epoch_sizes(config, lay.epochs))
     batches = ip.make_train_iterator(pack_lib.shard_paths(packed_dir, "train"),
                                      result.split("train").shard_lengths, cfg, lay.epochs,
                                      lay.steps_per_epoch, start_step=start_step)
@@ -429,6 +430,14 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         stop_reason=decisions.stop_reason if status == "stopped" else "")
 
 
+def _epoch_sizes(config: tr.TrainConfig, epochs: int) -> tuple[int, ...] | None:
+    """The training side of each epoch under progressive resizing
+    (``TrainConfig.image_size_at``), None without it."""
+    if config.progressive_min_size is None:
+        return None
+    return tuple(config.image_size_at(e) for e in range(epochs))
+
+
 @dataclass
 class _RunState:
     """What the step loop changes: the replicated train state and the counters."""
@@ -440,6 +449,15 @@ class _RunState:
     compile_s: float = 0.0
     peak: int | None = None
     last_eval: EvalReport | None = None
+    image_shape: tuple | None = None
+
+    def new_shape(self, batch) -> bool:
+        """True when ``batch``'s images have another shape than the last batch's (a
+        progressive-resize step: the step recompiles) and not on the first batch."""
+        shape = tuple(batch["image"].shape)
+        changed = self.image_shape is not None and shape != self.image_shape
+        self.image_shape = shape
+        return changed
 
 
 def _steps(run: _RunState, feed: DeviceFeed, meter: _Meter, decisions: _Decisions, save,
@@ -456,12 +474,19 @@ def _steps(run: _RunState, feed: DeviceFeed, meter: _Meter, decisions: _Decision
         except StopIteration:
             break
         run.bad += int(scalars.get("bad", 0))
+        # A new image side (progressive resizing) recompiles the step: timed as
+        # compilation and measured again for the stall reference, like the first.
+        compiles = run.new_shape(batch) or run.step == start_step
+        if compiles and run.step != start_step:
+            jax.block_until_ready(run.state)  # steps in flight belong to the window
+            if meter.metrics:  # close the window at the old size before compiling
+                emit(meter.report(run.step, lay, run.bad, t_start))
         t0 = time.perf_counter()
         run.state, metrics = _run_step(p_train, run.state, batch, run.step, step_hook)
         run.step += 1
-        if run.step == start_step + 1:  # compilation: time it, then the stall reference
+        if compiles:  # compilation: time it, then the stall reference
             jax.block_until_ready(metrics)
-            run.compile_s = time.perf_counter() - t0
+            run.compile_s += time.perf_counter() - t0
             meter.synthetic_s = _synthetic_step_seconds(p_train, run.state, batch,
                                                         options.synthetic_steps)
             meter.restart()

@@ -19,6 +19,9 @@ from dataclasses import dataclass
 
 from trainers.records import Record
 
+#: Learning-rate schedules the trainer runs (``trainers.train.create_learning_rate_fn``).
+SCHEDULES = ("cosine", "constant", "step", "poly", "triangular")
+
 
 @dataclass(frozen=True)
 class TrainConfig(Record):
@@ -34,9 +37,22 @@ class TrainConfig(Record):
       epochs: epochs to train (may be fractional).
       optimizer: ``sgd`` (momentum, Nesterov optional), ``lars`` or ``adamw``.
       learning_rate: peak learning rate, already scaled to the global batch.
-      warmup_epochs: linear warmup from 0 to the peak (Goyal et al. 2017).
-      schedule: ``cosine`` (to 0 at the end, Loshchilov & Hutter 2017) or ``constant``.
-      momentum, nesterov: SGD momentum.
+      warmup_epochs: linear warmup from ``warmup_start_fraction x learning_rate``
+        to the peak (Goyal et al. 2017); for ``triangular`` FFCV's ``lr_peak_epoch``.
+      schedule: what the learning rate does (one of :data:`SCHEDULES`, formulas in
+        ``trainers.train.create_learning_rate_fn``): ``cosine`` (to 0 at the end,
+        Loshchilov & Hutter 2017), ``constant``, ``step`` (x ``decay_factor`` at each
+        of ``decay_epochs``: Goyal et al. 2017 / He et al. 2016), ``poly`` (MLPerf
+        ResNet-50 LARS: polynomial decay of power ``poly_power`` to
+        ``end_learning_rate``) or ``triangular`` (FFCV's step-free ramp: linear up
+        to the peak at ``warmup_epochs``, linear down to 0 at the end).
+      warmup_start_fraction: learning rate at step 0 as a fraction of the peak (0:
+        from 0; Goyal et al.: base_lr / peak; FFCV: 1e-4).
+      decay_epochs, decay_factor: the ``step`` schedule's boundaries (epochs) and
+        factor.
+      end_learning_rate, poly_power: the ``poly`` schedule's end rate and power
+        (MLPerf: 1e-4, 2).
+      momentum, nesterov: SGD / LARS momentum.
       weight_decay: L2 on conv / dense kernels only (no decay on batch-norm
         parameters and biases).
       label_smoothing: 0.1 in the reference recipe (Szegedy et al. 2016).
@@ -44,6 +60,26 @@ class TrainConfig(Record):
       min_crop_scale: smallest random-resized-crop area fraction.
       seed: parameter init and data order.
       log_every_steps: steps between metric fetches (the only host syncs).
+      bn_group_devices: devices whose batch statistics batch norm pools: 1 = each
+        device its own (the default; NVIDIA DeepLearningExamples, Goyal et al.'s
+        per-worker statistics), k = groups of k consecutive devices of one host
+        (``axis_index_groups``), 0 = every device (synchronised batch norm). The
+        running statistics are averaged over all devices once per step either way.
+      zero_init_last_bn: zero-init the last batch-norm scale of each residual block
+        (Goyal et al. 2017 section 5.1; torchvision's default, used by FFCV, does not).
+      blurpool: a fixed 3x3 binomial blur before every strided convolution with >= 16
+        input channels (Zhang 2019; FFCV's ``BlurPoolConv2d``).
+      eval_image_size: evaluation side in pixels (None: ``image_size``); FFCV
+        evaluates at 256 after training at 192.
+      eval_crop_fraction: evaluation centre crop as a fraction of the resized shorter
+        side (0.875 = 224/256, the ImageNet convention and FFCV's ratio).
+      eval_flip: average the logits of each image and its horizontal mirror at
+        evaluation (FFCV's ``lr_tta``).
+      progressive_min_size: first training side of progressive resizing (FFCV's
+        ``min_res``; None: train at ``image_size`` throughout); the side grows to
+        ``image_size`` (FFCV's ``max_res``) between ``progressive_start_epoch`` and
+        ``progressive_end_epoch``, rounded to ``progressive_multiple`` pixels
+        (:meth:`image_size_at`).
     """
 
     arch: str = "resnet50"
@@ -65,6 +101,44 @@ class TrainConfig(Record):
     min_crop_scale: float = 0.08
     seed: int = 0
     log_every_steps: int = 20
+    warmup_start_fraction: float = 0.0
+    decay_epochs: tuple[float, ...] = (30.0, 60.0, 80.0)
+    decay_factor: float = 0.1
+    end_learning_rate: float = 1e-4
+    poly_power: float = 2.0
+    bn_group_devices: int = 1
+    zero_init_last_bn: bool = True
+    blurpool: bool = False
+    eval_image_size: int | None = None
+    eval_crop_fraction: float = 0.875
+    eval_flip: bool = False
+    progressive_min_size: int | None = None
+    progressive_start_epoch: float = 0.0
+    progressive_end_epoch: float = 0.0
+    progressive_multiple: int = 32
+
+    def image_size_at(self, epoch: int) -> int:
+        """Training side (pixels) in ``epoch`` (0-based): FFCV's ``get_resolution``
+        (libffcv/ffcv-imagenet ``train_imagenet.py``): ``progressive_min_size`` up to
+        ``progressive_start_epoch``, ``image_size`` from ``progressive_end_epoch``,
+        between them ``np.interp`` of the two rounded to the nearest multiple of
+        ``progressive_multiple`` (32 in FFCV). ``image_size`` when not progressive."""
+        lo, hi = self.progressive_min_size, self.image_size
+        if lo is None:
+            return hi
+        if epoch <= self.progressive_start_epoch:  # FFCV's order of the two tests
+            return lo
+        if epoch >= self.progressive_end_epoch:
+            return hi
+        t = (epoch - self.progressive_start_epoch) / (self.progressive_end_epoch
+                                                       - self.progressive_start_epoch)
+        m = self.progressive_multiple
+        return int(round((lo + t * (hi - lo)) / m)) * m
+
+    @property
+    def eval_size(self) -> int:
+        """The evaluation side in pixels: ``eval_image_size`` or ``image_size``."""
+        return self.eval_image_size or self.image_size
 
     def __post_init__(self):
         if self.per_device_batch < 1:
@@ -73,8 +147,24 @@ class TrainConfig(Record):
             raise ValueError(f"epochs ({self.epochs}) must be > 0")
         if self.optimizer not in ("sgd", "lars", "adamw"):
             raise ValueError(f"optimizer {self.optimizer!r}: expected sgd, lars or adamw")
-        if self.schedule not in ("cosine", "constant"):
-            raise ValueError(f"schedule {self.schedule!r}: expected cosine or constant")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
+        if not 0 <= self.warmup_start_fraction <= 1:
+            raise ValueError(f"warmup_start_fraction ({self.warmup_start_fraction}) must be "
+                             f"in [0, 1]")
+        if self.bn_group_devices < 0:
+            raise ValueError(f"bn_group_devices ({self.bn_group_devices}) must be >= 0 "
+                             f"(0: all devices)")
+        if self.progressive_min_size is not None and not (
+                8 <= self.progressive_min_size <= self.image_size
+                and self.progressive_start_epoch <= self.progressive_end_epoch
+                and self.progressive_multiple >= 1):
+            raise ValueError(
+                f"progressive resizing needs 8 <= progressive_min_size "
+                f"({self.progressive_min_size}) <= image_size ({self.image_size}), "
+                f"progressive_start_epoch ({self.progressive_start_epoch}) <= "
+                f"progressive_end_epoch ({self.progressive_end_epoch}) and "
+                f"progressive_multiple ({self.progressive_multiple}) >= 1")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype {self.dtype!r}: expected float32 or bfloat16")
 

@@ -3,8 +3,10 @@
 Shaped like flax ``examples/imagenet/train.py``: ``create_*`` factories, pure
 module-level :func:`train_step` / :func:`eval_step` wrapped with
 ``jax.pmap(..., axis_name='batch')``, gradients averaged with ``lax.pmean`` (across
-hosts too: pmap's axis spans every device of every process), synchronised batch
-norm (``axis_name='batch'``), the input pipeline separate from the step.
+hosts too: pmap's axis spans every device of every process), batch norm over each
+device's batch by default (or groups of devices, or all: ``bn_group_devices``) with
+the running statistics averaged across devices once per step, the input pipeline
+separate from the step.
 
 Throughput habits (big_vision / MLPerf): no host sync in the step loop (metrics stay
 on device and are fetched every ``log_every_steps``), donated state buffers, batches
@@ -44,26 +46,129 @@ def compute_dtype(config: TrainConfig):
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 
-def create_model(config: TrainConfig) -> models.ResNet:
-    """The ResNet the config names."""
+def bn_axis(config: TrainConfig, num_devices: int) -> tuple[str | None, Any]:
+    """``(axis_name, axis_index_groups)`` of the batch norms for
+    ``config.bn_group_devices`` on a pmap axis of ``num_devices`` devices:
+    ``(None, None)`` per device (1, or a single device); ``("batch", None)`` across
+    every device (0, or a group as large as the axis); else ``("batch", [[0..k-1],
+    [k..2k-1], ...])``: consecutive axis indices, which are the devices of one host
+    when k divides the local device count (pmap orders devices host by host).
+
+    Raises:
+      ValueError: k does not divide ``num_devices`` or the local device count.
+    """
+    k = config.bn_group_devices
+    if k == 1 or num_devices == 1:
+        return None, None
+    if k == 0 or k >= num_devices:
+        return "batch", None
+    local = min(num_devices, jax.local_device_count())
+    if num_devices % k or local % k:
+        raise ValueError(f"bn_group_devices ({k}) must divide the device count "
+                         f"({num_devices}) and the local device count ({local})")
+    groups = [list(range(i, i + k)) for i in range(0, num_devices, k)]
+    if num_devices == jax.device_count():  # pmap's axis order is jax.devices()'
+        procs = [{jax.devices()[i].process_index for i in g} for g in groups]
+        if any(len(p) > 1 for p in procs):
+            raise ValueError(f"bn_group_devices ({k}): a group of consecutive devices "
+                             f"spans several hosts in this device order")
+    return "batch", groups
+
+
+def create_model(config: TrainConfig, num_devices: int | None = None) -> models.ResNet:
+    """The ResNet the config names, its batch norms pooling statistics as
+    :func:`bn_axis` says for a pmap over ``num_devices`` (default: every device)."""
+    name, groups = bn_axis(config, num_devices or jax.device_count())
     return models.create_model(config.arch, config.num_classes, width=config.width,
-                               dtype=compute_dtype(config), small_images=config.small_images)
+                               dtype=compute_dtype(config), small_images=config.small_images,
+                               zero_init_last_bn=config.zero_init_last_bn,
+                               blurpool=config.blurpool, bn_axis_name=name,
+                               bn_axis_index_groups=groups)
 
 
 def create_learning_rate_fn(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], Any]:
-    """Linear warmup over ``warmup_epochs`` then cosine decay to 0 at the last step
-    (Goyal et al. 2017, section 2.2; Loshchilov & Hutter 2017), as in flax
-    ``examples/imagenet``. Returns an optax schedule: step -> learning rate."""
+    """The learning rate at each optimizer step (0-based) for ``config.schedule``;
+    returns a function step (int or int array) -> float32 learning rate.
+
+    With ``T = round(epochs x steps_per_epoch)`` steps in all, peak ``lr``, ``W =
+    round(warmup_epochs x steps_per_epoch)`` warmup steps (at most ``T - 1``) and
+    ``f = warmup_start_fraction``:
+
+    * ``cosine`` / ``constant`` / ``step``: for ``t < W`` the gradual warmup of Goyal
+      et al. 2017 (arXiv:1706.02677, section 2.2), ``lr x (f + (1 - f) t / W)``;
+      then ``cosine``: ``lr x (1 + cos(pi min(t - W, D) / D)) / 2`` with ``D = T - W``
+      (Loshchilov & Hutter 2017; flax ``examples/imagenet``); ``constant``: ``lr``;
+      ``step``: ``lr x decay_factor^k``, ``k`` the number of ``decay_epochs`` (x
+      steps_per_epoch, rounded) at or before ``t`` (Goyal et al. section 5.1 and He
+      et al. 2016: x0.1 at epochs 30, 60, 80).
+    * ``poly``: MLPerf ResNet-50 ``PolynomialDecayWithWarmup`` (mlcommons/training
+      ``image_classification/tensorflow2/lars_util.py``): ``lr x t / W`` for ``t <=
+      W`` (with ``f``: ``lr x (f + (1 - f) t / W)``), then ``end + (lr - end) x (1 -
+      min(t - W, D) / D)^power`` with ``D = T - W + 1`` (``end_learning_rate``,
+      ``poly_power``: 1e-4 and 2 in the reference).
+    * ``triangular``: FFCV's step-free ramp (libffcv/ffcv-imagenet
+      ``train_imagenet.py``, ``get_cyclic_lr`` interpolated per iteration in
+      ``train_loop``): ``np.interp(t / steps_per_epoch, [0, warmup_epochs, epochs],
+      [f x lr, lr, 0])``; FFCV: ``f = 1e-4``, ``warmup_epochs`` = ``lr_peak_epoch``
+      = 2.
+    """
+    lr = float(config.learning_rate)
+    f = float(config.warmup_start_fraction)
     total = max(1, int(round(config.epochs * steps_per_epoch)))
     warmup = min(total - 1, int(round(config.warmup_epochs * steps_per_epoch)))
+    if config.schedule == "triangular":
+        return _triangular(config, steps_per_epoch, lr, f)
+    if config.schedule == "poly":
+        return _poly(config, total, warmup, lr, f)
     if config.schedule == "constant":
-        main = optax.constant_schedule(config.learning_rate)
+        main = lambda t: jnp.full(jnp.shape(t), lr, jnp.float32)  # noqa: E731
+    elif config.schedule == "step":
+        bounds = jnp.asarray([int(round(e * steps_per_epoch)) for e in config.decay_epochs]
+                             or [total + 1], jnp.int32)
+        factor = float(config.decay_factor)
+
+        def main(t):
+            k = jnp.sum(jnp.asarray(t)[..., None] + warmup >= bounds, axis=-1)
+            return (lr * factor ** k.astype(jnp.float32)).astype(jnp.float32)
     else:
-        main = optax.cosine_decay_schedule(config.learning_rate, decay_steps=max(1, total - warmup))
-    if warmup <= 0:
-        return main
-    warm = optax.linear_schedule(0.0, config.learning_rate, transition_steps=warmup)
-    return optax.join_schedules([warm, main], boundaries=[warmup])
+        decay = max(1, total - warmup)
+
+        def main(t):
+            frac = jnp.minimum(jnp.asarray(t, jnp.float32), decay) / decay
+            return (lr * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))).astype(jnp.float32)
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.int32)
+        warm = lr * (f + (1.0 - f) * t.astype(jnp.float32) / max(1, warmup))
+        return jnp.where(t < warmup, warm, main(jnp.maximum(t - warmup, 0))).astype(jnp.float32)
+    return schedule
+
+
+def _poly(config: TrainConfig, total: int, warmup: int, lr: float, f: float):
+    """MLPerf's ``PolynomialDecayWithWarmup`` (see :func:`create_learning_rate_fn`)."""
+    end, power = float(config.end_learning_rate), float(config.poly_power)
+    decay = total - warmup + 1
+
+    def schedule(step):
+        t = jnp.asarray(step, jnp.float32)
+        warm = lr * (f + (1.0 - f) * t / max(1, warmup))
+        frac = jnp.minimum(t - warmup, decay) / decay
+        poly = end + (lr - end) * (1.0 - frac) ** power
+        return jnp.where(t <= warmup, warm, poly).astype(jnp.float32) if warmup else \
+            poly.astype(jnp.float32)
+    return schedule
+
+
+def _triangular(config: TrainConfig, steps_per_epoch: int, lr: float, f: float):
+    """FFCV's step-free linear ramp (see :func:`create_learning_rate_fn`)."""
+    peak_epoch, epochs = float(config.warmup_epochs), float(config.epochs)
+    xs = jnp.asarray([0.0, peak_epoch, epochs] if peak_epoch > 0 else [0.0, epochs])
+    ys = jnp.asarray([f * lr, lr, 0.0] if peak_epoch > 0 else [lr, 0.0])
+
+    def schedule(step):
+        e = jnp.asarray(step, jnp.float32) / steps_per_epoch
+        return jnp.interp(e, xs, ys).astype(jnp.float32)
+    return schedule
 
 
 def decay_mask(params) -> Any:
@@ -138,7 +243,13 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
         state.params)
     grads = jax.lax.pmean(grads, axis_name="batch")
     mean_loss = jax.lax.pmean(loss, axis_name="batch")
-    new_state = state.apply_gradients(grads=grads, batch_stats=new_model_state["batch_stats"])
+    batch_stats = new_model_state["batch_stats"]
+    if config.bn_group_devices != 0:
+        # Per-device (or per-group) statistics normalised this step; the running
+        # averages are averaged over every device once per step, so the state stays
+        # one replicated copy that evaluation and checkpoints read.
+        batch_stats = jax.lax.pmean(batch_stats, axis_name="batch")
+    new_state = state.apply_gradients(grads=grads, batch_stats=batch_stats)
     # The skip decision is taken on the averaged loss and gradients, identical on every
     # device of every host, so one device's NaN makes every replica skip the step (and
     # the replicas can never diverge); the step is counted in ``nonfinite``.
@@ -162,10 +273,17 @@ def all_finite(tree) -> jax.Array:
 
 def eval_step(state: TrainState, batch, *, config: TrainConfig):
     """Sums of top-1 / top-5 hits, loss and counted examples over the masked batch,
-    summed across devices. ``batch``: ``image``, ``label``, ``mask bool [B]``."""
+    summed across devices. ``batch``: ``image``, ``label``, ``mask bool [B]``.
+
+    With ``config.eval_flip`` the logits are the mean of the image's and its
+    horizontal mirror's (FFCV's ``lr_tta``, libffcv/ffcv-imagenet ``val_loop``:
+    ``output += model(ch.flip(images, dims=[3]))``; the sum there, the mean here:
+    the same ranking)."""
     images = normalize_images(batch["image"], compute_dtype(config))
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats},
-                            images, train=False)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = state.apply_fn(variables, images, train=False)
+    if config.eval_flip:
+        logits = 0.5 * (logits + state.apply_fn(variables, images[:, :, ::-1], train=False))
     mask = batch["mask"].astype(jnp.float32)
     labels = batch["label"]
     top5 = jax.lax.top_k(logits, min(5, config.num_classes))[1]
@@ -232,7 +350,7 @@ def compiled_step_memory(config: TrainConfig, per_device_batch: int, *,
     no analysis (or all zeros, known on some JAX GPU versions).
     """
     cfg = dataclasses.replace(config, per_device_batch=per_device_batch)
-    model = create_model(cfg)
+    model = create_model(cfg, num_devices=1)
     lr_fn = create_learning_rate_fn(cfg, 100)
     state_shape = jax.eval_shape(
         lambda r: create_train_state(r, cfg, model, lr_fn), jax.random.PRNGKey(0))
@@ -305,7 +423,7 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     if jax.process_count() > 1:
         scale, devices = len(devices), devices[:1]
     n = len(devices)
-    model = create_model(config)
+    model = create_model(config, num_devices=n)
     lr_fn = create_learning_rate_fn(config, 1000)
     state = create_train_state(jax.random.PRNGKey(config.seed), config, model, lr_fn)
     step = _one_device_step(config, lr_fn, devices)
