@@ -1,0 +1,80 @@
+"""The gradient noise scale of this model on this data: a short real training run.
+
+McCandlish et al. 2018, "An Empirical Model of Large-Batch Training": the simple noise
+scale ``B_simple = tr(Sigma) / |G|^2`` approximates the critical batch, past which a
+larger batch buys few fewer steps. The data-parallel step already has what the
+estimate needs: ``trainers.train.train_step`` returns the mean squared norm of the
+per-device gradients and the squared norm of the averaged gradient, and
+``trainers.loop`` keeps their moving averages (``trainers.noise_scale``). This probe
+only runs the trainers' loop (its step, its input pipeline, on the packed data) for
+the first ``steps`` steps in a temporary folder and reads the figures back; the
+planner decides what to do with them.
+
+Two batch sizes are needed (``B_small`` per device, ``B_big`` global), so on one
+device there is nothing to measure: the report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tempfile
+import time
+
+from probes.records import NoiseScaleReport
+
+
+def _finite(x: float) -> float | None:
+    return x if x is not None and math.isfinite(x) else None
+
+
+def measure_noise_scale(config, packed_dir: str, options, *, steps: int,
+                        devices: int) -> NoiseScaleReport:
+    """Train ``config`` (a ``trainers.options.TrainConfig``, learning rate already
+    scaled) for ``steps`` steps on the packed data set with loop ``options``
+    (``trainers.options.LoopOptions``) and return the noise scale at the end.
+
+    Args:
+      config: model, per-device batch, schedule; its ``epochs`` set the learning-rate
+        schedule the first steps follow (the run's own).
+      packed_dir: output of ``trainers.pack.pack_folder``.
+      options: the run's input pipeline settings.
+      steps: steps to train (the first is the compilation; a few hundred on an
+        accelerator, fewer on a CPU).
+      devices: devices over all hosts (``jax.device_count()``); with one, nothing is
+        measured.
+
+    Raises:
+      ValueError: ``steps`` < 2.
+    """
+    from trainers.loop import train_and_evaluate
+    from trainers.noise_scale import EMA_DECAY
+
+    if steps < 2:
+        raise ValueError(f"noise-scale probe: steps ({steps}) must be >= 2")
+    b, gb = config.per_device_batch, config.per_device_batch * devices
+    base = dict(per_device_batch=b, global_batch=gb, devices=devices,
+                learning_rate=config.learning_rate, ema_decay=EMA_DECAY)
+    if devices < 2:
+        return NoiseScaleReport(steps=0, averaged_steps=0, b_simple=None, grad_sq=None,
+                                trace_sigma=None, per_window=(), seconds=0.0,
+                                note="one device: the per-device and the global batch are "
+                                     "the same, so the noise scale cannot be estimated", **base)
+    opts = dataclasses.replace(options, max_steps=steps, eval_every_epochs=0,
+                               checkpoint_every_s=0, synthetic_steps=0)
+    cfg = dataclasses.replace(config, log_every_steps=max(1, min(config.log_every_steps,
+                                                                 steps // 5 or 1)))
+    windows: list[float] = []
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="autotune-noise-") as work:
+        s = train_and_evaluate(cfg, packed_dir, work, opts, eval_at_end=False,
+                               callback=lambda r: windows.append(r.noise_scale)
+                               if hasattr(r, "noise_scale") else None)
+    return NoiseScaleReport(steps=s.steps, averaged_steps=s.noise_steps,
+                            b_simple=_finite(s.noise_scale), grad_sq=_finite(s.noise_grad_sq),
+                            trace_sigma=_finite(s.noise_trace_sigma), per_window=tuple(windows),
+                            seconds=time.perf_counter() - t0,
+                            note="" if _finite(s.noise_scale) else
+                            "the averaged |G|^2 was not positive: gradient noise dominated "
+                            "every step (the critical batch is at least the global batch)",
+                            **base)
