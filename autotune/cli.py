@@ -31,6 +31,20 @@ class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2."""
 
 
+def _batch_arg(text: str) -> str | int:
+    """``--batch``: ``auto``, ``max`` or a per-device batch >= 1."""
+    if text in ("auto", "max"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, max or a per-device "
+                                         f"batch (a whole number)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="ImageNet-layout training folder <root>/<wnid>/*.JPEG "
                                   "(default: a built-in synthetic JPEG data set)")
@@ -75,7 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true", help="probe (or reuse a fresh probe), plan, pack, train")
     p.add_argument("--val-data", help="validation folder (default: a seeded hold-out of --data)")
     p.add_argument("--epochs", type=float)
-    p.add_argument("--batch", type=int, help="per-device batch (overrides the plan)")
+    p.add_argument("--batch", type=_batch_arg, metavar="{auto,max,N}",
+                   help="per-device batch: auto (the smallest of the largest that fits, the "
+                        "throughput knee and the data's critical batch, even where the preset "
+                        "fixes one), max (the largest that fits) or a number; the plan says "
+                        "what it would have chosen (default: the preset's, else auto)")
     p.add_argument("--threads", type=int, help="decode threads (overrides the plan)")
     p.add_argument("--read-mode", choices=("random", "sequential"))
     p.add_argument("--shards", type=int)
@@ -214,14 +232,17 @@ def _train_request(args, console, argv: list[str]):
     from autotune import orchestrate
     from autotune.planner import PlanRequest
 
-    for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
+    for name in ("epochs", "threads", "shards", "max_steps", "partitions"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
     return orchestrate.TrainRequest(
         data=_data(args, console), preset=orchestrate.resolve_preset(args.preset),
         results_root=Path(args.results) if args.results else results.default_results_root(),
-        plan_request=PlanRequest(epochs=args.epochs, per_device_batch=args.batch,
+        plan_request=PlanRequest(epochs=args.epochs,
+                                 per_device_batch=args.batch if isinstance(args.batch, int)
+                                 else None,
+                                 batch_policy=args.batch if isinstance(args.batch, str) else None,
                                  decode_threads=args.threads, read_mode=args.read_mode,
                                  num_shards=args.shards),
         val_data=args.val_data, reprobe=args.reprobe,

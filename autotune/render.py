@@ -199,6 +199,14 @@ def _accelerator_table(report) -> Table:
         rows.append((f"step memory @ batch {m.per_device_batch}", fmt_bytes(m.total)))
     if report.batch_search is not None:
         rows.append(("largest batch", report.batch_search.reason))
+    if acc.rate_curve:
+        rows.append(("images/s by batch", ", ".join(
+            f"{p.per_device_batch}: {fmt_num(p.images_per_s)}" for p in acc.rate_curve)))
+    if report.noise_scale is not None:
+        n = report.noise_scale
+        rows.append(("gradient noise scale", (
+            f"B_simple {fmt_num(n.b_simple)} images over {n.averaged_steps} steps at "
+            f"{n.per_device_batch} x {n.devices} devices" if n.b_simple is not None else n.note)))
     if acc.step_rate is not None:
         r = acc.step_rate
         rows.append(("train step", f"{fmt_num(r.images_per_s, 'img/s')} at per-device batch "
@@ -276,7 +284,8 @@ def render_plan(plan) -> Group:
                 + f" -> predicted {fmt_num(plan.predicted_images_per_s, 'img/s')} per host, "
                   f"{fmt_num(plan.predicted_global_images_per_s, 'img/s')} over "
                   f"{plan.num_hosts} host{'s' if plan.num_hosts != 1 else ''}", style="dim")
-    return Group(t, line)
+    warnings = [Text(f"  warning: {w}", style="bold yellow") for w in plan.warnings]
+    return Group(t, line, *warnings)
 
 
 def render_pack(result) -> Table:
