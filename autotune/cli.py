@@ -45,6 +45,14 @@ def _batch_arg(text: str) -> str | int:
     return value
 
 
+def _batch_request(batch: str | int | None) -> dict:
+    """``--batch`` as ``PlanRequest`` fields: ``per_device_batch`` for a number,
+    ``batch_policy`` for ``auto`` / ``max``."""
+    if isinstance(batch, int):
+        return {"per_device_batch": batch}
+    return {"batch_policy": batch} if batch else {}
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="ImageNet-layout training folder <root>/<wnid>/*.JPEG "
                                   "(default: a built-in synthetic JPEG data set)")
@@ -72,6 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", required=True, help="probe.json (or a run folder holding one)")
     p.add_argument("--preset")
     p.add_argument("--hosts", type=int, default=1)
+    p.add_argument("--batch", type=_batch_arg, metavar="{auto,max,N}",
+                   help="per-device batch: auto, max or a number (see train --batch)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("pack", help="pack an ImageNet-layout folder into ArrayRecord shards")
@@ -186,8 +196,11 @@ def cmd_plan(args, console) -> int:
     if not path.is_file():
         raise UsageError(f"--probe {args.probe}: no probe.json there")
     report = ProbeReport.load(path)
-    plan = make_plan(report, get_preset(args.preset or report.preset),
-                     PlanRequest(num_hosts=args.hosts))
+    try:
+        plan = make_plan(report, get_preset(args.preset or report.preset),
+                         PlanRequest(num_hosts=args.hosts, **_batch_request(args.batch)))
+    except ValueError as exc:
+        raise UsageError(f"--probe {args.probe}: {exc}") from None
     if args.json:
         print(plan.to_json())
     else:
@@ -239,10 +252,7 @@ def _train_request(args, console, argv: list[str]):
     return orchestrate.TrainRequest(
         data=_data(args, console), preset=orchestrate.resolve_preset(args.preset),
         results_root=Path(args.results) if args.results else results.default_results_root(),
-        plan_request=PlanRequest(epochs=args.epochs,
-                                 per_device_batch=args.batch if isinstance(args.batch, int)
-                                 else None,
-                                 batch_policy=args.batch if isinstance(args.batch, str) else None,
+        plan_request=PlanRequest(epochs=args.epochs, **_batch_request(args.batch),
                                  decode_threads=args.threads, read_mode=args.read_mode,
                                  num_shards=args.shards),
         val_data=args.val_data, reprobe=args.reprobe,
