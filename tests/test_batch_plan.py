@@ -208,3 +208,30 @@ def test_cli_plan_prints_the_forced_batch_the_choice_and_the_warning(tmp_path, c
         main(["plan", "--probe", str(path), "--batch", "huge"])
     assert exc.value.code == 2
     assert "'huge': expected auto, max or a per-device batch" in capsys.readouterr().err
+
+
+def test_live_view_says_when_the_noise_scale_moves_past_the_batch():
+    """The plain line and the panel say where the run's noise scale stands against the
+    global batch in use (2,048 here): past it (the data would use more), or below it."""
+    import io
+
+    from rich.console import Console
+
+    from autotune.live import TrainView
+    from run_fixtures import make_plan, make_steps, to_text
+
+    buf = io.StringIO()
+    view = TrainView(Console(file=buf, width=300, color_system=None), plan=make_plan(),
+                     gpu_sampler=lambda: (), host_sampler=lambda: None)
+    steps = make_steps(3)
+    with view:
+        view(steps[0])  # NaN: not measured, nothing said
+        view(dataclasses.replace(steps[1], noise_scale=900.0))
+        view(dataclasses.replace(steps[2], noise_scale=5_000.0))
+    lines = buf.getvalue().splitlines()
+    assert "noise scale" not in lines[0]
+    assert ("noise scale: B_simple 900 -> critical batch 900 < global batch 2,048 in use: the "
+            "batch is past what the data can use now") in lines[1]
+    assert "critical batch 5,000 > global batch 2,048 in use: the data would now use a larger " \
+           "batch well" in lines[2]
+    assert "critical batch 5,000 > global batch 2,048" in to_text(view._render(), width=200)
