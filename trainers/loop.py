@@ -409,7 +409,10 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
                  else min(lay.total_steps, start_step + options.max_steps))
     run = _RunState(step=start_step, bad=bad0, checkpoint_step=start_step or None)
     with DeviceFeed(batches, depth=options.device_prefetch) as feed, StopSignals() as signals:
-        meter = _Meter(feed, lay.global_batch, config.per_device_batch)
+        # The noise scale needs independent per-device gradients: per-device batch-norm
+        # statistics (trainers.noise_scale); with groups of devices it is not tracked.
+        meter = _Meter(feed, lay.global_batch, config.per_device_batch
+                       if getattr(config, "bn_group_devices", 1) == 1 else 0)
         meter.skipped = skipped0
         decisions = _Decisions(signals, options.checkpoint_every_s)
 

@@ -16,6 +16,10 @@ returns both as the scalar metrics ``grad_sq_per_device`` and ``grad_sq_mean``. 
 estimate is noisy, so the paper averages the numerator and the denominator separately
 over steps (an exponential moving average) before dividing (appendix A.1):
 :class:`NoiseScaleEMA`. Pure Python (no JAX): the loop, the probe and the tests share it.
+
+The two-batch estimate needs the per-device gradients to be independent averages of
+per-example gradients: batch-norm statistics per device, not shared across devices
+(shared statistics anti-correlate the devices' gradients; see ``probes.noise_scale``).
 """
 
 from __future__ import annotations
