@@ -342,7 +342,7 @@ def choose_critical_batch(noise, *, all_devices: int) -> tuple[int | None, int |
         f"{noise.grad_sq:.4g} = {noise.b_simple:,.0f} images (averaged over "
         f"{noise.averaged_steps} steps at per-device {noise.per_device_batch} x "
         f"{noise.devices} devices); critical global batch {CRITICAL_BATCH_MULTIPLE:g} x "
-        f"B_simple = {crit:,} (McCandlish et al. 2018, eqs. 2.9-2.12: at B_crit ~ B_simple a "
+        f"{noise.b_simple:,.2f} = {crit:,}, rounded down (McCandlish et al. 2018, eqs. 2.9-2.12: at B_crit ~ B_simple a "
         f"run needs 2x the fewest steps and 2x the fewest examples; the noise scale grows "
         f"as the loss falls, so 1x its early value is the safe side); / {all_devices} devices -> {per} "
         f"per device" + (" (rounded down to a multiple of 8)" if per >= 8 else "")
