@@ -332,6 +332,10 @@ def _summary_extra_rows(summary, plan) -> list[tuple[str, str]]:
                                       f"{ev.resumed_step:,}"))
     if summary.resumed_from_step:
         rows.append(("resumed from", f"step {summary.resumed_from_step:,}"))
+    if not is_missing(getattr(summary, "noise_scale", None)):
+        rows.append(("gradient noise scale", f"B_simple {fmt_num(summary.noise_scale)} images at "
+                                             f"the end ({summary.noise_steps:,} steps averaged) "
+                                             f"vs global batch {summary.global_batch:,}"))
     if summary.final_eval is not None:
         e = summary.final_eval
         rows.append(("held-out top-1", f"{e.top1:.2%} (top-5 {e.top5:.2%}, {e.count:,} images)"))
