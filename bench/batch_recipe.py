@@ -13,7 +13,9 @@ epochs for all:
   measures on the data after packing;
 * ``small``: one device, ``--batch 128`` (global 128: the reference);
 * ``forced``: 8 fake devices, ``--batch 128`` (global 1,024), which reuses the
-  ``planner`` run's probe (same noise scale): the plan's warning and the rule used.
+  ``planner`` run's probe (same noise scale): the plan's warning and the rule used;
+* ``critical`` (only with ``--only critical --append``): 8 fake devices at the
+  ``planner`` plan's critical per-device batch (``batch_critical``), the same probe.
 
 Each run is a child process with its own results folder; the script reads each run's
 ``plan.json``, ``probe.json``, ``summary.json`` and ``metrics.jsonl`` back and keeps,
@@ -45,6 +47,7 @@ def arms(epochs: float, data: Path, work: Path) -> list[dict]:
         {"name": "planner", "xla_flags": XLA8, "batch": "auto", "results": work / "dev8"},
         {"name": "small", "xla_flags": "", "batch": "128", "results": work / "dev1"},
         {"name": "forced", "xla_flags": XLA8, "batch": "128", "results": work / "dev8"},
+        {"name": "critical", "xla_flags": XLA8, "batch": "from-plan", "results": work / "dev8"},
     ]
 
 
@@ -143,7 +146,9 @@ def main() -> int:
     ap.add_argument("--work", default="/tmp/autotune-batch-recipe")
     ap.add_argument("--json")
     ap.add_argument("--table-from")
-    ap.add_argument("--only", help="comma-separated arm names")
+    ap.add_argument("--only", help="comma-separated arm names (default: planner, small, "
+                                   "forced)")
+    ap.add_argument("--append", action="store_true", help="add the arms to --json's file")
     args = ap.parse_args()
     if args.table_from:
         print(table(json.loads(Path(args.table_from).read_text())))
@@ -151,10 +156,15 @@ def main() -> int:
     doc = {"date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "epochs": args.epochs,
            "data": args.data, "arms": []}
-    only = set(args.only.split(",")) if args.only else None
+    only = set(args.only.split(",")) if args.only else {"planner", "small", "forced"}
+    if args.append:
+        doc = json.loads(Path(args.json).read_text())
     for arm in arms(args.epochs, Path(args.data), Path(args.work)):
-        if only and arm["name"] not in only:
+        if arm["name"] not in only:
             continue
+        if arm["batch"] == "from-plan":
+            planned = next(a for a in doc["arms"] if a["name"] == "planner")
+            arm["batch"] = planned["decisions"]["batch_critical"]["value"]
         doc["arms"].append(run_arm(arm, args.epochs, Path(args.data)))
         if args.json:
             Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
