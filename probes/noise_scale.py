@@ -18,10 +18,12 @@ normalisation whose statistics are shared across devices breaks that: the gradie
 through the shared mean and variance centres every device's gradient on the others'
 (they come out anti-correlated), ``|G_small|^2`` exceeds ``(B_big / B_small) x
 |G_big|^2`` and the estimate of ``|G|^2`` turns negative. Measured on Imagenette
-(cpu-small, 16 x 8 devices, 60 steps): statistics over all 8 devices gave a negative
-``|G|^2`` after 20 steps; per-device statistics gave ``B_simple`` 119 -> 223 over the
-same steps. So the probe runs with per-device statistics where the trainer has the
-option (``TrainConfig.bn_group_devices = 1``).
+(cpu-small, 16 x 8 devices, the same warmup; ``bench/results/batch_recipe_cpu*.json``):
+with statistics over all 8 devices ``B_simple`` read 606 and 2,202 after 10 and 20
+steps and the averaged ``|G|^2`` was negative from step 30 on; with per-device
+statistics it read 119 and 147, rising to 223 at step 60. So the probe runs with
+per-device statistics where the trainer has the option
+(``TrainConfig.bn_group_devices = 1``).
 """
 
 from __future__ import annotations
