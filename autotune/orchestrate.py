@@ -12,6 +12,7 @@ meant for the user are :class:`SetupError` (one line, naming the value).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -275,12 +276,13 @@ def probe_or_reuse(req: TrainRequest, say: Say) -> ProbeReport:
 
 
 def add_noise_scale(report: ProbeReport, req: TrainRequest, plan: Plan, packed: str,
-                    num_classes: int, say: Say) -> ProbeReport:
+                    num_classes: int, say: Say, workdir: Path | None = None) -> ProbeReport:
     """The report with the gradient noise scale measured on the packed data
     (``probes.noise_scale``): the probe's batch and steps from
     ``planner.choose_noise_probe``, its learning rate by the preset's rule at that
     global batch, the plan's schedule and input pipeline otherwise. Every process
-    calls it (the run's steps are collectives)."""
+    calls it (the run's steps are collectives); ``workdir`` is the throwaway run's
+    folder, one every host sees (default: a temporary folder)."""
     import jax
 
     from probes.noise_scale import measure_noise_scale
@@ -297,7 +299,8 @@ def add_noise_scale(report: ProbeReport, req: TrainRequest, plan: Plan, packed: 
                                  warmup_epochs=warmup)
     say(f"noise scale: {why}")
     noise = measure_noise_scale(config, packed, planner.loop_options(plan), steps=steps,
-                                devices=devices)
+                                devices=devices,
+                                workdir=str(workdir) if workdir is not None else None)
     say(f"noise scale: B_simple {noise.b_simple if noise.b_simple is not None else '-'} "
         f"({noise.note or f'{noise.averaged_steps} steps averaged, {noise.seconds:.0f} s'})")
     return dataclasses.replace(report, noise_scale=noise)
@@ -425,9 +428,13 @@ def new_session(req: TrainRequest, *, say: Say, show: Show, progress: Progress) 
     plan = plan_for_all_hosts(report, req)
     packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data)
     if searches_batch(req) and report.noise_scale is None and jax.device_count() > 1:
-        report = add_noise_scale(report, req, plan, packed, pack_result.num_classes, say)
+        scratch = run / "noise-probe"  # in the run folder: every host sees it
+        report = add_noise_scale(report, req, plan, packed, pack_result.num_classes, say,
+                                 workdir=scratch)
         key = planner.pack_cache_key(plan, req.data, req.val_data)
-        plan = plan_for_all_hosts(report, req)
+        plan = plan_for_all_hosts(report, req)  # a collective: every host is done with it
+        if primary:
+            shutil.rmtree(scratch, ignore_errors=True)
         if planner.pack_cache_key(plan, req.data, req.val_data) != key:
             packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data)
     if primary:

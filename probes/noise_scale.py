@@ -41,7 +41,7 @@ def _finite(x: float) -> float | None:
 
 
 def measure_noise_scale(config, packed_dir: str, options, *, steps: int,
-                        devices: int) -> NoiseScaleReport:
+                        devices: int, workdir: str | None = None) -> NoiseScaleReport:
     """Train ``config`` (a ``trainers.options.TrainConfig``, learning rate already
     scaled) for ``steps`` steps on the packed data set with loop ``options``
     (``trainers.options.LoopOptions``) and return the noise scale at the end.
@@ -55,6 +55,9 @@ def measure_noise_scale(config, packed_dir: str, options, *, steps: int,
         accelerator, fewer on a CPU).
       devices: devices over all hosts (``jax.device_count()``); with one, nothing is
         measured.
+      workdir: an empty folder for the throwaway run's checkpoint, the same for every
+        process (on several hosts, one every host sees); default: a temporary folder
+        (one host).
 
     Raises:
       ValueError: ``steps`` < 2.
@@ -80,10 +83,17 @@ def measure_noise_scale(config, packed_dir: str, options, *, steps: int,
                                                                  steps // 5 or 1)))
     windows: list[float] = []
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="autotune-noise-") as work:
-        s = train_and_evaluate(cfg, packed_dir, work, opts, eval_at_end=False,
-                               callback=lambda r: windows.append(r.noise_scale)
-                               if hasattr(r, "noise_scale") else None)
+    def collect(r) -> None:
+        if hasattr(r, "noise_scale"):
+            windows.append(r.noise_scale)
+
+    if workdir is not None:
+        s = train_and_evaluate(cfg, packed_dir, workdir, opts, eval_at_end=False,
+                               callback=collect)
+    else:
+        with tempfile.TemporaryDirectory(prefix="autotune-noise-") as work:
+            s = train_and_evaluate(cfg, packed_dir, work, opts, eval_at_end=False,
+                                   callback=collect)
     return NoiseScaleReport(steps=s.steps, averaged_steps=s.noise_steps,
                             b_simple=_finite(s.noise_scale), grad_sq=_finite(s.noise_grad_sq),
                             trace_sigma=_finite(s.noise_trace_sigma), per_window=tuple(windows),

@@ -24,6 +24,7 @@ def test_batch_auto_measures_and_takes_the_smallest(tmp_path, capsys, monkeypatc
     noise = probe.noise_scale
     # 76 training images / (6 steps x 8 devices) = 1 per device: one epoch at most.
     assert (noise.steps, noise.averaged_steps, noise.per_device_batch) == (6, 5, 1)
+    assert not (run / "noise-probe").exists()  # the throwaway run's folder is removed
     cands = [plan.decision(n).value for n in ("batch_fit", "batch_knee", "batch_critical")]
     known = [int(v) for v in cands if v != "-"]
     assert plan.per_device_batch == min(known)
