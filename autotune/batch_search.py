@@ -55,6 +55,7 @@ __all__ = [
     "STEP_DOWN_FRACTION",
     "find_max_batch",
     "find_max_batch_by_trial",
+    "knee_batches",
     "next_smaller_batch",
     "parse_memory_budget",
 ]
@@ -655,6 +656,28 @@ def next_smaller_batch(per_device_batch: int, multiple: int = 8) -> int:
     if new >= b:
         new = _round_down(b - 1, m)
     return max(m, new)
+
+
+def knee_batches(max_batch: int, *, multiple: int = 8, points: int = 5) -> tuple[int, ...]:
+    """Per-device batches at which to time the step for the throughput knee:
+    ``max_batch`` and its halvings, each rounded down to ``multiple``, at least
+    ``multiple`` (or ``max_batch`` when that is smaller), at most ``points`` of them,
+    ascending. E.g. 1024 -> (64, 128, 256, 512, 1024); 128 -> (8, 16, 32, 64, 128);
+    200 -> (8, 24, 48, 96, 200).
+
+    Raises:
+      ValueError / TypeError: non-positive or non-integer arguments.
+    """
+    b = _check_int("max_batch", max_batch, 1)
+    m = _check_int("multiple", multiple, 1)
+    n = _check_int("points", points, 1)
+    out = [b]
+    while len(out) < n:
+        nxt = _round_down(out[-1] / 2, m)
+        if nxt < m or nxt >= out[-1]:
+            break
+        out.append(nxt)
+    return tuple(sorted(set(out)))
 
 
 _UNITS = {

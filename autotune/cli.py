@@ -34,6 +34,28 @@ class UsageError(Exception):
     """A bad argument: printed as one line, exit code 2."""
 
 
+def _batch_arg(text: str) -> str | int:
+    """``--batch``: ``auto``, ``max`` or a per-device batch >= 1."""
+    if text in ("auto", "max"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected auto, max or a per-device "
+                                         f"batch (a whole number)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
+    return value
+
+
+def _batch_request(batch: str | int | None) -> dict:
+    """``--batch`` as ``PlanRequest`` fields: ``per_device_batch`` for a number,
+    ``batch_policy`` for ``auto`` / ``max``."""
+    if isinstance(batch, int):
+        return {"per_device_batch": batch}
+    return {"batch_policy": batch} if batch else {}
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="training images as downloaded: a folder <root>/<wnid>/**/*.JPEG, "
                                   "ILSVRC2012_img_train.tar, an ImageNet-21k tar of per-class "
@@ -73,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--probe", required=True, help="probe.json (or a run folder holding one)")
     p.add_argument("--preset")
     p.add_argument("--hosts", type=int, default=1)
+    p.add_argument("--batch", type=_batch_arg, metavar="{auto,max,N}",
+                   help="per-device batch: auto, max or a number (see train --batch)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("pack", help="pack a folder or archive into ArrayRecord shards")
@@ -105,7 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto", action="store_true", help="probe (or reuse a fresh probe), plan, pack, train")
     _add_val(p)
     p.add_argument("--epochs", type=float)
-    p.add_argument("--batch", type=int, help="per-device batch (overrides the plan)")
+    p.add_argument("--batch", type=_batch_arg, metavar="{auto,max,N}",
+                   help="per-device batch: auto (the smallest of the largest that fits, the "
+                        "throughput knee and the data's critical batch, even where the preset "
+                        "fixes one), max (the largest that fits) or a number; the plan says "
+                        "what it would have chosen (default: the preset's, else auto)")
     p.add_argument("--threads", type=int, help="decode threads (overrides the plan)")
     p.add_argument("--read-mode", choices=("random", "sequential"))
     p.add_argument("--shards", type=int)
@@ -198,8 +226,11 @@ def cmd_plan(args, console) -> int:
     if not path.is_file():
         raise UsageError(f"--probe {args.probe}: no probe.json there")
     report = ProbeReport.load(path)
-    plan = make_plan(report, get_preset(args.preset or report.preset),
-                     PlanRequest(num_hosts=args.hosts))
+    try:
+        plan = make_plan(report, get_preset(args.preset or report.preset),
+                         PlanRequest(num_hosts=args.hosts, **_batch_request(args.batch)))
+    except ValueError as exc:
+        raise UsageError(f"--probe {args.probe}: {exc}") from None
     if args.json:
         print(plan.to_json())
     else:
@@ -274,14 +305,14 @@ def _train_request(args, console, argv: list[str]):
     from autotune import orchestrate
     from autotune.planner import PlanRequest
 
-    for name in ("epochs", "batch", "threads", "shards", "max_steps", "partitions"):
+    for name in ("epochs", "threads", "shards", "max_steps", "partitions"):
         v = getattr(args, name)
         if v is not None and v <= 0:
             raise UsageError(f"--{name.replace('_', '-')} {v}: must be > 0")
     return orchestrate.TrainRequest(
         data=_data(args, console), preset=orchestrate.resolve_preset(args.preset),
         results_root=Path(args.results) if args.results else results.default_results_root(),
-        plan_request=PlanRequest(epochs=args.epochs, per_device_batch=args.batch,
+        plan_request=PlanRequest(epochs=args.epochs, **_batch_request(args.batch),
                                  decode_threads=args.threads, read_mode=args.read_mode,
                                  num_shards=args.shards),
         val_data=args.val_data, val_labels=args.val_labels, reprobe=args.reprobe,

@@ -23,6 +23,7 @@ from rich.text import Text
 
 from autotune.charts import sparkline
 from autotune.fmt import fmt_bytes, fmt_ms, fmt_num, fmt_secs, is_missing, stall_style
+from autotune.planner import noise_vs_batch
 from autotune.runs import StepAverager, plan_ratio_pct
 from probes.sampler import HostSample, UtilisationSampler
 
@@ -37,7 +38,10 @@ class TrainView:
     step time on on-device input, the data stall (accelerators idle for input) and,
     separately, the host wait (the loop waiting for the next batch; both now, run
     average and recent history), skipped steps, loss and learning rate, held-out
-    accuracy, per-GPU utilisation and memory and host CPU and RAM (read by
+    accuracy, the gradient noise scale against the batch in use (saying so when the
+    data's critical batch moves past it, either way:
+    :func:`autotune.planner.noise_vs_batch`), per-GPU utilisation and memory and host
+    CPU and RAM (read by
     :class:`probes.sampler.UtilisationSampler` at most once every
     :attr:`SAMPLE_EVERY_S` seconds).
 
@@ -141,7 +145,17 @@ class TrainView:
             s += f" | {r.bad_records:,} bad records"
         if r.skipped_steps:
             s += f" | {r.skipped_steps:,} steps skipped (non-finite)"
+        noise = self._noise(r)
+        if noise is not None:
+            s += f" | noise scale: {noise[1]}"
         return s
+
+    def _noise(self, r) -> tuple[str, str] | None:
+        """The planner's comparison of the window's noise scale with the global batch
+        in use (None: not measured, or no plan)."""
+        if self.plan is None:
+            return None
+        return noise_vs_batch(getattr(r, "noise_scale", float("nan")), self.plan.global_batch)
 
     def _progress_rows(self, t: Table, r, plan, vs_plan, hist: dict[str, Any]) -> None:
         """Progress and throughput rows from the last ``StepReport`` ``r``."""
@@ -191,6 +205,10 @@ class TrainView:
         if r.skipped_steps:
             t.add_row("skipped steps", Text(f"{r.skipped_steps:,} (non-finite loss or gradient)",
                                             style="yellow"))
+        noise = self._noise(r)
+        if noise is not None:
+            t.add_row("noise scale", Text(noise[1], style="yellow" if noise[0] == "below"
+                                          else "cyan"))
 
     def _machine_rows(self, t: Table, plan) -> None:
         """Per-GPU utilisation and memory, host CPU and RAM, and the plan's layout."""

@@ -12,6 +12,7 @@ meant for the user are :class:`SetupError` (one line, naming the value).
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 import zlib
 from dataclasses import dataclass
@@ -157,10 +158,11 @@ def resolve_data(data: str | None, progress: Progress) -> str:
 
 def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None,
               quick: bool = False, skip_disk: bool = False, read_threads: int | None = None,
-              decode_s: float | None = None, progress: Say | None = None) -> ProbeReport:
+              decode_s: float | None = None, progress: Say | None = None,
+              search_batch: bool = False) -> ProbeReport:
     """Run every probe on ``data_path`` for ``preset``: host, data set, decode + augment
     against threads, disk (page cache bypassed), the largest per-device batch and the
-    train step's images/s.
+    train step's images/s (at a few per-device batches when the batch is searched).
 
     Args:
       data_path: ImageNet-layout image folder.
@@ -172,6 +174,8 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
         the decode knee, the threads the pipeline will really read with).
       decode_s: measuring seconds per decode thread count.
       progress: called with a line before each stage.
+      search_batch: search the batch (and time the rate curve) even where the preset
+        fixes one (``--batch auto / max / N``: the plan then says what it would choose).
 
     Raises:
       FileNotFoundError / ValueError: bad data folder (named in the message).
@@ -198,7 +202,8 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
             dataset_bytes=stats.total_bytes,
             queue_depth=read_threads or max(1, decode_report.knee_threads),
             duration_s=0.5 if quick else 2.0, file_bytes=(64 << 20) if quick else None)
-    search, acc = _probe_accelerator(preset, stats.num_classes, budget_bytes, quick, say)
+    search, acc = _probe_accelerator(preset, stats.num_classes, budget_bytes, quick, say,
+                                     search_batch)
     return ProbeReport(created_utc=utc_now(), data_path=str(data_path), preset=preset.name,
                        host=host_report, dataset=stats, disk=disk_report,
                        decode=decode_report, accelerator=acc, batch_search=search,
@@ -206,10 +211,12 @@ def run_probe(data_path: str, preset: Preset, *, budget_bytes: int | None = None
 
 
 def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | None,
-                       quick: bool, say: Say):
+                       quick: bool, say: Say, search_batch: bool = False):
     """``(batch search or None, AcceleratorReport)``: the largest per-device batch by
     compiled memory analysis (real steps in child processes where the analysis is
-    unavailable), unless the preset fixes the batch; then the step rate at it."""
+    unavailable), unless the preset fixes the batch (and ``search_batch`` is False);
+    then the step rate at it, and with a search the rate curve at its halvings
+    (``autotune.batch_search.knee_batches``) for the throughput knee."""
     import jax
 
     from autotune import batch_search as bs
@@ -219,7 +226,7 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
     config = TrainConfig(arch=preset.arch, width=preset.width, small_images=preset.small_images,
                          image_size=preset.image_size, num_classes=num_classes,
                          per_device_batch=32, dtype=preset.dtype, blurpool=preset.blurpool)
-    batch = preset.per_device_for(jax.device_count())
+    batch = None if search_batch else preset.per_device_for(jax.device_count())
     limit, _ = accelerator.device_memory_limit(budget_bytes)
     search = None
     if batch is None:
@@ -242,24 +249,69 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
                 multiple=8, max_batch=preset.max_per_device_batch)
         batch = search.per_device_batch
     config = dataclasses.replace(config, per_device_batch=batch)
-    say(f"accelerator: train-step images/s at per-device batch {batch}")
+    curve = bs.knee_batches(batch) if search else ()
+    say(f"accelerator: train-step images/s at per-device batch "
+        f"{', '.join(map(str, curve)) if curve else batch}")
     acc = accelerator.probe_accelerator(config, budget_bytes=budget_bytes,
                                         memory_batches=() if search else (batch,),
-                                        rate_steps=5 if quick else 10)
+                                        rate_steps=5 if quick else 10, curve_batches=curve)
     return search, acc
 
 
+def searches_batch(req: TrainRequest) -> bool:
+    """Whether the batch is searched (and the noise scale measured): the preset fixes
+    no batch, or ``--batch`` was given (``auto``, ``max`` or N: the plan says what it
+    would have chosen)."""
+    r = req.plan_request
+    return (req.preset.per_device_batch is None and req.preset.global_batch is None) or bool(
+        r.batch_policy or r.per_device_batch)
+
+
 def probe_or_reuse(req: TrainRequest, say: Say) -> ProbeReport:
-    """A probe of ``req.data`` under 24 h old for the same preset on this host, or a
-    new quick one."""
+    """A probe of ``req.data`` under 24 h old for the same preset on this host (with a
+    batch search when :func:`searches_batch`), or a new quick one."""
+    search = searches_batch(req)
     fresh = None if req.reprobe else results.find_fresh_probe(req.results_root, req.data,
                                                               req.preset.name)
     if fresh is not None:
-        say(f"reusing the probe of {fresh.parent.name} (under 24 h old; --reprobe to measure "
-            f"again)")
-        return ProbeReport.load(fresh)
+        report = ProbeReport.load(fresh)
+        if report.batch_search is not None or not search:
+            say(f"reusing the probe of {fresh.parent.name} (under 24 h old; --reprobe to "
+                f"measure again)")
+            return report
     return run_probe(req.data, req.preset, budget_bytes=req.budget_bytes, quick=True,
-                     progress=say)
+                     progress=say, search_batch=search)
+
+
+def add_noise_scale(report: ProbeReport, req: TrainRequest, plan: Plan, packed: str,
+                    num_classes: int, say: Say, workdir: Path | None = None) -> ProbeReport:
+    """The report with the gradient noise scale measured on the packed data
+    (``probes.noise_scale``): the probe's batch and steps from
+    ``planner.choose_noise_probe``, its learning rate by the preset's rule at that
+    global batch, the plan's schedule and input pipeline otherwise. Every process
+    calls it (the run's steps are collectives); ``workdir`` is the throwaway run's
+    folder, one every host sees (default: a temporary folder)."""
+    import jax
+
+    from probes.noise_scale import measure_noise_scale
+
+    devices = jax.device_count()
+    cands = planner.batch_candidates(report, all_devices=devices)
+    train_images = int(report.dataset.num_images * (1 - (0 if req.val_data else plan.val_fraction)))
+    per, steps, why = planner.choose_noise_probe(cands, all_devices=devices,
+                                                 train_images=train_images,
+                                                 backend=report.accelerator.backend)
+    lr, warmup, _ = planner.choose_learning_rate(req.preset, per * devices)
+    config = dataclasses.replace(planner.train_config(plan, req.preset, num_classes),
+                                 per_device_batch=per, learning_rate=lr.learning_rate,
+                                 warmup_epochs=warmup)
+    say(f"noise scale: {why}")
+    noise = measure_noise_scale(config, packed, planner.loop_options(plan), steps=steps,
+                                devices=devices,
+                                workdir=str(workdir) if workdir is not None else None)
+    say(f"noise scale: B_simple {noise.b_simple if noise.b_simple is not None else '-'} "
+        f"({noise.note or f'{noise.averaged_steps} steps averaged, {noise.seconds:.0f} s'})")
+    return dataclasses.replace(report, noise_scale=noise)
 
 
 # ---------------------------------------------------------------- pack
@@ -409,7 +461,9 @@ def plan_for_all_hosts(report: ProbeReport, req: TrainRequest) -> Plan:
 # ---------------------------------------------------------------- runs
 
 def new_session(req: TrainRequest, *, say: Say, show: Show, progress: Progress) -> Session:
-    """Set up a new run: run folder, probe (or reuse), plan, pack, the trainer's
+    """Set up a new run: run folder, probe (or reuse), plan, pack, the noise scale on
+    the packed data when the batch is searched on several devices (then the plan
+    again, with it, and a new pack only if the pack settings moved), the trainer's
     settings; process 0 writes ``probe.json``, ``plan.json``, ``pack.json``,
     ``bad_images.json`` and ``run.json``. ``show`` receives the plan and the pack
     result as they are ready (for rendering).
@@ -422,14 +476,23 @@ def new_session(req: TrainRequest, *, say: Say, show: Show, progress: Progress) 
     primary = jax.process_index() == 0
     run = shared_run_dir(req.results_root)
     report = probe_or_reuse(req, say)
+    plan = plan_for_all_hosts(report, req)
+    packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data, req.val_labels)
+    if searches_batch(req) and report.noise_scale is None and jax.device_count() > 1:
+        scratch = run / "noise-probe"  # in the run folder: every host sees it
+        report = add_noise_scale(report, req, plan, packed, pack_result.num_classes, say,
+                                 workdir=scratch)
+        key = planner.pack_cache_key(plan, req.data, req.val_data)
+        plan = plan_for_all_hosts(report, req)  # a collective: every host is done with it
+        if primary:
+            shutil.rmtree(scratch, ignore_errors=True)
+        if planner.pack_cache_key(plan, req.data, req.val_data) != key:
+            packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data,
+                                                req.val_labels)
     if primary:
         report.save(run / results.PROBE)
-    plan = plan_for_all_hosts(report, req)
-    if primary:
         plan.save(run / results.PLAN)
     show(plan)
-    packed, pack_result = pack_for_plan(req.data, plan, progress, req.val_data,
-                                          req.val_labels)
     if primary:
         pack_result.save(run / results.PACK)
         results.save_json(run / results.BAD_IMAGES, [b.to_dict() for b in pack_result.bad_images])

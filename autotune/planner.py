@@ -7,9 +7,19 @@ planner also owns what follows from a plan: the trainer's settings
 :func:`pack_cache_key`, pure renames with no policy in them) and the out-of-memory
 step-down (:func:`step_down`). The rules:
 
-* **Batch** (:func:`choose_per_device_batch`): the command line's, the batch search's,
-  or the preset's fixed per-device batch; global batch = per-device x local devices x
-  hosts, with the local device count given in the :class:`PlanRequest`.
+* **Batch** (:func:`choose_per_device_batch`): by throughput, by the data, and only
+  then by memory: the smallest of three candidates (:func:`batch_candidates`), each
+  shown with its numbers: the largest that fits (the batch search), the throughput
+  knee (:func:`choose_throughput_knee`: the smallest measured batch within 3% of the
+  best images/s) and the critical batch of this data and model
+  (:func:`choose_critical_batch`: the global batch at most 1 x the gradient noise
+  scale ``B_simple`` measured on the user's data, McCandlish et al. 2018). The
+  command line can force ``--batch max`` or ``--batch N`` (the reason then says what
+  the plan would have chosen, and :func:`batch_warnings` warns past the critical
+  batch); a preset with a fixed batch keeps it unless ``--batch auto``. Global batch
+  = per-device x local devices x hosts, with the local device count given in the
+  :class:`PlanRequest`. The step rate at the chosen batch comes from the probe's
+  rate curve (:func:`step_rate_at`).
 * **Learning rate** (:func:`choose_learning_rate`):
   ``autotune.lr_rules.scale_learning_rate`` (linear rule with warmup, Goyal et al.
   2017; LARS above 8k; square root for Adam); warmup capped by the preset's.
@@ -108,6 +118,21 @@ SHUFFLE_WINDOW = 4096
 #: n = 32 images; NVIDIA DeepLearningExamples ResNet-50 v1.5 per GPU (>= 112 images).
 BN_MIN_BATCH = 32
 GIVEN = "given on the command line"
+#: The throughput knee: the smallest per-device batch within this fraction of the best
+#: measured images/s.
+KNEE_WITHIN = 0.03
+#: The critical global batch is this multiple of the measured noise scale B_simple.
+CRITICAL_BATCH_MULTIPLE = 1.0
+CRITICAL_BATCH_SOURCE = (
+    "McCandlish et al. 2018: steps and examples trade off as (S/S_min - 1)(E/E_min - 1) = 1 "
+    "(eq. 2.11), B_crit = E_min/S_min ~ B_noise (sec. 2.3) with B_simple its measured proxy "
+    "(eq. 2.9), so at B = B_crit a run needs 2x the fewest steps and 2x the fewest "
+    "examples; far below it is step-inefficient, far above compute-inefficient: at a fixed "
+    "epoch budget, fewer useful steps. 1x, not more: the noise scale grows as the loss "
+    "falls, and the probe measures it early, so 1x of the early value is the safe side")
+#: Steps of the noise-scale probe on an accelerator and on a CPU.
+NOISE_PROBE_STEPS = 200
+NOISE_PROBE_STEPS_CPU = 60
 
 
 @dataclass(frozen=True)
@@ -126,7 +151,10 @@ class PlanRequest(Record):
     Attributes:
       num_hosts: processes (machines) in the run (>= 1).
       epochs: overrides the preset's epochs.
-      per_device_batch: overrides the batch search / preset.
+      per_device_batch: overrides the batch search / preset (``--batch N``).
+      batch_policy: ``max`` (``--batch max``: the largest that fits), ``auto``
+        (``--batch auto``: the smallest of the three candidates even where the
+        preset fixes a batch) or None (the preset's fixed batch, else ``auto``).
       decode_threads: overrides the decode thread choice.
       read_mode: overrides the read-mode choice (``random`` or ``sequential``).
       num_shards: overrides the shard count.
@@ -149,6 +177,7 @@ class PlanRequest(Record):
     pack_resize: int | None = None
     cache_decoded: bool | None = None
     local_devices: int | None = None
+    batch_policy: str | None = None
 
     RENAMED = {"threads": "decode_threads"}
 
@@ -158,6 +187,11 @@ class PlanRequest(Record):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} ({value}) must be >= 1")
+        if self.batch_policy not in (None, "auto", "max"):
+            raise ValueError(f"batch policy {self.batch_policy!r}: expected auto or max")
+        if self.batch_policy and self.per_device_batch:
+            raise ValueError(f"batch policy {self.batch_policy!r} and per-device batch "
+                             f"{self.per_device_batch} both given: one or the other")
         if self.read_mode not in (None, "random", "sequential"):
             raise ValueError(f"read mode {self.read_mode!r}: expected random or sequential")
         if self.epochs is not None and self.epochs <= 0:
@@ -176,7 +210,9 @@ class Plan(Record):
     ``pack_workers`` its worker processes (0: threads only),
     ``archive_shard_records`` the records per shard of a streamed archive,
     ``resize_speedup`` is the decode speed-up credited to ``pack_resize`` (1.0
-    without it).
+    without it). ``noise_scale`` is the measured gradient noise scale ``B_simple``
+    and ``critical_batch`` the global batch the data can use (None: not measured);
+    ``warnings`` are shown with the plan (a global batch past the critical batch).
     """
 
     preset: str
@@ -215,6 +251,9 @@ class Plan(Record):
     pack_workers: int = 0
     archive_shard_records: int = PackOptions().archive_shard_records
     bn_group_devices: int = 1
+    noise_scale: float | None = None
+    critical_batch: int | None = None
+    warnings: tuple[str, ...] = ()
 
     def decision(self, name: str) -> Decision:
         for d in self.decisions:
@@ -256,22 +295,135 @@ def step_bytes_at(report: ProbeReport, batch: int) -> int | None:
     return mem.total if mem else None
 
 
+class BatchCandidates(NamedTuple):
+    """The three per-device batches the plan takes the smallest of (None: not known),
+    each with its :class:`Decision`; ``critical_global`` is the global batch the data
+    can use (:func:`critical_batch`), ``noise_scale`` the measured ``B_simple``."""
+
+    fit: int | None
+    knee: int | None
+    critical: int | None
+    critical_global: int | None
+    noise_scale: float | None
+    decisions: tuple[Decision, ...]
+
+
+def choose_throughput_knee(curve: Sequence[Any], *, max_batch: int | None = None,
+                           within: float = KNEE_WITHIN) -> tuple[int | None, Decision]:
+    """The throughput knee: the smallest measured per-device batch whose images/s is
+    within ``within`` (3%) of the best of the rate curve (``StepRate`` points of the
+    accelerator probe), among points at most ``max_batch`` (the largest that fits).
+    Beyond the knee a larger batch buys under 3% more images/s and only makes the
+    global batch (and its learning rate) larger. ``(None, decision)`` without a curve.
+    """
+    pts = sorted((p for p in curve if max_batch is None or p.per_device_batch <= max_batch),
+                 key=lambda p: p.per_device_batch)
+    if not pts:
+        return None, Decision("batch_knee", "-", "no images/s curve measured (the preset "
+                                                  "fixes the batch, or an older probe)")
+    best = max(pts, key=lambda p: p.images_per_s)
+    knee = next(p for p in pts if p.images_per_s >= (1 - within) * best.images_per_s)
+    curve_text = ", ".join(f"{p.per_device_batch}: {_fmt(p.images_per_s)}" for p in pts)
+    return knee.per_device_batch, Decision(
+        "batch_knee", str(knee.per_device_batch),
+        f"images/s by per-device batch ({curve_text}); best {_fmt(best.images_per_s)} at "
+        f"{best.per_device_batch}; the smallest within {within:.0%} of it is "
+        f"{knee.per_device_batch} ({_fmt(knee.images_per_s)} img/s, "
+        f"{knee.images_per_s / best.images_per_s:.1%} of the best)")
+
+
+def critical_batch(noise_scale: float) -> int:
+    """The largest global batch this data and model use well:
+    :data:`CRITICAL_BATCH_MULTIPLE` x ``B_simple``, at least 1 (see
+    :data:`CRITICAL_BATCH_SOURCE`)."""
+    return max(1, int(math.floor(CRITICAL_BATCH_MULTIPLE * noise_scale)))
+
+
+def choose_critical_batch(noise, *, all_devices: int) -> tuple[int | None, int | None, Decision]:
+    """The per-device batch that keeps the global batch at or below the critical
+    batch (:func:`critical_batch` of the noise probe's ``B_simple``, a
+    ``probes.records.NoiseScaleReport``): ``floor(critical / all_devices)``, rounded
+    down to a multiple of 8 from 8 up, at least 1. Returns ``(per_device or None,
+    critical global batch or None, decision)``."""
+    if noise is None or noise.b_simple is None:
+        why = noise.note if noise is not None else "not measured (one device, a fixed " \
+                                                      "preset batch, or an older probe)"
+        return None, None, Decision("batch_critical", "-", f"gradient noise scale: {why}")
+    crit = critical_batch(noise.b_simple)
+    per = max(1, crit // all_devices)
+    per = per // 8 * 8 if per >= 8 else per
+    return per, crit, Decision(
+        "batch_critical", str(per),
+        f"gradient noise scale B_simple = tr(Sigma)/|G|^2 = {noise.trace_sigma:.4g} / "
+        f"{noise.grad_sq:.4g} = {noise.b_simple:,.0f} images (averaged over "
+        f"{noise.averaged_steps} steps at per-device {noise.per_device_batch} x "
+        f"{noise.devices} devices); critical global batch {CRITICAL_BATCH_MULTIPLE:g} x "
+        f"{noise.b_simple:,.2f} = {crit:,}, rounded down (McCandlish et al. 2018, eqs. 2.9-2.12: at B_crit ~ B_simple a "
+        f"run needs 2x the fewest steps and 2x the fewest examples; the noise scale grows "
+        f"as the loss falls, so 1x its early value is the safe side); / {all_devices} devices -> {per} "
+        f"per device" + (" (rounded down to a multiple of 8)" if per >= 8 else "")
+        + ("; even 1 per device exceeds it" if per * all_devices > crit else ""))
+
+
+def batch_candidates(report: ProbeReport, *, all_devices: int) -> BatchCandidates:
+    """The largest that fits (the batch search), the throughput knee
+    (:func:`choose_throughput_knee`) and the critical batch
+    (:func:`choose_critical_batch`) for ``all_devices`` devices over all hosts."""
+    search = report.batch_search
+    fit = search.per_device_batch if search is not None else None
+    fit_dec = Decision("batch_fit", str(fit) if fit else "-",
+                       search.reason if search is not None else "no batch search (the preset "
+                                                                  "fixes the batch)")
+    knee, knee_dec = choose_throughput_knee(report.accelerator.rate_curve, max_batch=fit)
+    crit, crit_global, crit_dec = choose_critical_batch(report.noise_scale,
+                                                        all_devices=all_devices)
+    noise = report.noise_scale.b_simple if report.noise_scale is not None else None
+    return BatchCandidates(fit=fit, knee=knee, critical=crit, critical_global=crit_global,
+                           noise_scale=noise, decisions=(fit_dec, knee_dec, crit_dec))
+
+
+def recommended_batch(c: BatchCandidates) -> tuple[int | None, str]:
+    """The smallest of the known candidates and a sentence naming each: ``(batch or
+    None when none is known, reason)``."""
+    known = {name: b for name, b in (("largest that fits", c.fit), ("throughput knee", c.knee),
+                                     ("critical batch", c.critical)) if b is not None}
+    if not known:
+        return None, "no candidate measured"
+    b = min(known.values())
+    limits = [name for name, v in known.items() if v == b]
+    return b, (f"smallest of " + ", ".join(f"{name} {v}" for name, v in known.items())
+               + f" -> {b} ({' and '.join(limits)})")
+
+
 def choose_per_device_batch(report: ProbeReport, preset: Preset, *, all_devices: int,
-                            requested: int | None = None) -> tuple[int, Decision]:
-    """The command line's batch, else the batch search's, else the preset's fixed one
-    for ``all_devices`` (devices over all hosts), else the step rate's batch.
+                            requested: int | None = None,
+                            policy: str | None = None) -> tuple[int, Decision]:
+    """The per-device batch: the command line's (``requested``; ``policy='max'``: the
+    largest that fits), else the smallest of :func:`batch_candidates` when the batch
+    is searched (the preset fixes none, or ``policy='auto'``), else the preset's fixed
+    one for ``all_devices`` (devices over all hosts), else the step rate's batch. A
+    forced batch's reason says what the plan would have chosen and why.
 
     Raises:
-      ValueError: the preset's fixed batch needs more memory than the device has.
+      ValueError: the preset's fixed batch needs more memory than the device has;
+        ``--batch max`` without a batch search.
     """
+    c = batch_candidates(report, all_devices=all_devices)
+    rec, rec_why = recommended_batch(c)
+    would = f"; the plan would have chosen {rec}: {rec_why}" if rec is not None else ""
     if requested:
-        return requested, _given("per_device_batch", requested)
-    if report.batch_search is not None:
-        search = report.batch_search
-        return search.per_device_batch, Decision("per_device_batch",
-                                                 str(search.per_device_batch), search.reason)
+        return requested, Decision("per_device_batch", str(requested),
+                                   f"{GIVEN} (--batch {requested}){would}")
+    if policy == "max":
+        if c.fit is None:
+            raise ValueError("--batch max: the probe has no batch search; rerun with --reprobe")
+        return c.fit, Decision("per_device_batch", str(c.fit),
+                               f"the largest that fits, forced (--batch max){would}")
+    fixed = preset.per_device_for(all_devices)
+    if rec is not None and (fixed is None or policy == "auto"):
+        return rec, Decision("per_device_batch", str(rec), rec_why)
     acc = report.accelerator
-    batch = preset.per_device_for(all_devices) or acc.step_rate.per_device_batch
+    batch = fixed or acc.step_rate.per_device_batch
     mem = _step_memory(report, batch)
     fit = (f"; the compiled step needs {fmt_bytes(mem.total, unit='MiB')} of {fmt_bytes(acc.memory_limit_bytes, unit='MiB')} "
            f"({acc.memory_source})" if mem else "")
@@ -279,6 +431,73 @@ def choose_per_device_batch(report: ProbeReport, preset: Preset, *, all_devices:
         raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
                          f"the {acc.memory_limit_bytes:,} available; use a smaller batch")
     return batch, Decision("per_device_batch", str(batch), f"fixed by preset {preset.name}{fit}")
+
+
+def batch_warnings(global_batch: int, c: BatchCandidates) -> tuple[str, ...]:
+    """A warning when ``global_batch`` exceeds the critical batch of the data
+    (:func:`critical_batch`): past it, more images per step buy few fewer steps."""
+    if c.critical_global is None or global_batch <= c.critical_global:
+        return ()
+    return (f"global batch {global_batch:,} is {global_batch / c.critical_global:.1f}x the "
+            f"critical batch {c.critical_global:,} of this data and model (gradient noise "
+            f"scale B_simple {c.noise_scale:,.0f}): past it each step buys little more than "
+            f"a smaller batch's, so the same epochs give fewer useful steps and lower "
+            f"accuracy (McCandlish et al. 2018); --batch {max(1, c.critical or 1)} or leave "
+            f"the batch to the plan",)
+
+
+def noise_vs_batch(noise_scale: float, global_batch: int) -> tuple[str, str] | None:
+    """How a run's current noise scale (``StepReport.noise_scale``) compares with its
+    global batch: ``('above', text)`` when the critical batch
+    (:func:`critical_batch`) has grown past the batch in use (a larger batch would
+    now be used well), ``('below', text)`` when the batch in use exceeds it, ``('ok',
+    text)`` otherwise; None when not measured (NaN)."""
+    if noise_scale is None or not math.isfinite(noise_scale) or noise_scale <= 0:
+        return None
+    crit = critical_batch(noise_scale)
+    head = f"B_simple {noise_scale:,.0f} -> critical batch {crit:,}"
+    if crit > global_batch:
+        return "above", (f"{head} > global batch {global_batch:,} in use: the data would now "
+                         f"use a larger batch well")
+    if global_batch > crit:
+        return "below", (f"{head} < global batch {global_batch:,} in use: the batch is past "
+                         f"what the data can use now")
+    return "ok", f"{head} = global batch {global_batch:,}"
+
+
+def choose_noise_probe(c: BatchCandidates, *, all_devices: int, train_images: int,
+                       backend: str) -> tuple[int, int, Decision]:
+    """The per-device batch and steps of the noise-scale probe: the smallest of the
+    largest that fits and the knee (the batch the run would use without the data's
+    limit), at most ``train_images / (steps x all_devices)`` so the probe sees at most
+    one epoch, rounded down to a multiple of 8 from 8 up; :data:`NOISE_PROBE_STEPS`
+    steps on an accelerator, :data:`NOISE_PROBE_STEPS_CPU` on a CPU. Returns
+    ``(per_device_batch, steps, decision)``."""
+    steps = NOISE_PROBE_STEPS_CPU if backend == "cpu" else NOISE_PROBE_STEPS
+    base = min(b for b in (c.fit, c.knee, 1 << 30) if b is not None)
+    epoch_cap = max(1, train_images // (steps * all_devices))
+    per = max(1, min(base, epoch_cap))
+    per = per // 8 * 8 if per >= 8 else per
+    return per, steps, Decision(
+        "noise_probe", f"{steps} steps at {per} x {all_devices}",
+        f"{steps} steps ({'CPU' if backend == 'cpu' else 'accelerator'}) at per-device "
+        f"min(fits/knee {base if base < 1 << 30 else '-'}, one epoch {train_images:,} / "
+        f"({steps} x {all_devices}) = {epoch_cap}) = {per}")
+
+
+def step_rate_at(report: ProbeReport, batch: int) -> float:
+    """Images/s of the train step (this host) at per-device ``batch``: the rate curve's
+    point there, else linear interpolation between its neighbours (clamped to the
+    curve's ends), else the probe's one step rate."""
+    pts = sorted((p.per_device_batch, p.images_per_s) for p in report.accelerator.rate_curve)
+    if not pts:
+        return report.accelerator.step_rate.images_per_s
+    if batch <= pts[0][0]:
+        return pts[0][1]
+    for (b0, r0), (b1, r1) in zip(pts, pts[1:]):
+        if b0 <= batch <= b1:
+            return r0 + (r1 - r0) * (batch - b0) / (b1 - b0)
+    return pts[-1][1]
 
 
 def choose_global_batch(per_device_batch: int, local_devices: int,
@@ -728,10 +947,10 @@ class _Storage(NamedTuple):
 
 
 def _decode_plan(report: ProbeReport, preset: Preset, request: PlanRequest,
-                 dec: list[Decision]) -> _Decode:
-    """Pack resize, decode threads and workers, decoded cache (appends to ``dec``)."""
+                 dec: list[Decision], step_ips: float) -> _Decode:
+    """Pack resize, decode threads and workers, decoded cache (appends to ``dec``);
+    ``step_ips``: the train step's images/s at the plan's batch."""
     d, cpu = report.decode, report.accelerator.backend == "cpu"
-    step_ips = report.accelerator.step_rate.images_per_s
     resized = d.variant(request.pack_resize or pack_resize_side(preset.pack_image_size), False)
     resize, speedup, why = choose_pack_resize(
         image_size=preset.image_size, mean_pixels=d.mean_pixels, originals_ips=originals_rate(d),
@@ -799,9 +1018,11 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     if acc.step_rate is None:
         raise ValueError("the probe report has no train-step rate; rerun `autotune probe`")
     devices = request.local_devices or acc.local_devices
-    dec: list[Decision] = []
+    cands = batch_candidates(report, all_devices=devices * hosts)
+    dec: list[Decision] = list(cands.decisions)
     batch, why = choose_per_device_batch(report, preset, all_devices=devices * hosts,
-                                         requested=request.per_device_batch)
+                                         requested=request.per_device_batch,
+                                         policy=request.batch_policy)
     dec.append(why)
     global_batch, why = choose_global_batch(batch, devices, hosts)
     dec.append(why)
@@ -809,7 +1030,7 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     dec.append(why)
     bn_group, why = choose_bn_group(preset, batch, devices)
     dec.append(why)
-    p = _decode_plan(report, preset, request, dec)
+    p = _decode_plan(report, preset, request, dec, step_rate_at(report, batch))
     s = _storage_plan(report, request, p, dec)
     prefetch, why = choose_prefetch(threads=p.threads, per_device_batch=batch,
                                     local_devices=devices, image_size=preset.image_size,
@@ -843,7 +1064,8 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
         bottleneck=bottleneck, decisions=tuple(dec), step_bytes=step_bytes_at(report, batch),
         decode_workers=p.workers, pack_threads=pack_threads, resize_speedup=p.speedup,
         pack_workers=pack_workers, archive_shard_records=shard_records,
-        bn_group_devices=bn_group)
+        bn_group_devices=bn_group, noise_scale=cands.noise_scale,
+        critical_batch=cands.critical_global, warnings=batch_warnings(global_batch, cands))
 
 
 # ---------------------------------------------------------------- plan -> trainer

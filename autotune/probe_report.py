@@ -16,6 +16,7 @@ from probes.records import AcceleratorReport
 from probes.records import DecodeReport
 from probes.records import DiskReport
 from probes.records import HostReport
+from probes.records import NoiseScaleReport
 from probes.records import StallReport
 from probes.records import DatasetStats
 
@@ -34,6 +35,8 @@ class ProbeReport(Record):
         and it fits).
       seconds: wall time of the probe.
       stall: data-stall attribution (``autotune probe --stall``), else None.
+      noise_scale: the gradient noise scale over the first steps of a real run
+        (``autotune train --auto`` measures it after packing), else None.
     """
 
     created_utc: str
@@ -47,6 +50,7 @@ class ProbeReport(Record):
     batch_search: BatchSearchResult | None
     seconds: float
     stall: StallReport | None = None
+    noise_scale: NoiseScaleReport | None = None
 
 
 def utc_now() -> str:

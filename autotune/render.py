@@ -199,6 +199,14 @@ def _accelerator_table(report) -> Table:
         rows.append((f"step memory @ batch {m.per_device_batch}", fmt_bytes(m.total)))
     if report.batch_search is not None:
         rows.append(("largest batch", report.batch_search.reason))
+    if acc.rate_curve:
+        rows.append(("images/s by batch", ", ".join(
+            f"{p.per_device_batch}: {fmt_num(p.images_per_s)}" for p in acc.rate_curve)))
+    if report.noise_scale is not None:
+        n = report.noise_scale
+        rows.append(("gradient noise scale", (
+            f"B_simple {fmt_num(n.b_simple)} images over {n.averaged_steps} steps at "
+            f"{n.per_device_batch} x {n.devices} devices" if n.b_simple is not None else n.note)))
     if acc.step_rate is not None:
         r = acc.step_rate
         rows.append(("train step", f"{fmt_num(r.images_per_s, 'img/s')} at per-device batch "
@@ -279,7 +287,8 @@ def render_plan(plan) -> Group:
                 + f" -> predicted {fmt_num(plan.predicted_images_per_s, 'img/s')} per host, "
                   f"{fmt_num(plan.predicted_global_images_per_s, 'img/s')} over "
                   f"{plan.num_hosts} host{'s' if plan.num_hosts != 1 else ''}", style="dim")
-    return Group(t, line)
+    warnings = [Text(f"  warning: {w}", style="bold yellow") for w in plan.warnings]
+    return Group(t, line, *warnings)
 
 
 def render_pack(result) -> Table:
@@ -344,6 +353,10 @@ def _summary_extra_rows(summary, plan) -> list[tuple[str, str]]:
                                       f"{ev.resumed_step:,}"))
     if summary.resumed_from_step:
         rows.append(("resumed from", f"step {summary.resumed_from_step:,}"))
+    if not is_missing(getattr(summary, "noise_scale", None)):
+        rows.append(("gradient noise scale", f"B_simple {fmt_num(summary.noise_scale)} images at "
+                                             f"the end ({summary.noise_steps:,} steps averaged) "
+                                             f"vs global batch {summary.global_batch:,}"))
     if summary.final_eval is not None:
         e = summary.final_eval
         rows.append(("held-out top-1", f"{e.top1:.2%} (top-5 {e.top5:.2%}, {e.count:,} images)"))

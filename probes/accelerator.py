@@ -11,6 +11,9 @@ the images/s the train step consumes on synthetic input.
 * Step rate: ``trainers.train.measure_step_rate`` on all local devices (compile and
   warm-up steps excluded, clock read after ``block_until_ready``): the rate the input
   pipeline must sustain.
+* Rate curve (:func:`step_rate_curve`): the same at a few per-device batches, from
+  which the planner takes the throughput knee (the smallest batch within a few
+  percent of the best images/s).
 """
 
 from __future__ import annotations
@@ -71,9 +74,21 @@ def step_rate(config: tr.TrainConfig, *, steps: int = 10, warmup: int = 2) -> St
                     steps=steps)
 
 
+def step_rate_curve(config: tr.TrainConfig, batches: tuple[int, ...], *,
+                    steps: int = 5) -> tuple[StepRate, ...]:
+    """:func:`step_rate` at each per-device batch of ``batches`` (ascending), the
+    model of ``config``; each point compiles the step once. Returns one
+    ``StepRate`` per batch, in ascending batch order."""
+    import dataclasses
+
+    return tuple(step_rate(dataclasses.replace(config, per_device_batch=b), steps=steps,
+                           warmup=1) for b in sorted(set(batches)))
+
+
 def probe_accelerator(config: tr.TrainConfig, *, budget_bytes: int | None = None,
                       memory_batches: tuple[int, ...] = (), rate_steps: int = 10,
-                      measure_rate: bool = True) -> AcceleratorReport:
+                      measure_rate: bool = True,
+                      curve_batches: tuple[int, ...] = ()) -> AcceleratorReport:
     """Measure the accelerator for ``config`` (its ``per_device_batch`` is the batch
     whose step rate is measured).
 
@@ -83,17 +98,23 @@ def probe_accelerator(config: tr.TrainConfig, *, budget_bytes: int | None = None
       memory_batches: per-device batches whose compiled memory is recorded.
       rate_steps: steps timed for the step rate.
       measure_rate: False to skip the step-rate measurement.
+      curve_batches: per-device batches of the rate curve (:func:`step_rate_curve`,
+        ``rate_steps`` steps each); the point at ``config.per_device_batch`` is the
+        step rate (not measured twice).
     """
     import jax
 
     limit, source = device_memory_limit(budget_bytes)
     mems = tuple(m for m in (step_memory(config, b) for b in memory_batches) if m is not None)
-    rate = step_rate(config, steps=rate_steps) if measure_rate else None
+    curve = step_rate_curve(config, curve_batches, steps=rate_steps) if curve_batches else ()
+    rate = next((r for r in curve if r.per_device_batch == config.per_device_batch), None)
+    if rate is None and measure_rate:
+        rate = step_rate(config, steps=rate_steps)
     dev = jax.local_devices()[0]
     return AcceleratorReport(
         backend=jax.default_backend(), device_kind=dev.device_kind,
         local_devices=jax.local_device_count(), memory_limit_bytes=limit,
         memory_source=source,
         model=f"{config.arch}/w{config.width}/{config.image_size}px/{config.dtype}",
-        step_memory=mems, step_rate=rate)
+        step_memory=mems, step_rate=rate, rate_curve=curve)
 

@@ -61,6 +61,8 @@ class AcceleratorReport(Record):
       model: ``arch/width/image_size/dtype`` the figures are for.
       step_memory: compiled memory at the batches evaluated (may be empty).
       step_rate: measured step throughput (None when skipped).
+      rate_curve: the step's images/s at a few per-device batches (the batch knee;
+        empty when the preset fixes the batch or in older reports), by batch.
     """
 
     backend: str
@@ -71,6 +73,7 @@ class AcceleratorReport(Record):
     model: str
     step_memory: tuple[StepMemory, ...]
     step_rate: StepRate | None
+    rate_curve: tuple[StepRate, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -564,3 +567,39 @@ class DatasetStats(Record):
     sampled: int
     kind: str = ""
     estimated: bool = False
+
+
+@dataclass(frozen=True)
+class NoiseScaleReport(Record):
+    """The gradient noise scale measured over the first steps of a real run on the
+    user's data (``probes.noise_scale``; McCandlish et al. 2018, ``B_simple =
+    tr(Sigma) / |G|^2``, estimated from the per-device and the averaged gradients).
+
+    Attributes:
+      per_device_batch, global_batch: the batches of the run (``B_small``, ``B_big``).
+      devices: devices the step ran on (all hosts).
+      steps: steps trained (the compile step included; its gradients are not used).
+      averaged_steps: steps folded into the moving averages.
+      learning_rate: peak learning rate of the run (linear rule at ``global_batch``).
+      b_simple: ``tr(Sigma) / |G|^2`` of the averages at the end, in examples (None:
+        not measured, see ``note``).
+      grad_sq, trace_sigma: the averaged ``|G|^2`` and ``tr(Sigma)``.
+      per_window: ``B_simple`` at each log window, in order (how it moved).
+      ema_decay: per-step decay of the moving averages.
+      seconds: wall time of the measurement (compile included).
+      note: why it was not measured, else "".
+    """
+
+    per_device_batch: int
+    global_batch: int
+    devices: int
+    steps: int
+    averaged_steps: int
+    learning_rate: float
+    b_simple: float | None
+    grad_sq: float | None
+    trace_sigma: float | None
+    per_window: tuple[float, ...]
+    ema_decay: float
+    seconds: float
+    note: str = ""

@@ -46,6 +46,7 @@ from trainers import input_pipeline as ip
 from trainers import pack as pack_lib
 from trainers import train as tr
 from trainers.feed import DeviceFeed, replicated_sharding
+from trainers.noise_scale import NoiseScaleEMA
 from trainers.options import AugmentConfig
 from trainers.stopping import StopSignals
 from trainers.summaries import EvalReport, OomEvent, StepReport, TrainSummary
@@ -252,11 +253,15 @@ class _Decisions:
 
 
 class _Meter:
-    """Step time, host wait and data stall per log window and for the run."""
+    """Step time, host wait and data stall per log window and for the run, and the
+    gradient noise scale's moving averages (``trainers.noise_scale``; only with more
+    than one device: the per-device and the global batch must differ)."""
 
-    def __init__(self, feed: DeviceFeed, global_batch: int):
+    def __init__(self, feed: DeviceFeed, global_batch: int, per_device_batch: int = 0):
         self.feed = feed
         self.global_batch = global_batch
+        self.noise = (NoiseScaleEMA(per_device_batch, global_batch)
+                      if 0 < per_device_batch < global_batch else None)
         self.synthetic_s = float("nan")
         self.run_time = self.run_wait = 0.0
         self.run_steps = 0
@@ -283,6 +288,8 @@ class _Meter:
         self.run_wait += wait
         self.run_steps += n
         self.skipped += int(round(sum(float(m["nonfinite"][0]) for m in ms)))
+        self._fold_noise(ms)
+        noise = self.noise_figures()
         sps = wall / n
         report = StepReport(
             step=step, total_steps=layout.total_steps, epoch=step / layout.steps_per_epoch,
@@ -293,9 +300,30 @@ class _Meter:
             learning_rate=float(ms[-1]["learning_rate"][0]), bad_records=bad,
             elapsed_s=now - t_start, eta_s=sps * (layout.total_steps - step),
             host_wait_pct=100.0 * wait / wall, synthetic_step_s=self.synthetic_s,
-            skipped_steps=self.skipped)
+            skipped_steps=self.skipped, noise_scale=noise["noise_scale"],
+            noise_grad_sq=noise["noise_grad_sq"], noise_trace_sigma=noise["noise_trace_sigma"])
         self.restart()
         return report
+
+    def _fold_noise(self, ms: list) -> None:
+        """Each step's ``grad_sq_per_device`` / ``grad_sq_mean`` into the averages
+        (steps skipped as non-finite are left out)."""
+        if self.noise is None:
+            return
+        for m in ms:
+            if "grad_sq_mean" in m and not float(m["nonfinite"][0]):
+                self.noise.update(float(m["grad_sq_per_device"][0]), float(m["grad_sq_mean"][0]))
+
+    def noise_figures(self) -> dict:
+        """``noise_scale``, ``noise_grad_sq``, ``noise_trace_sigma`` (NaN without
+        estimates) and ``noise_steps``."""
+        nan = float("nan")
+        e = self.noise
+        if e is None or not e.steps:
+            return {"noise_scale": nan, "noise_grad_sq": nan, "noise_trace_sigma": nan,
+                    "noise_steps": 0}
+        return {"noise_scale": e.b_simple, "noise_grad_sq": e.grad_sq,
+                "noise_trace_sigma": e.trace_sigma, "noise_steps": e.steps}
 
 
 def stall_pct(synthetic_step_s: float, step_s: float) -> float:
@@ -382,7 +410,10 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
                  else min(lay.total_steps, start_step + options.max_steps))
     run = _RunState(step=start_step, bad=bad0, checkpoint_step=start_step or None)
     with DeviceFeed(batches, depth=options.device_prefetch) as feed, StopSignals() as signals:
-        meter = _Meter(feed, lay.global_batch)
+        # The noise scale needs independent per-device gradients: per-device batch-norm
+        # statistics (trainers.noise_scale); with groups of devices it is not tracked.
+        meter = _Meter(feed, lay.global_batch, config.per_device_batch
+                       if getattr(config, "bn_group_devices", 1) == 1 else 0)
         meter.skipped = skipped0
         decisions = _Decisions(signals, options.checkpoint_every_s)
 
@@ -427,7 +458,8 @@ def _train_once(config: tr.TrainConfig, packed_dir: str, workdir: str, options: 
         synthetic_images_per_s=(lay.global_batch / meter.synthetic_s
                                 if meter.synthetic_s > 0 else float("nan")),
         skipped_steps=meter.skipped,
-        stop_reason=decisions.stop_reason if status == "stopped" else "")
+        stop_reason=decisions.stop_reason if status == "stopped" else "",
+        **meter.noise_figures())
 
 
 def _epoch_sizes(config: tr.TrainConfig, epochs: int) -> tuple[int, ...] | None:

@@ -129,6 +129,10 @@ class StepReport(Record):
       host_wait_pct: ``100 x wait_s / step_s``.
       synthetic_step_s: step time on on-device input (the reference).
       skipped_steps: steps skipped for a non-finite loss or gradient so far.
+      noise_scale: the gradient noise scale ``B_simple`` (examples) of the moving
+        averages so far (``trainers.noise_scale.NoiseScaleEMA``; McCandlish et al.
+        2018); NaN on one device (one batch size only) or before any step.
+      noise_grad_sq, noise_trace_sigma: its averaged ``|G|^2`` and ``tr(Sigma)``.
     """
 
     step: int
@@ -147,6 +151,9 @@ class StepReport(Record):
     host_wait_pct: float = float("nan")
     synthetic_step_s: float = float("nan")
     skipped_steps: int = 0
+    noise_scale: float = float("nan")
+    noise_grad_sq: float = float("nan")
+    noise_trace_sigma: float = float("nan")
 
 
 @dataclass(frozen=True)
@@ -214,6 +221,10 @@ class TrainSummary(Record):
       synthetic_images_per_s: global images/s on on-device input (the reference).
       skipped_steps: steps skipped for a non-finite averaged loss or gradient.
       stop_reason: why a ``stopped`` run stopped (signal and process), else "".
+      noise_scale, noise_grad_sq, noise_trace_sigma: the gradient noise scale
+        ``B_simple`` (examples) and its averaged ``|G|^2`` and ``tr(Sigma)`` at the end
+        of this attempt (see :class:`StepReport`; NaN on one device).
+      noise_steps: steps folded into those averages (since the last start or resume).
     """
 
     status: str
@@ -241,3 +252,7 @@ class TrainSummary(Record):
     synthetic_images_per_s: float = float("nan")
     skipped_steps: int = 0
     stop_reason: str = ""
+    noise_scale: float = float("nan")
+    noise_grad_sq: float = float("nan")
+    noise_trace_sigma: float = float("nan")
+    noise_steps: int = 0

@@ -227,7 +227,11 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
 
     ``batch``: ``image uint8 [B, S, S, 3]``, ``label int32 [B]``. Returns the new
     state and metrics (``loss``, ``accuracy``, ``learning_rate``) averaged across
-    devices.
+    devices, and the gradient noise scale's inputs (``trainers.noise_scale``):
+    ``grad_sq_per_device``, the mean over devices of the squared norm of each device's
+    gradient (averaged over its per-device batch), and ``grad_sq_mean``, the squared
+    norm of the gradient averaged over all devices (float32 scalars, before weight
+    decay).
     """
     images = normalize_images(batch["image"], compute_dtype(config))
 
@@ -241,6 +245,10 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
 
     (loss, (new_model_state, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params)
+    # The gradient noise scale's two inputs (McCandlish et al. 2018, appendix A.1;
+    # trainers.noise_scale): each device's gradient over its per-device batch and the
+    # average over the global batch; one scalar pmean, no extra gradient all-reduce.
+    grad_sq_per_device = jax.lax.pmean(tree_sq_norm(grads), axis_name="batch")
     grads = jax.lax.pmean(grads, axis_name="batch")
     mean_loss = jax.lax.pmean(loss, axis_name="batch")
     batch_stats = new_model_state["batch_stats"]
@@ -260,8 +268,17 @@ def train_step(state: TrainState, batch, *, learning_rate_fn, config: TrainConfi
         "accuracy": jax.lax.pmean(jnp.mean(jnp.argmax(logits, -1) == batch["label"]), "batch"),
         "learning_rate": learning_rate_fn(state.step),
         "nonfinite": 1.0 - finite.astype(jnp.float32),
+        "grad_sq_per_device": grad_sq_per_device,
+        "grad_sq_mean": tree_sq_norm(grads),
     }
     return new_state, metrics
+
+
+def tree_sq_norm(tree) -> jax.Array:
+    """Sum of squares of every element of every leaf of ``tree`` (float32 scalar)."""
+    leaves = jax.tree_util.tree_leaves(tree)
+    return sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves) if leaves \
+        else jnp.zeros((), jnp.float32)
 
 
 def all_finite(tree) -> jax.Array:
