@@ -35,7 +35,7 @@ class UsageError(Exception):
 
 
 def _batch_arg(text: str) -> str | int:
-    """``--batch``: ``auto``, ``max`` or a per-device batch >= 1."""
+    """``--batch``: ``auto``, ``max`` or a whole number (checked by :func:`_batch_request`)."""
     if text in ("auto", "max"):
         return text
     try:
@@ -43,15 +43,18 @@ def _batch_arg(text: str) -> str | int:
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: expected auto, max or a per-device "
                                          f"batch (a whole number)") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text}: must be > 0")
-    return value
+    return value  # < 1: refused by _batch_request as a UsageError (one line, exit 2)
 
 
 def _batch_request(batch: str | int | None) -> dict:
     """``--batch`` as ``PlanRequest`` fields: ``per_device_batch`` for a number,
-    ``batch_policy`` for ``auto`` / ``max``."""
+    ``batch_policy`` for ``auto`` / ``max``.
+
+    Raises:
+      UsageError: a number below 1."""
     if isinstance(batch, int):
+        if batch < 1:
+            raise UsageError(f"--batch {batch}: must be > 0")
         return {"per_device_batch": batch}
     return {"batch_policy": batch} if batch else {}
 

@@ -36,7 +36,8 @@ one deadline, ``--total-s`` seconds after the shell script started):
   against the predicted bytes), at the largest batch the analysis says fits the
   whole budget, and 5% above it; as many as the time allows.
 
-Then ``summary``: the batch knee (per-device images/s at 128, 256 and the pick; the
+Then ``summary``: the batch knee (per-device images/s at 128, 256, the probe's rate curve
+(the largest batch that fits and its halvings, what the planner's knee uses) and the pick; the
 smallest batch within 3% of the best) and the compile times. Outputs:
 ``OUT/gpu_check.json`` (one object: a key per stage with ``status``, ``seconds``,
 ``budget_s``, ``error`` and the raw figures; versions, device, date, the command),
@@ -133,7 +134,7 @@ GPU = Settings(
     feed_per_device_batch=256, feed_image_size=224, feed_images=256, feed_steps=40,
     feed_warmup=3, feed_step_ms=85.0, train_batch=256, train_steps=200,
     memory_budget=None, search_cap=None, max_trials=3, trial_steps=3, total_s=465.0,
-    budgets={"setup": 45, "throughput": 120, "host_feed": 45, "probe": 180, "train_auto": 110,
+    budgets={"setup": 45, "throughput": 100, "host_feed": 45, "probe": 240, "train_auto": 110,
              "batch_pick": 150, "batch_trials": 150})
 
 DRY = Settings(
@@ -765,6 +766,9 @@ def probe_figures(d: dict) -> dict:
                       "step_memory": acc.get("step_memory")},
            "device_kind": acc.get("device_kind"), "backend": acc.get("backend"),
            "model": acc.get("model"), "step_rate": acc.get("step_rate"),
+           "rate_curve": [{k: r.get(k) for k in ("per_device_batch", "images_per_s_per_device",
+                                                  "compile_s")} for r in acc.get("rate_curve") or []],
+           "noise_scale": d.get("noise_scale"),
            "probe_seconds": _r(d.get("seconds"), 1)}
     bs = d.get("batch_search")
     if bs:
@@ -807,6 +811,10 @@ def summarize(report: dict) -> dict:
     for p in (st.get("throughput") or {}).get("points") or []:
         points[p["per_device_batch"]] = p["images_per_s_per_device"]
         sources[str(p["per_device_batch"])] = "throughput"
+    for p in (st.get("probe") or {}).get("rate_curve") or []:  # the planner's own curve
+        if p.get("images_per_s_per_device") and p["per_device_batch"] not in points:
+            points[p["per_device_batch"]] = p["images_per_s_per_device"]
+            sources[str(p["per_device_batch"])] = "probe rate curve"
     pick = st.get("batch_pick") or {}
     rate = pick.get("rate_at_pick") or {}
     if not rate.get("images_per_s_per_device"):
