@@ -268,14 +268,18 @@ def searches_batch(req: TrainRequest) -> bool:
 
 
 def probe_or_reuse(req: TrainRequest, say: Say) -> ProbeReport:
-    """A probe of ``req.data`` under 24 h old for the same preset on this host (with a
-    batch search when :func:`searches_batch`), or a new quick one."""
+    """A probe of ``req.data`` under 24 h old for the same preset on this host, or a new
+    quick one. A fresh probe without a batch search is reused unless the plan needs one
+    (:func:`searches_batch`) to choose the batch: a batch given as a number
+    (``--batch N``) does not, and its "the plan would have chosen" line then names only
+    the candidates the probe measured."""
     search = searches_batch(req)
     fresh = None if req.reprobe else results.find_fresh_probe(req.results_root, req.data,
                                                               req.preset.name)
     if fresh is not None:
         report = ProbeReport.load(fresh)
-        if report.batch_search is not None or not search:
+        if (report.batch_search is not None or not search
+                or req.plan_request.per_device_batch):
             say(f"reusing the probe of {fresh.parent.name} (under 24 h old; --reprobe to "
                 f"measure again)")
             return report

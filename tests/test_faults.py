@@ -792,4 +792,4 @@ def test_malformed_numbers_are_argparse_errors_with_exit_code_2(capsys):
         cli.main(["train", "--auto", "--batch", "many"])
     err = capsys.readouterr().err
     assert info.value.code == 2
-    assert "--batch: invalid int value: 'many'" in err and "Traceback" not in err
+    assert "--batch: 'many': expected auto, max or a per-device batch" in err and "Traceback" not in err
