@@ -302,8 +302,8 @@ def worker_autotune(args) -> dict:
                     names.append(ex.features.feature["file_name"].bytes_list.value[0].decode())
                 self.given[q] = [given[n] for n in names]
 
-        def _augment(self, q, records, index, rec, rng, out):
-            return super()._augment(q, records, index, rec, self.given[q][index], out)
+        def _augment(self, q, records, index, rec, rng, out, augment=None):
+            return super()._augment(q, records, index, rec, self.given[q][index], out, augment)
 
     ip.TrainBatches = BoxedBatches  # make_train_iterator builds this one, here only
     lengths = load_pack_result(args.pack_dir).split("train").shard_lengths
