@@ -51,6 +51,25 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.02):
         time.sleep(poll_s)
 
 
+def run_children(argvs: list[list[str]], logs: list[Path], env: dict,
+                 timeout_s: float) -> tuple[list[int], list[str]]:
+    """Start one process per argv at once (stdout and stderr to its log), wait for all,
+    kill any still running after ``timeout_s``; returns their exit codes and logs."""
+    import subprocess
+
+    procs = []
+    for argv, log in zip(argvs, logs):
+        with open(log, "wb") as f:
+            procs.append(subprocess.Popen(argv, env=env, stdout=f, stderr=subprocess.STDOUT))
+    try:
+        rcs = [p.wait(timeout=timeout_s) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return rcs, [log.read_text(errors="replace") for log in logs]
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free now (for a local jax.distributed coordinator)."""
     import socket

@@ -473,27 +473,16 @@ def test_train_auto_hosts_share_the_pack_on_a_shared_cache(images, tmp_path, for
     """Two jax.distributed processes seeing one cache folder pack disjoint shards (of
     a folder: 2 of 4 each; an archive this small is one group) and finish it once;
     the data set is byte-identical to a one-process pack."""
-    from conftest import free_port
+    from conftest import free_port, run_children
 
     tar = (train_tar(tmp_path / "train.tar", images, compress="gz") if form == "tar"
            else nested_tree(tmp_path / "tree", images))
     env = {**_env(), "AUTOTUNE_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
            "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     port = free_port()
-    logs = [tmp_path / f"p{i}.log" for i in range(2)]
-    procs = []
-    for i in range(2):
-        with open(logs[i], "wb") as f:
-            procs.append(subprocess.Popen([sys.executable, "-c", _PACK_FOR_PLAN_CHILD, str(i),
-                                           str(port), str(tar)], env=env, stdout=f,
-                                          stderr=subprocess.STDOUT))
-    try:
-        rcs = [p.wait(timeout=300) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outs = [l.read_text(errors="replace") for l in logs]
+    rcs, outs = run_children(
+        [[sys.executable, "-c", _PACK_FOR_PLAN_CHILD, str(i), str(port), str(tar)]
+         for i in range(2)], [tmp_path / f"p{i}.log" for i in range(2)], env, 300)
     assert rcs == [0, 0], outs
     got = [json.loads(o.strip().splitlines()[-1]) for o in outs]
     assert got[0] == got[1] and got[0]["records"] == 12 and got[0]["complete"]

@@ -10,7 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import free_port
+from conftest import free_port, run_children
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,19 +72,10 @@ _AGREE_CHILD = textwrap.dedent("""
 
 def test_hosts_with_different_data_both_stop_naming_the_host_and_values(tmp_path):
     port = free_port()
-    logs, procs = [tmp_path / f"p{i}.log" for i in range(2)], []
-    for i, records in enumerate((10, 12)):
-        with open(logs[i], "wb") as f:
-            procs.append(subprocess.Popen([sys.executable, "-c", _AGREE_CHILD, str(i), str(port),
-                                           str(records)], env=_env(), stdout=f,
-                                          stderr=subprocess.STDOUT))
-    try:
-        rcs = [p.wait(timeout=180) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    outs = [l.read_text(errors="replace") for l in logs]
+    rcs, outs = run_children(
+        [[sys.executable, "-c", _AGREE_CHILD, str(i), str(port), str(records)]
+         for i, records in enumerate((10, 12))], [tmp_path / f"p{i}.log" for i in range(2)],
+        _env(), 180)
     assert rcs == [0, 0], outs
     for out in outs:  # every process takes the same decision
         assert "error: process 1 differs from process 0: train records 22 vs 20" in out, out
