@@ -419,6 +419,20 @@ def _walk_tar(p: Path, error) -> tuple[list[tuple[str, int]], str | None]:
     return out, stopped
 
 
+def _train_classes(found: Sequence[str], class_names: Sequence[str], where) -> list[str]:
+    """The train classes a validation input is labelled with, after checking that every
+    class it has (``found``) is one of them.
+
+    Raises:
+      ValidationLayoutError: a class that is not a train class (``where(name)`` names it)."""
+    known = set(class_names)
+    unknown = [c for c in found if c not in known]
+    if unknown:
+        raise ValidationLayoutError(f"{where(unknown[0])} is not a train class "
+                                    f"({len(unknown)} such)")
+    return list(class_names)
+
+
 def _tar_of_tars(p: Path, role, class_names, error) -> Source:
     listing, stopped = list_tar(p, error)
     wnids = sorted({w for n, _ in listing if (w := inner_tar_wnid(n))})
@@ -426,11 +440,7 @@ def _tar_of_tars(p: Path, role, class_names, error) -> Source:
         raise error(f"{p}: a tar of per-class tars with no <wnid>.tar member"
                     + (f" ({stopped})" if stopped else ""))
     if role == "val":
-        unknown = [w for w in wnids if w not in set(class_names)]
-        if unknown:
-            raise ValidationLayoutError(f"{p}: per-class tar {unknown[0]}.tar is not a train "
-                                        f"class ({len(unknown)} such)")
-        wnids = list(class_names)
+        wnids = _train_classes(wnids, class_names, lambda w: f"{p}: per-class tar {w}.tar")
     index = {w: i for i, w in enumerate(wnids)}
     words = _words_beside([p.parent], wnids) or _devkit_words(p.parent, wnids)
     return Source(kind=KIND_TAR_OF_TARS, path=str(p), class_names=tuple(wnids),
@@ -577,11 +587,7 @@ def _tar_of_folders(p: Path, root: str, names: Sequence[str], stopped: str | Non
     the folder right below the deepest folder holding every image (``root``)."""
     found = sorted({n[len(root):].split("/", 1)[0] for n in names if "/" in n[len(root):]})
     if role == "val":
-        unknown = [c for c in found if c not in set(class_names)]
-        if unknown:
-            raise ValidationLayoutError(f"{p}: class folder {root}{unknown[0]} is not a train "
-                                        f"class ({len(unknown)} such)")
-        found = list(class_names)
+        found = _train_classes(found, class_names, lambda c: f"{p}: class folder {root}{c}")
     index = {c: i for i, c in enumerate(found)}
     return Source(kind=KIND_TAR_OF_FOLDERS, path=str(p), class_names=tuple(found),
                   class_words=_words_beside([p.parent], found),
