@@ -18,8 +18,13 @@ XLA's buffer analysis + the input prefetch term fit the usable budget,
 brute force keeps ``b`` when real steps at ``b`` ran in a child process and
 ``measured_peak(b) + prefetch_bytes_per_image * b <= floor(budget * (1 - margin))``,
 with the same margin and prefetch term. The measured peak is
-``device.memory_stats()['peak_bytes_in_use']`` on GPU/TPU and the child's peak
-resident-memory growth (``ru_maxrss``) on CPU, which has no memory statistics. At the
+``device.memory_stats()['peak_bytes_in_use']`` on GPU/TPU. On CPU, which has no
+memory statistics, it is the analogue for the steps themselves
+(``probes.step_child``): the train state and batch arrays' bytes plus the peak growth
+of the child's resident memory over the steady-state steps (the kernel's peak reset
+after the compile and one warm-up step), so imports, compilation and state
+initialisation do not count and the runtime's scratch outside XLA's buffer assignment
+does. At the
 pick, "fits" means measured peak <= budget; it is never reported as fitting when the
 peak is above the budget.
 
@@ -163,7 +168,8 @@ def main(argv=None) -> None:
                    "trial_steps": args.trial_steps},
         "budget_bytes": limit, "budget_source": source, "margin": args.margin,
         "usable_budget_bytes": usable, "prefetch_bytes_per_image": prefetch_per_image,
-        "peak_measure": ("child peak RSS growth (ru_maxrss)" if backend == "cpu"
+        "peak_measure": ("state + batch arrays + steady-step RSS growth (VmHWM reset after "
+                          "warm-up) in the child" if backend == "cpu"
                          else "device.memory_stats()['peak_bytes_in_use'] in the child"),
     }
 

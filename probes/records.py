@@ -526,7 +526,8 @@ class ChildStepResult(Record):
       oom: the child ran out of memory (allocator error, or killed by the kernel).
       peak_bytes: device peak bytes in use (GPU) or peak RSS growth (CPU); None if
         unknown.
-      peak_source: ``peak_bytes_in_use`` or ``ru_maxrss``.
+      peak_source: ``peak_bytes_in_use``, ``live arrays + steady-step RSS growth`` (CPU,
+        ``probes.step_child``) or ``ru_maxrss`` (CPU without ``/proc``).
       step_s: mean seconds per step after the first.
       error: the last line of the child's error output when not ok.
     """

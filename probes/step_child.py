@@ -7,9 +7,17 @@ brute force, and to verify a chosen batch against the device's
 ``peak_bytes_in_use``.
 
 On backends with memory statistics (GPU, TPU) the child reports
-``peak_bytes_in_use`` of device 0; on CPU, where there are none, it reports the
-growth of the process's peak resident memory (``ru_maxrss``) over the steps, and a
-``budget_bytes`` turns that into a fit / no-fit answer.
+``peak_bytes_in_use`` of device 0. On CPU, where there are none, it reports the
+analogue of that figure for the steps themselves: the bytes of the train state and
+batch arrays (``nbytes``) plus the growth of the process's resident memory over the
+steady-state steps. After the compile step and one warm-up step, freed heap is handed
+back to the system (glibc ``malloc_trim``) and the kernel's peak resident size
+(``VmHWM``) is reset to the current one (``5`` written to ``/proc/self/clear_refs``,
+Linux >= 4.0), so neither import, compiler nor state-initialisation memory counts,
+and the runtime's scratch memory outside XLA's buffer assignment (Eigen's convolution
+packing buffers, thread pools) does. Where ``clear_refs`` is missing it falls back to
+the growth of ``ru_maxrss`` over the whole child (compile included). A
+``budget_bytes`` turns the figure into a fit / no-fit answer.
 
 Child protocol: ``python -m probes.step_child '<json config>' BATCH STEPS`` prints one
 line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_s``.
@@ -17,6 +25,8 @@ line ``STEP_CHILD {json}`` with ``ok``, ``oom``, ``peak_bytes``, ``step_s``.
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -29,6 +39,46 @@ from probes.records import ChildStepResult
 MARK = "STEP_CHILD "
 
 
+def _status_bytes(key: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (``VmRSS``, ``VmHWM``) in bytes.
+
+    Raises:
+      OSError: no such file or field (not Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"/proc/self/status has no {key}")
+
+
+class SteadyPeak:
+    """The peak resident-memory growth of a stretch of steps (Linux): :meth:`reset`
+    before it, :meth:`growth` (bytes, or None where unsupported) after it."""
+
+    def __init__(self):
+        self.rss0: int | None = None
+
+    def reset(self) -> None:
+        """Free what can be freed, then reset the kernel's peak to the current RSS."""
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.rss0 = _status_bytes("VmRSS")
+        except OSError:
+            self.rss0 = None
+
+    def growth(self) -> int | None:
+        """``VmHWM`` now minus the RSS at :meth:`reset` (bytes, >= 0)."""
+        if self.rss0 is None:
+            return None
+        return max(0, _status_bytes("VmHWM") - self.rss0)
+
+
 def _child(config_json: str, batch: int, steps: int) -> dict:
 
     import jax
@@ -37,11 +87,13 @@ def _child(config_json: str, batch: int, steps: int) -> dict:
 
     config = tr.TrainConfig.from_json(config_json)
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    steady = SteadyPeak()
     try:
         import dataclasses
 
         cfg = dataclasses.replace(config, per_device_batch=batch)
-        got = tr.measure_step_rate(cfg, steps=steps, warmup=0, devices=jax.local_devices()[:1])
+        got = tr.measure_step_rate(cfg, steps=steps, warmup=1, devices=jax.local_devices()[:1],
+                                   before_timed=steady.reset)
     except Exception as exc:  # noqa: BLE001 - reported to the parent
         text = str(exc)
         oom = "RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower()
@@ -52,8 +104,11 @@ def _child(config_json: str, batch: int, steps: int) -> dict:
         stats = jax.local_devices()[0].memory_stats()
     except Exception:  # noqa: BLE001
         stats = None
+    growth = steady.growth()
     if stats and "peak_bytes_in_use" in stats:
         peak, source = int(stats["peak_bytes_in_use"]), "peak_bytes_in_use"
+    elif growth is not None:
+        peak, source = int(got["live_bytes"]) + growth, "live arrays + steady-step RSS growth"
     else:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss0
         source = "ru_maxrss"

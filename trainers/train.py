@@ -426,14 +426,18 @@ def synthetic_batches(config: TrainConfig, num_devices: int, seed: int = 0) -> I
 
 
 def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
-                      devices=None) -> dict[str, float]:
+                      devices=None, before_timed: Callable[[], None] | None = None
+                      ) -> dict[str, float]:
     """Images/s of the pmap train step on synthetic input over ``devices`` (default:
     all local devices): the rate the input pipeline must sustain.
 
     The compile step and ``warmup`` steps are excluded; the clock is read after
-    ``block_until_ready``. Returns ``{'images_per_s', 'step_s',
-    'compile_s', 'global_batch'}``. On a multi-host run one local device is
-    timed and the rate multiplied by the local device count.
+    ``block_until_ready``. ``before_timed()``, when given, is called after the warmup,
+    just before the timed steps (a memory probe resets its peak there). Returns
+    ``{'images_per_s', 'step_s', 'compile_s', 'global_batch', 'live_bytes'}``, where
+    ``live_bytes`` is the size of the train state and batch on the devices (sum of
+    their arrays' ``nbytes``, bytes) while the steps run. On a multi-host run one
+    local device is timed and the rate multiplied by the local device count.
     """
     devices = devices or jax.local_devices()
     scale = 1
@@ -459,6 +463,9 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     for _ in range(warmup):
         state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
+    live = sum(int(x.nbytes) for x in jax.tree_util.tree_leaves((state, batch)))
+    if before_timed is not None:
+        before_timed()
     t0 = time.perf_counter()
     for _ in range(steps):
         state, metrics = step(state, batch)
@@ -466,4 +473,4 @@ def measure_step_rate(config: TrainConfig, *, steps: int = 10, warmup: int = 2,
     dt = (time.perf_counter() - t0) / steps
     gb = n * scale * config.per_device_batch
     return {"images_per_s": gb / dt, "step_s": dt, "compile_s": compile_s,
-            "global_batch": float(gb)}
+            "global_batch": float(gb), "live_bytes": float(live)}
