@@ -451,6 +451,8 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     with _finalize_lock(out, force=process_count == 1) as mine:
         if not mine:
             return _partial_result(out, src, options, shards, t0)
+        if is_packed(out) and _read_fingerprint(out) == fp:
+            return load_pack_result(out)  # finished by the holder before us
         return _finalize(out, src, val, options, splits, infos, shards.resumed, t0)
 
 
@@ -599,18 +601,52 @@ def _partial_result(out: Path, src, options: PackOptions, shards: "_ShardWriter"
 
 @contextlib.contextmanager
 def _finalize_lock(out: Path, force: bool):
-    """Yields True when this process may write the data set's metadata: it created
-    ``.finalize.lock`` (removed after); ``force`` (a one-process run) takes over a
-    lock a killed process left."""
+    """Yields True when this process may write the data set's metadata.
+
+    It holds an exclusive ``flock`` on ``out/.finalize.lock`` (taken without waiting:
+    a process that finds it held leaves the metadata to its holder). The kernel drops
+    the lock when the holder exits, killed or not, so a process that died while
+    finishing never blocks the others, and a later run of any process count finishes
+    the pack; the file itself stays, empty and harmless. Where the file system has no
+    ``flock`` (some parallel file systems mounted without it), ``.finalize.excl`` is
+    created exclusively instead (removed after), and ``force`` (a one-process run)
+    takes over one a killed process left."""
+    import errno
+    import fcntl
+
     lock = out / ".finalize.lock"
+    fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        yield False
+        return
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise
+        with _exclusive_lock_file(out / ".finalize.excl", force) as mine:
+            yield mine
+        return
+    try:
+        yield True
+    finally:
+        os.close(fd)  # releases the flock
+
+
+@contextlib.contextmanager
+def _exclusive_lock_file(lock: Path, force: bool):
+    """:func:`_finalize_lock` without ``flock``: the lock is the file's existence."""
     if force:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
     try:
-        os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
     except FileExistsError:
         yield False
         return
+    os.close(fd)
     try:
         yield True
     finally:
