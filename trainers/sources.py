@@ -467,31 +467,46 @@ def _end_check(p: Path, tf, end: StreamEnd, last: str) -> None:
                        f"at byte {tf.offset:,} (truncated)")
 
 
-def _stream_tar_of_tars(p: Path, index: dict[str, int], end: StreamEnd) -> Iterator[Member]:
-    """Members of each per-class tar, in archive order (see the module docstring)."""
-    last = ""
+def _stream_tar(p: Path, end: StreamEnd, visit) -> Iterator[Member]:
+    """The Members ``visit(tf, member)`` makes of each file member of the tar ``p``,
+    read as one stream in archive order (``tf.members`` cleared as it goes: memory
+    stays flat). ``visit`` returns the name of the last entry it read (None: the
+    member's own). A damaged stream ends the walk with ``end.stopped`` naming the entry
+    it stopped in (or after) and the byte reached; an uncompressed tar cut at a member boundary is
+    caught by :func:`_end_check`."""
+    last, where = "", "after"
     with tarfile.open(p, "r|*") as tf:
         while True:
             try:
                 m = tf.next()
+                if m is None:
+                    break
+                tf.members.clear()
+                if not m.isfile():
+                    continue
+                last, where = m.name, "in"
+                last = (yield from visit(tf, m)) or last
+                where = "after"
             except ARCHIVE_ERRORS as exc:
-                end.stopped = f"{p} ends early: stopped after {last or '(none)'} at byte " \
-                              f"{tf.offset:,} of the tar stream: {exc}"
+                end.stopped = (f"{p} ends early: stopped {where} {last or '(none)'} at byte "
+                               f"{tf.offset:,} of the tar stream: {exc}")
                 return
-            if m is None:
-                break
-            tf.members.clear()  # stream mode needs no list: memory stays flat
-            if not m.isfile():
-                continue
-            last = m.name
-            wnid = inner_tar_wnid(m.name)
-            if wnid not in index:
-                end.members += 1
-                yield Member(f"{p}!{m.name}", os.path.basename(m.name), -1,
-                             reason=f"not a per-class tar of a train class ({m.name})")
-                continue
-            last = yield from _inner_members(p, tf, m, index[wnid], end)
         _end_check(p, tf, end, last)
+
+
+def _stream_tar_of_tars(p: Path, index: dict[str, int], end: StreamEnd) -> Iterator[Member]:
+    """Members of each per-class tar, in archive order (see the module docstring)."""
+
+    def visit(tf, m):
+        wnid = inner_tar_wnid(m.name)
+        if wnid not in index:
+            end.members += 1
+            yield Member(f"{p}!{m.name}", os.path.basename(m.name), -1,
+                         reason=f"not a per-class tar of a train class ({m.name})")
+            return None
+        return (yield from _inner_members(p, tf, m, index[wnid], end))
+
+    return _stream_tar(p, end, visit)
 
 
 def _inner_members(p: Path, tf, m, label: int, end: StreamEnd) -> Iterator[Member]:
@@ -599,25 +614,13 @@ def _stream_image_tar(p: Path, label_of: Callable[[str], int],
                       end: StreamEnd) -> Iterator[Member]:
     """The members of a tar of images, in archive order, labelled by ``label_of(member
     name)`` (-1: none, the pack lists the member as skipped)."""
-    last = ""
-    with tarfile.open(p, "r|*") as tf:
-        while True:
-            try:
-                m = tf.next()
-                if m is None:
-                    break
-                tf.members.clear()
-                if not m.isfile():
-                    continue
-                last = m.name
-                member = _read_member(tf, m, f"{p}!{m.name}", label_of(m.name))
-            except ARCHIVE_ERRORS as exc:
-                end.stopped = (f"{p} ends early: stopped in {last or '(none)'} at byte "
-                               f"{tf.offset:,} of the tar stream: {exc}")
-                return
-            end.members += 1
-            yield member
-        _end_check(p, tf, end, last)
+
+    def visit(tf, m):
+        member = _read_member(tf, m, f"{p}!{m.name}", label_of(m.name))
+        end.members += 1
+        yield member
+
+    return _stream_tar(p, end, visit)
 
 
 # ------------------------------------------------------------------ probes
