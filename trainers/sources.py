@@ -41,6 +41,9 @@ A truncated tar packs what it can: the stream ends at the damage and
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import tarfile
 import zipfile
@@ -384,16 +387,56 @@ def list_tar(p: Path, error=SourceError) -> tuple[list[tuple[str, int]], str | N
     and where it ends early (None when complete): a damaged header, or a last member
     whose data runs past the end of an uncompressed file.
 
-    Listings are kept for the life of the process (keyed by path, size and mtime), so
-    detecting, probing and packing one archive walk it once.
+    A listing is walked once per archive, not once per command: it is kept for the life
+    of the process and saved in the cache folder
+    (``trainers.synthetic.default_cache_dir() / 'tar-listings'``), keyed by the
+    archive's absolute path, size and mtime, so ``probe``, ``pack`` and ``train`` on one
+    150 GB tar (or a resumed pack of a ``.tar.gz``, which has to be decompressed to
+    walk) do not walk it again. A saved listing that cannot be read is walked again.
 
     Raises:
       error: not a readable tar.
     """
     key = _stamp(p)
     if key not in _LISTINGS:
-        _LISTINGS[key] = _walk_tar(p, error)
+        cached = _load_listing(p)
+        if cached is None:
+            cached = _walk_tar(p, error)
+            _save_listing(p, cached)
+        _LISTINGS[key] = cached
     return _LISTINGS[key]
+
+
+def _listing_file(p: Path) -> Path:
+    from trainers.synthetic import default_cache_dir
+
+    st = p.stat()
+    key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}|v1"
+    return default_cache_dir() / "tar-listings" / (hashlib.sha256(key.encode()).hexdigest()[:24]
+                                                  + ".json")
+
+
+def _load_listing(p: Path) -> tuple[list[tuple[str, int]], str | None] | None:
+    try:
+        d = json.loads(_listing_file(p).read_text())
+        return [(str(n), int(z)) for n, z in d["members"]], d["stopped"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _save_listing(p: Path, listing: tuple[list[tuple[str, int]], str | None]) -> None:
+    """Best effort: a cache folder that cannot be written costs a walk next time."""
+    members, stopped = listing
+    path = _listing_file(p)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"archive": str(p.resolve()), "stopped": stopped,
+                                   "members": members}))
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _walk_tar(p: Path, error) -> tuple[list[tuple[str, int]], str | None]:
