@@ -23,9 +23,10 @@ Kinds (:func:`open_source`), each shown by name in the pack table:
 
 Listed kinds (folders, zips: a listing is cheap) give ``items``, a compact
 :class:`trainers.listing.Listing` of ``(key, label)`` in scan order (about 13 bytes per
-member, not a Python tuple each), and the pack shuffles them globally. Archive kinds (tars) are **streamed**:
-the tar is read once, sequentially (``tarfile`` stream mode ``'r|*'``: right for hard
-disks, network volumes and gzip, which cannot seek), and never extracted. Labels must
+member, not a Python tuple each), and the pack shuffles them globally. Archive kinds
+(tars) are **streamed**: the tar is read once, sequentially (``tarfile`` stream
+mode ``'r|*'``: right for hard disks, network volumes and gzip, which cannot seek),
+and never extracted. Labels must
 be known before the first record is written (the class index is the position of the
 wnid in the sorted wnids, as tensorflow-datasets ``imagenet2012``), so a tar is first
 walked for its *member headers only* (:func:`list_tar`): on an uncompressed tar this
@@ -659,11 +660,11 @@ def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple
 
         # A seeded walk over the members until n images: nothing listed is copied.
         for i in np.random.default_rng(seed).permutation(len(src.items)):
+            if len(out) >= n:
+                break
             k, _ = src.items[int(i)]
             if scan.is_image_name(os.path.basename(k)):
                 out.append((k, src.read(k)))
-                if len(out) >= n:
-                    break
     else:
         per_tar: dict[str, int] = {}
         spare: list[tuple[str, bytes]] = []
