@@ -31,10 +31,10 @@ def dataset_stats(root: str | os.PathLike, *, sample: int = 2000, seed: int = 0)
     src = sources.open_source(root)
     if src.kind in (sources.KIND_FOLDERS, sources.KIND_KAGGLE):
         classes, items = scan.scan_class_folders(src.path, images_only=True)
-        files = [path for path, _ in items]
-        pick = files if len(files) <= sample else random.Random(seed).sample(files, sample)
-        sizes = [os.stat(f).st_size for f in pick]
-        count, estimated = len(files), False
+        pick = (range(len(items)) if len(items) <= sample
+                else random.Random(seed).sample(range(len(items)), sample))
+        sizes = [os.stat(items[i][0]).st_size for i in pick]
+        count, estimated = len(items), False
     elif src.items is not None:
         import zipfile
 

@@ -62,15 +62,20 @@ import warnings
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from trainers.records import RecordError, write_text_atomic
 from trainers import preprocess, scan, sources
+from trainers.listing import Listing
 from trainers.summaries import BadImage, PackResult, SplitSummary
 from trainers.options import PackOptions
 
 DATASET_NAME = "autotune_images"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 PACK_SUMMARY = "pack.json"
-FORMAT_VERSION = 1
+#: In the fingerprint: 2 since the numpy assignment of members to shards (a partial
+#: pack made before must not be resumed with the new assignment).
+FORMAT_VERSION = 2
 #: Larger input files are skipped unread ("file too large"): a JPEG within
 #: ``preprocess.MAX_PIXELS`` is far smaller, and reading a stray multi-gigabyte file
 #: whole would only exhaust memory.
@@ -85,8 +90,8 @@ class PackError(RuntimeError):
     """The input folder cannot be packed (missing, empty, no class folders...)."""
 
 
-def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """List ``<root>/<class>/<file>`` as ``(class_names, [(path, label), ...])``:
+def scan_image_folder(root: str | os.PathLike) -> tuple[tuple[str, ...], Listing]:
+    """List ``<root>/<class>/<file>`` as ``(class_names, listing of (path, label))``:
     :func:`trainers.scan.scan_class_folders` with every entry of a class folder,
     images or not, so that nothing is dropped silently (packing lists what it cannot
     use with the reason). Order: by class, then by file name.
@@ -294,28 +299,53 @@ def _simplejpeg_ok(data: bytes) -> bool:
         return False
 
 
-def _assign(items: list[tuple[str, int]], options: PackOptions, has_val_folder: bool):
-    """Seeded, stratified hold-out and shuffled assignment to shards (deterministic)."""
-    rng = random.Random(options.seed)
-    train, val = [], []
-    if options.val_fraction > 0 and not has_val_folder:
-        by_class: dict[int, list] = {}
-        for it in items:
-            by_class.setdefault(it[1], []).append(it)
-        for label in sorted(by_class):
-            group = by_class[label][:]
+def _assign(items: Listing, options: PackOptions,
+            has_val_folder: bool) -> tuple[Listing, Listing]:
+    """Seeded, stratified hold-out and shuffled assignment to shards (deterministic).
+
+    With ``options.val_fraction > 0`` and no separate validation input, each class
+    ``c`` of ``n_c`` members holds out ``round(n_c x val_fraction)`` of them (Python's
+    round), chosen by a seeded shuffle within the class; the train and held-out
+    members are then each shuffled. The random numbers are numpy's ``PCG64`` seeded
+    with ``options.seed``: the result depends on the listing and the seed only (never
+    on the process count or index, nor on a resume).
+
+    Returns:
+      ``(train, held_out)``: views of ``items`` (index arrays, ``uint32`` below 4 G
+      members: 4 bytes per member, no key copied).
+    """
+    rng = np.random.default_rng(options.seed)
+    n = len(items)
+    dtype = np.uint32 if n < 2 ** 32 else np.uint64
+    if options.val_fraction > 0 and not has_val_folder and n:
+        labels = items.labels
+        if bool(np.all(labels[1:] >= labels[:-1])):  # scan order: class by class
+            order = np.arange(n, dtype=dtype)
+        else:
+            order = np.argsort(labels, kind="stable").astype(dtype)
+            labels = labels[order]
+        ends = np.append(np.flatnonzero(labels[1:] != labels[:-1]) + 1, n)
+        del labels
+        held, kept, start = [], 0, 0
+        for c in np.diff(ends, prepend=0).tolist():  # class sizes, in label order
+            group = order[start:start + c]
             rng.shuffle(group)
-            n_val = int(round(len(group) * options.val_fraction))
-            val.extend(group[:n_val])
-            train.extend(group[n_val:])
+            k = int(round(c * options.val_fraction))
+            held.append(group[:k].copy())
+            order[kept:kept + c - k] = group[k:]  # the train members, packed in place
+            kept += c - k
+            start += c
+        train, val = order[:kept], np.concatenate(held)
     else:
-        train = items[:]
+        train, val = np.arange(n, dtype=dtype), np.zeros(0, dtype=dtype)
     rng.shuffle(train)
     rng.shuffle(val)
-    return train, val
+    return items.take(train), items.take(val)
 
 
-def _chunks(items: list, n: int) -> list[list]:
+def _chunks(items: Listing, n: int) -> list[Listing]:
+    """``items`` cut into ``n`` consecutive parts (at most one per member, at least
+    one) whose sizes differ by at most one: views, nothing copied."""
     n = max(1, min(n, len(items))) if items else 1
     base, extra = divmod(len(items), n)
     out, start = [], 0
@@ -329,8 +359,9 @@ def _chunks(items: list, n: int) -> list[list]:
 def _fingerprint(src, val, options: PackOptions) -> str:
     """16 hex digits naming a pack's inputs and the options that change its bytes:
     each listed file's path, label, size and mtime (a zip's members by name and
-    label); for an archive its path, size and mtime (and its label file's), so a
-    150 GB tar is never read twice to fingerprint it."""
+    label), streamed into the hash one member at a time (nothing kept); for an
+    archive its path, size and mtime (and its label file's), so a 150 GB tar is never
+    read twice to fingerprint it."""
     h = hashlib.sha256()
     opts = {k: v for k, v in options.to_dict().items() if k not in PackOptions.EXECUTION_ONLY}
     h.update(json.dumps([FORMAT_VERSION, src.path, opts]).encode())
@@ -548,9 +579,8 @@ def _split_plans(src, val, options: PackOptions) -> dict[str, _SplitPlan]:
     if val is not None and val.streamed:
         plans["validation"] = _SplitPlan(val, stream=val.stream, select=lambda m: True)
     elif val is not None and val.items:
-        items = list(val.items)
         plans["validation"] = _SplitPlan(val, chunks=_chunks(
-            items, _val_shards(options, len(items), train_n)))
+            val.items, _val_shards(options, len(val.items), train_n)))
     return plans
 
 
@@ -705,7 +735,7 @@ def _finalize(out: Path, src, val, options: PackOptions, splits: dict[str, _Spli
     with _writing(out / "dataset_info.json", out):
         _write_tfds_metadata(out, feats, summaries)
     every = [i for v in infos.values() for i in v]
-    first = [k for k, _ in (src.items or [])[:32] if os.path.isfile(k)]
+    first = [k for k, _ in src.items[:32] if os.path.isfile(k)] if src.items else []
     result = PackResult(
         out_dir=str(out), source=src.path, class_names=src.class_names,
         input_images=sum(i["records"] + len(i["bad"]) for i in every), packed=packed,

@@ -24,6 +24,8 @@ import random
 from pathlib import Path
 from typing import Sequence
 
+from trainers.listing import Listing, ListingBuilder
+
 #: File-name endings of image files (compared lower-case): JPEG, and the formats the
 #: pack converts to JPEG once (Pillow reads them).
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
@@ -112,9 +114,11 @@ def image_files(folder: str | os.PathLike) -> list[Path]:
 
 def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | None = None, *,
                        images_only: bool = False, error: type[Exception] = DataFolderError,
-                       ) -> tuple[tuple[str, ...], list[tuple[str, int]]]:
-    """List ``<root>/<class>/**/<entry>`` as ``(class_names, [(path, label), ...])``
-    (entries at any depth below the class folder, :func:`files_below`).
+                       ) -> tuple[tuple[str, ...], Listing]:
+    """List ``<root>/<class>/**/<entry>`` as ``(class_names, listing)``, the listing a
+    :class:`trainers.listing.Listing` of ``(path, label)`` (entries at any depth below
+    the class folder, :func:`files_below`), filled class folder by class folder (the
+    entries of one class folder are Python objects at a time, never the whole list).
 
     Args:
       root: the folder of class folders. Files directly under it are ignored.
@@ -127,7 +131,7 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
       error: the exception type raised (the caller's own, e.g. ``PackError``).
 
     Returns:
-      The class names and the entries, by class then by file name.
+      The class names and the entries, by class then depth first by name.
 
     Raises:
       error: ``root`` is missing, is not a folder, has no class folders, a class
@@ -143,7 +147,7 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         raise error(f"data folder {root} has no class folders (expected <root>/<wnid>/*.JPEG)")
     names = tuple(found) if class_names is None else tuple(class_names)
     index = {c: i for i, c in enumerate(names)}
-    items: list[tuple[str, int]] = []
+    items = ListingBuilder()
     for name in found:
         if name not in index:
             raise error(f"class folder {root / name} is not a train class")
@@ -152,7 +156,7 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
             raise error(f"class folder {root / name} is empty (no file at any depth)")
         items.extend((e.path, index[name]) for e in entries
                      if not images_only or (is_image_name(e.name) and e.is_file()))
-    return names, items
+    return names, items.build()
 
 
 def sample_images(root: str | os.PathLike, n: int, seed: int = 0) -> list[Path]:

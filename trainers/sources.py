@@ -21,10 +21,12 @@ Kinds (:func:`open_source`), each shown by name in the pack table:
   wnids or class indices (:func:`trainers.validation.labels_from_file`), found beside
   the tar (and up to ``LABEL_SEARCH_DEPTH`` folders above) or given.
 
-Listed kinds (folders, zips: a listing is cheap) give ``items`` ``[(key, label)]`` in
-scan order and the pack shuffles them globally. Archive kinds (tars) are **streamed**:
-the tar is read once, sequentially (``tarfile`` stream mode ``'r|*'``: right for hard
-disks, network volumes and gzip, which cannot seek), and never extracted. Labels must
+Listed kinds (folders, zips: a listing is cheap) give ``items``, a compact
+:class:`trainers.listing.Listing` of ``(key, label)`` in scan order (about 13 bytes per
+member, not a Python tuple each), and the pack shuffles them globally. Archive kinds
+(tars) are **streamed**: the tar is read once, sequentially (``tarfile`` stream
+mode ``'r|*'``: right for hard disks, network volumes and gzip, which cannot seek),
+and never extracted. Labels must
 be known before the first record is written (the class index is the position of the
 wnid in the sorted wnids, as tensorflow-datasets ``imagenet2012``), so a tar is first
 walked for its *member headers only* (:func:`list_tar`): on an uncompressed tar this
@@ -54,6 +56,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 from trainers import scan
+from trainers.listing import Listing
 from trainers.validation import (LABEL_FILE_NAMES, LABEL_SEARCH_DEPTH, ValidationLayoutError,
                                  labels_from_file, read_devkit_archive, scan_validation)
 
@@ -111,8 +114,8 @@ class Source:
       path: the absolute path given.
       class_names: wnids in class-index order.
       class_words: the words of each class ('' when unknown), or ().
-      items: listed kinds: ``[(key, label)]`` in scan order (every entry, images or
-        not); None for streamed kinds.
+      items: listed kinds: a :class:`trainers.listing.Listing` of ``(key, label)`` in
+        scan order (every entry, images or not); None for streamed kinds.
       zip_path: the zip the keys of ``items`` lie in (``<zip>!<member>``), if any.
       stream_fn: streamed kinds: ``stream_fn(end)`` yields every :class:`Member` in
         archive order.
@@ -125,7 +128,7 @@ class Source:
     path: str
     class_names: tuple[str, ...]
     class_words: tuple[str, ...] = ()
-    items: list[tuple[str, int]] | None = None
+    items: Listing | None = None
     zip_path: str | None = None
     stream_fn: Callable[[StreamEnd], Iterator[Member]] | None = None
     stamp: str = ""
@@ -295,16 +298,17 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
         return f"{p}!{name}"
 
     if role == "train":
-        classed = [(n, n[len(base):].split("/", 1)[0]) for n in files if "/" in n[len(base):]]
-        wnids = sorted({w for _, w in classed})
+        classed = [n for n in files if "/" in n[len(base):]]
+        wnids = sorted({n[len(base):].split("/", 1)[0] for n in classed})
         if not wnids:
             raise error(f"{p}: no class folders under {base}")
         index = {w: i for i, w in enumerate(wnids)}
         words = read_class_words(extra.get("LOC_synset_mapping.txt", b"").decode(errors="replace"))
+        items = Listing.from_pairs((key(n), index[n[len(base):].split("/", 1)[0]])
+                                   for n in classed)
         return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(wnids),
                       class_words=tuple(words.get(w, "") for w in wnids) if words else (),
-                      items=[(key(n), index[w]) for n, w in classed], zip_path=str(p),
-                      stamp=stamp)
+                      items=items, zip_path=str(p), stamp=stamp)
     images = [n for n in files if "/" not in n[len(base):] and scan.is_image_name(n[len(base):])]
     if not images:
         raise error(f"{p}: no validation images under {base}")
@@ -316,7 +320,8 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
                               data=None if label_file else extra["LOC_val_solution.csv"],
                               where=where)
     return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(class_names),
-                  items=[(key(n), lab) for n, lab in zip(images, labels)], zip_path=str(p),
+                  items=Listing.from_pairs((key(n), lab) for n, lab in zip(images, labels)),
+                  zip_path=str(p),
                   stamp=stamp + f"|{lname}", labels_from=lname)
 
 
@@ -697,11 +702,15 @@ def sample_members(path: str | os.PathLike, n: int, seed: int = 0) -> list[tuple
         root = Path(src.path)
         return [(str(f), f.read_bytes()) for f in scan.sample_images(root, n, seed)]
     if src.items is not None:
-        import random
+        import numpy as np
 
-        images = [k for k, _ in src.items if scan.is_image_name(os.path.basename(k))]
-        for k in random.Random(seed).sample(images, min(n, len(images))):
-            out.append((k, src.read(k)))
+        # A seeded walk over the members until n images: nothing listed is copied.
+        for i in np.random.default_rng(seed).permutation(len(src.items)):
+            if len(out) >= n:
+                break
+            k, _ = src.items[int(i)]
+            if scan.is_image_name(os.path.basename(k)):
+                out.append((k, src.read(k)))
     else:
         per_tar: dict[str, int] = {}
         spare: list[tuple[str, bytes]] = []

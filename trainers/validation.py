@@ -25,6 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from trainers import scan
+from trainers.listing import Listing
 
 
 class ValidationLayoutError(scan.DataFolderError):
@@ -306,9 +307,9 @@ def find_label_file(folder: str | os.PathLike) -> Path:
 
 
 def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
-                    label_file: str | os.PathLike | None = None) -> list[tuple[str, int]]:
-    """List a validation folder as ``[(path, label), ...]`` with labels indexing
-    ``class_names`` (the train classes).
+                    label_file: str | os.PathLike | None = None) -> Listing:
+    """List a validation folder as a :class:`trainers.listing.Listing` of ``(path,
+    label)`` with labels indexing ``class_names`` (the train classes).
 
     Class-folder layout when ``folder`` has subfolders (each must be a train class;
     every entry of them is listed, images or not, as
@@ -340,4 +341,4 @@ def scan_validation(folder: str | os.PathLike, class_names: Sequence[str], *,
         raise ValidationLayoutError(f"label file {label_file} for {folder} does not exist")
     labels = labels_from_file(label_file, [p.name for p in images], class_names,
                               where=f" in {folder}")
-    return [(str(p), label) for p, label in zip(images, labels)]
+    return Listing.from_pairs((str(p), label) for p, label in zip(images, labels))

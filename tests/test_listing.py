@@ -1,0 +1,151 @@
+"""The compact listing of input members (trainers/listing.py) and the pack's
+assignment of a listing to splits and shards (trainers/pack.py ``_assign``,
+``_chunks``)."""
+
+from __future__ import annotations
+
+import pickle
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from trainers import pack, scan
+from trainers.listing import Listing, ListingBuilder
+from trainers.options import PackOptions
+
+PAIRS = ([(f"/data/train/n{c:08d}/n{c:08d}_{i}.JPEG", c) for c in range(4) for i in range(9)]
+         + [("/data/train/n00000004/images/a.JPEG", 4), ("/data/train/n00000004/boxes.txt", 4),
+            ("/data/train/n00000004/images/b.JPEG", 4),
+            ("/data/val/caf\u00e9 \udcff.jpg", 2),  # not UTF-8 on disk: surrogateescape
+            ("/z.zip!ILSVRC/Data/CLS-LOC/train/n1/n1_1.JPEG", 0),
+            ("no-folder.jpg", 1), ("/data/", 3), ("/data/a", -1)])
+
+
+def test_listing_round_trips_every_pair():
+    listing = Listing.from_pairs(PAIRS)
+    assert len(listing) == len(PAIRS)
+    assert list(listing) == PAIRS and listing == PAIRS
+    assert [listing[i] for i in range(len(PAIRS))] == PAIRS
+    assert listing[-1] == PAIRS[-1] and listing[-len(PAIRS)] == PAIRS[0]
+    assert all(type(k) is str and type(lab) is int for k, lab in listing)
+    assert listing.labels.tolist() == [lab for _, lab in PAIRS]
+    assert listing.name(3) == "n00000000_3.JPEG"
+    with pytest.raises(IndexError):
+        listing[len(PAIRS)]
+    assert listing != PAIRS[:-1] and listing != PAIRS[:-1] + [("/data/a", 0)]
+
+
+def test_an_empty_listing():
+    empty = Listing.from_pairs([])
+    assert len(empty) == 0 and list(empty) == [] and not empty
+    assert list(pickle.loads(pickle.dumps(empty))) == []
+    assert list(empty.take([])) == [] and list(empty[0:3]) == []
+
+
+def test_views_take_slice_and_compose_without_copying_names():
+    listing = Listing.from_pairs(PAIRS)
+    picks = [5, 3, 40, 0, 5, -1]
+    view = listing.take(picks)
+    assert list(view) == [PAIRS[i] for i in picks]
+    assert view._blob is listing._blob  # a view shares the names
+    assert list(view[1:4]) == [PAIRS[i] for i in picks[1:4]]
+    assert list(view[::-2]) == [PAIRS[i] for i in picks[::-2]]
+    assert list(listing[2:30:7]) == PAIRS[2:30:7]
+    assert list(view.take(np.array([2, 0], dtype=np.uint32))) == [PAIRS[40], PAIRS[5]]
+    assert view.labels.tolist() == [PAIRS[i][1] for i in picks]
+    with pytest.raises(IndexError):
+        listing.take([len(PAIRS)])
+    with pytest.raises(IndexError):
+        listing.take([-len(PAIRS) - 1])
+
+
+def test_a_pickled_view_carries_only_its_members():
+    many = [(f"/data/n{c:08d}/n{c:08d}_{i:06d}.JPEG", c) for c in range(50) for i in range(400)]
+    listing = Listing.from_pairs(many)
+    view = listing.take(np.arange(0, len(many), 997))
+    back = pickle.loads(pickle.dumps(view))
+    assert list(back) == list(view) and back._index is None
+    assert len(pickle.dumps(view)) < len(pickle.dumps(listing)) / 20
+    assert list(pickle.loads(pickle.dumps(listing))) == many
+
+
+def test_a_listing_is_a_few_bytes_per_member():
+    """ImageNet-style names keep only their distinct middle: far below the ~230 bytes
+    a Python (path, label) tuple costs."""
+    many = [(f"/home/user/imagenet/train/n{c:08d}/n{c:08d}_{i}.JPEG", c)
+            for c in range(20) for i in range(1000)]
+    listing = Listing.from_pairs(many)
+    assert listing.nbytes / len(many) < 16, listing.nbytes / len(many)
+    assert list(listing) == many
+
+
+def test_long_flat_runs_are_cut_into_groups(monkeypatch):
+    monkeypatch.setattr("trainers.listing.RUN_LIMIT", 7)
+    pairs = [(f"/val/ILSVRC2012_val_{i:08d}.JPEG", i % 3) for i in range(30)]
+    listing = ListingBuilder().extend(pairs).build()
+    assert len(listing._heads) == 5 and list(listing) == pairs
+
+
+def test_scan_lists_every_entry_into_a_listing(tmp_path):
+    for c, files in {"n02": ["b.JPEG", "a.JPEG"], "n01": ["x.jpg", "sub/y.JPEG", "sub/z.txt"]}.items():
+        for f in files:
+            (tmp_path / c / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / c / f).write_bytes(b"x")
+    (tmp_path / "n01" / "empty").mkdir()
+    names, items = scan.scan_class_folders(tmp_path)
+    assert isinstance(items, Listing) and names == ("n01", "n02")
+    root = str(tmp_path)
+    assert list(items) == [(f"{root}/n01/empty", 0), (f"{root}/n01/sub/y.JPEG", 0),
+                           (f"{root}/n01/sub/z.txt", 0), (f"{root}/n01/x.jpg", 0),
+                           (f"{root}/n02/a.JPEG", 1), (f"{root}/n02/b.JPEG", 1)]
+    assert [k for k, _ in scan.scan_class_folders(tmp_path, images_only=True)[1]] == [
+        f"{root}/n01/sub/y.JPEG", f"{root}/n01/x.jpg", f"{root}/n02/a.JPEG", f"{root}/n02/b.JPEG"]
+
+
+SIZES = [7, 13, 20, 1, 2, 40, 3]  # members per class
+
+
+def _members(shuffled: bool) -> Listing:
+    pairs = [(f"/d/c{c}/img{i:03d}.JPEG", c) for c, n in enumerate(SIZES) for i in range(n)]
+    if shuffled:  # a flat layout: labels not grouped
+        pairs = [pairs[i] for i in np.random.default_rng(1).permutation(len(pairs))]
+    return Listing.from_pairs(pairs)
+
+
+@pytest.mark.parametrize("shuffled", [False, True])
+def test_hold_out_is_stratified_with_the_rounded_count_per_class(shuffled):
+    items = _members(shuffled)
+    opts = PackOptions(val_fraction=0.25, seed=3)
+    train, val = pack._assign(items, opts, has_val_folder=False)
+    want = {c: int(round(n * 0.25)) for c, n in enumerate(SIZES)}  # 2, 3, 5, 0, 0, 10, 1
+    got = Counter(lab for _, lab in val)
+    assert {c: got.get(c, 0) for c in want} == want
+    keys = [k for k, _ in train] + [k for k, _ in val]
+    assert sorted(keys) == sorted(k for k, _ in items)  # each member once
+    assert len(train) == len(items) - sum(want.values())
+    again = pack._assign(items, opts, has_val_folder=False)
+    assert list(again[0]) == list(train) and list(again[1]) == list(val)
+    other = pack._assign(items, PackOptions(val_fraction=0.25, seed=4), has_val_folder=False)
+    assert list(other[0]) != list(train)
+
+
+def test_no_hold_out_with_a_validation_input_or_a_zero_fraction():
+    items = _members(False)
+    for opts, has_val in ((PackOptions(val_fraction=0.25), True), (PackOptions(val_fraction=0.0), False)):
+        train, val = pack._assign(items, opts, has_val_folder=has_val)
+        assert len(val) == 0 and sorted(train) == sorted(items)
+        assert list(train) != list(items)  # shuffled
+
+
+def test_chunks_are_balanced_views_in_order():
+    train, _ = pack._assign(_members(False), PackOptions(val_fraction=0.0), False)
+    for n in (1, 4, 7, len(train), len(train) + 5):
+        chunks = pack._chunks(train, n)
+        assert len(chunks) == min(n, len(train))
+        sizes = [len(c) for c in chunks]
+        assert max(sizes) - min(sizes) <= 1
+        assert [p for c in chunks for p in c] == list(train)
+        assert all(isinstance(c, Listing) and c._blob is train._blob for c in chunks)
+    chunk = pack._chunks(train, 4)[2]
+    assert list(pickle.loads(pickle.dumps(chunk))) == list(chunk)
