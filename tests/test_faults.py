@@ -143,16 +143,16 @@ def test_bad_images_are_listed_odd_ones_converted_and_counts_add_up(tmp_path, mo
     folder = write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=6)
     skipped, converted = _odd_files(folder)
     # An unreadable file (tests run as root, so permissions cannot be used): the
-    # packer's open() fails for that one path.
+    # packer's os.open() fails for that one path.
     unreadable = folder / "n00000001" / "n00000001_3.JPEG"
-    real_open = open
+    real_open = os.open
 
     def fake_open(path, *a, **k):
         if os.fspath(path) == str(unreadable):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, *a, **k)
 
-    monkeypatch.setattr(pack_mod, "open", fake_open, raising=False)
+    monkeypatch.setattr(pack_mod.os, "open", fake_open)
     skipped["n00000001_3.JPEG"] = "Permission denied"
     entries = sum(1 for d in folder.iterdir() for _ in d.iterdir())
 

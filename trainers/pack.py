@@ -136,7 +136,12 @@ def _example_serializer(feats) -> Callable[[dict], bytes]:
     return serialize
 
 
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
+
+
 def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
@@ -155,6 +160,22 @@ def _ld(number: int, payload: bytes) -> bytes:
     return _field(number, len(payload)) + payload
 
 
+#: The constant parts of :func:`example_record` (map keys; field 1 / 2 tags).
+_KEY_FILE_NAME, _KEY_IMAGE = _ld(1, b"file_name"), _ld(1, b"image")
+_TAG1, _TAG2 = b"\x0a", b"\x12"
+_LABEL_ENTRIES: dict[int, bytes] = {}
+
+
+def _label_entry(label: int) -> bytes:
+    """The ``label`` map entry of a record (cached: one per class)."""
+    entry = _LABEL_ENTRIES.get(label)
+    if entry is None:
+        entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
+        if len(_LABEL_ENTRIES) < 100_000:
+            _LABEL_ENTRIES[label] = entry
+    return entry
+
+
 def example_record(image: bytes, label: int, file_name: str) -> bytes:
     """One record as the pack stores it: a serialized ``tf.train.Example`` with
     ``file_name`` (bytes), ``image`` (JPEG bytes) and ``label`` (int64 >= 0), written
@@ -164,18 +185,26 @@ def example_record(image: bytes, label: int, file_name: str) -> bytes:
     to tensorflow-datasets' ``FeaturesDict.serialize_example`` serialized
     deterministically (:func:`_example_serializer`; the tests compare them), without
     importing TensorFlow, and with one copy of the image, so that worker processes
-    serialize too."""
-    name_entry = _ld(1, _ld(1, b"file_name") + _ld(2, _ld(1, _ld(1, file_name.encode()))))
-    label_entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
-    values = _field(1, len(image))
-    feature = _field(1, len(values) + len(image))
-    key = _ld(1, b"image")
-    value = _field(2, len(feature) + len(values) + len(image))
-    entry_len = len(key) + len(value) + len(feature) + len(values) + len(image)
-    entry = _field(1, entry_len)
+    serialize too. The map keys' bytes are constants and the label entry is cached
+    per class: a few small concatenations per record."""
+    v = _varint
+    name = file_name.encode()
+    n = len(name)
+    a = n + 1 + len(v(n))  # BytesList: value = name
+    b = a + 1 + len(v(a))  # Feature: bytes_list
+    value = _TAG2 + v(b) + _TAG1 + v(a) + _TAG1 + v(n) + name
+    body = _KEY_FILE_NAME + value
+    name_entry = _TAG1 + v(len(body)) + body
+    label_entry = _label_entry(label)
+    size = len(image)
+    values = _TAG1 + v(size)
+    feature = _TAG1 + v(len(values) + size)
+    value = _TAG2 + v(len(feature) + len(values) + size)
+    entry_len = len(_KEY_IMAGE) + len(value) + len(feature) + len(values) + size
+    entry = _TAG1 + v(entry_len)
     total = len(name_entry) + len(entry) + entry_len + len(label_entry)
-    return b"".join((_field(1, total), name_entry, entry, key, value, feature, values, image,
-                     label_entry))
+    return b"".join((_TAG1, v(total), name_entry, entry, _KEY_IMAGE, value, feature, values,
+                     image, label_entry))
 
 
 def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
@@ -258,27 +287,48 @@ def _prepare_file(path: str, resize_shorter: int | None,
         return None, exc.reason, len(data)
 
 
+#: ``os.open`` flags of :func:`_read_image_file`: never blocks on a FIFO (it opens at
+#: once and fstat then names it), never leaks the descriptor into a child.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` of an image file, or ``(None, why not)``: not an image by
     its name (:func:`trainers.scan.not_an_image`), unreadable, not a regular file
-    (opening a FIFO would block forever) or over :data:`MAX_FILE_BYTES`."""
+    (a folder, a FIFO, a device...) or over :data:`MAX_FILE_BYTES`.
+
+    One ``open`` (non-blocking, so that a FIFO never blocks), ``fstat`` on the
+    descriptor for the checks, and one ``read`` of the whole file in the usual case
+    (more when the file system returns a short read or the file grew)."""
     reason = scan.not_an_image(os.path.basename(path))
     if reason is not None:
         return None, reason
     try:
-        st = os.stat(path)  # follows links: a dangling one fails here
+        fd = os.open(path, _OPEN_FLAGS)  # follows links: a dangling one fails here
     except OSError as exc:
         link = " (dangling symbolic link)" if os.path.islink(path) else ""
         return None, f"unreadable: {exc.strerror or exc}{link}"
-    if not stat.S_ISREG(st.st_mode):
-        return None, f"not a regular file: {_not_regular(st.st_mode)}"
-    if st.st_size > MAX_FILE_BYTES:
-        return None, f"file too large: {st.st_size:,} bytes > {MAX_FILE_BYTES:,}"
     try:
-        with open(path, "rb") as f:
-            return f.read(), None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a regular file: {_not_regular(st.st_mode)}"
+        size = st.st_size
+        if size > MAX_FILE_BYTES:
+            return None, f"file too large: {size:,} bytes > {MAX_FILE_BYTES:,}"
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # a short read, or the file changed: read to its end
+            parts, total = [data], len(data)
+            while part := os.read(fd, 1 << 20):
+                parts.append(part)
+                total += len(part)
+                if total > MAX_FILE_BYTES:
+                    return None, f"file too large: over {MAX_FILE_BYTES:,} bytes"
+            data = b"".join(parts)
+        return data, None
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
 
 
 def _simplejpeg_ok(data: bytes) -> bool:
