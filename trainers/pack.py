@@ -17,7 +17,10 @@ reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
 
 Records are serialized deterministically (sorted protobuf map keys), so the same
 inputs and options give byte-identical shards in any process, with threads or worker
-processes (:class:`_Workers` returns results in input order), and across hosts.
+processes, and across hosts: a listed shard is written whole, members in order, by one
+worker (:func:`_write_listed_shard`: the parent only schedules shards and adds up their
+summaries), and an archive stream's results come back in member order
+(:meth:`_Workers.ordered`).
 
 Which member goes to which shard:
 
