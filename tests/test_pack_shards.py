@@ -132,3 +132,25 @@ def test_a_killed_worker_process_is_a_pack_error(tmp_path):
     with pack_mod._Workers(PackOptions(pack_workers=1)) as workers:
         with pytest.raises(PackError, match="a pack worker process ended abruptly"):
             workers.run_shards([task], None, 1, 0, 0)
+
+
+def test_read_image_file_reads_whole_files_and_names_what_it_cannot_read(tmp_path, monkeypatch):
+    read = pack_mod._read_image_file
+    data = os.urandom(70_000)
+    (tmp_path / "a.JPEG").write_bytes(data)
+    (tmp_path / "empty.JPEG").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.JPEG")  # no writer: a blocking open would never return
+    (tmp_path / "folder.JPEG").mkdir()
+    (tmp_path / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (tmp_path / "link.JPEG").symlink_to(tmp_path / "a.JPEG")
+    (tmp_path / "notes.txt").write_text("boxes")
+    assert read(str(tmp_path / "a.JPEG")) == (data, None)
+    assert read(str(tmp_path / "link.JPEG")) == (data, None)
+    assert read(str(tmp_path / "empty.JPEG")) == (b"", None)
+    assert read(str(tmp_path / "fifo.JPEG")) == (None, "not a regular file: a FIFO")
+    assert read(str(tmp_path / "folder.JPEG")) == (None, "not a regular file: a folder")
+    assert read(str(tmp_path / "dangling.JPEG"))[1] == ("unreadable: No such file or directory "
+                                                         "(dangling symbolic link)")
+    assert read(str(tmp_path / "notes.txt"))[1].startswith("not an image (name ends in '.txt'")
+    monkeypatch.setattr(pack_mod, "MAX_FILE_BYTES", 1000)
+    assert read(str(tmp_path / "a.JPEG")) == (None, "file too large: 70,000 bytes > 1,000")
