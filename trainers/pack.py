@@ -446,8 +446,10 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         ``ILSVRC2012_img_val.tar`` with labels, the Kaggle folder or zip); its classes
         must be train classes.
       val_labels: the validation label file (default: looked for beside it).
-      progress: ``progress(done, total, bad_so_far)`` after each member; ``total`` is
-        None while unknown (archives are streamed).
+      progress: ``progress(done, total, bad_so_far)`` after each member (from the
+        worker threads, one call at a time; with worker processes, from this thread
+        every 0.1 s and at each shard's end, so ``done`` goes up in steps); ``total``
+        is None while unknown (archives are streamed).
       replace_stale: when ``out_dir`` holds a complete pack made from other inputs
         or options, delete its files and pack anew instead of raising. For cache
         folders the tool owns, never for a user's ``--out``.
