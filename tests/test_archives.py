@@ -3,6 +3,7 @@ archives in the official structures built from ../shared/data, packed and read b
 with tensorflow-datasets; nested trees; every bad input as one CLI line; resume,
 truncation and multi-process packs of archives."""
 
+import dataclasses
 import io
 import json
 import os
@@ -196,17 +197,19 @@ def kaggle_tree(root: Path, images) -> Path:
     return root
 
 
-@pytest.mark.parametrize("form", ["folder", "zip"])
+@pytest.mark.parametrize("form", ["folder", "zip", "zip-processes"])
 def test_kaggle_folder_and_zip(images, tmp_path, form):
     root = kaggle_tree(tmp_path / "imagenet-object-localization-challenge", images)
     data = root
     (root / KAGGLE_TRAIN / WNIDS[0] / "notes.txt").write_text("not an image")
+    opts = dataclasses.replace(OPTS, pack_workers=2) if form == "zip-processes" else OPTS
+    form = form.split("-")[0]  # processes: each opens the zip and reads its shards' members
     if form == "zip":
         data = tmp_path / "imagenet-object-localization-challenge.zip"
         with zipfile.ZipFile(data, "w") as zf:
             for p in sorted(root.rglob("*")):
                 zf.write(p, p.relative_to(root))
-    res = pack_folder(data, tmp_path / "out", OPTS, val_source=data)
+    res = pack_folder(data, tmp_path / "out", opts, val_source=data)
     assert [(Path(b.path).name, b.reason[:12]) for b in res.bad_images] == [("notes.txt",
                                                                               "not an image")]
     kind = sources.KIND_KAGGLE if form == "folder" else sources.KIND_KAGGLE_ZIP

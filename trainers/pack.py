@@ -17,7 +17,10 @@ reason, in ``PackResult.bad_images`` (and ``bad_images.json``), so
 
 Records are serialized deterministically (sorted protobuf map keys), so the same
 inputs and options give byte-identical shards in any process, with threads or worker
-processes (:class:`_Workers` returns results in input order), and across hosts.
+processes, and across hosts: a listed shard is written whole, members in order, by one
+worker (:func:`_write_listed_shard`: the parent only schedules shards and adds up their
+summaries), and an archive stream's results come back in member order
+(:meth:`_Workers.ordered`).
 
 Which member goes to which shard:
 
@@ -57,10 +60,11 @@ import random
 import re
 import shutil
 import stat
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -141,7 +145,12 @@ def _example_serializer(feats) -> Callable[[dict], bytes]:
     return serialize
 
 
+_SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
+
+
 def _varint(n: int) -> bytes:
+    if n < 128:
+        return _SMALL_VARINTS[n]
     out = bytearray()
     while True:
         b, n = n & 0x7F, n >> 7
@@ -160,6 +169,22 @@ def _ld(number: int, payload: bytes) -> bytes:
     return _field(number, len(payload)) + payload
 
 
+#: The constant parts of :func:`example_record` (map keys; field 1 / 2 tags).
+_KEY_FILE_NAME, _KEY_IMAGE = _ld(1, b"file_name"), _ld(1, b"image")
+_TAG1, _TAG2 = b"\x0a", b"\x12"
+_LABEL_ENTRIES: dict[int, bytes] = {}
+
+
+def _label_entry(label: int) -> bytes:
+    """The ``label`` map entry of a record (cached: one per class)."""
+    entry = _LABEL_ENTRIES.get(label)
+    if entry is None:
+        entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
+        if len(_LABEL_ENTRIES) < 100_000:
+            _LABEL_ENTRIES[label] = entry
+    return entry
+
+
 def example_record(image: bytes, label: int, file_name: str) -> bytes:
     """One record as the pack stores it: a serialized ``tf.train.Example`` with
     ``file_name`` (bytes), ``image`` (JPEG bytes) and ``label`` (int64 >= 0), written
@@ -169,18 +194,26 @@ def example_record(image: bytes, label: int, file_name: str) -> bytes:
     to tensorflow-datasets' ``FeaturesDict.serialize_example`` serialized
     deterministically (:func:`_example_serializer`; the tests compare them), without
     importing TensorFlow, and with one copy of the image, so that worker processes
-    serialize too."""
-    name_entry = _ld(1, _ld(1, b"file_name") + _ld(2, _ld(1, _ld(1, file_name.encode()))))
-    label_entry = _ld(1, _ld(1, b"label") + _ld(2, _ld(3, _ld(1, _varint(label)))))
-    values = _field(1, len(image))
-    feature = _field(1, len(values) + len(image))
-    key = _ld(1, b"image")
-    value = _field(2, len(feature) + len(values) + len(image))
-    entry_len = len(key) + len(value) + len(feature) + len(values) + len(image)
-    entry = _field(1, entry_len)
+    serialize too. The map keys' bytes are constants and the label entry is cached
+    per class: a few small concatenations per record."""
+    v = _varint
+    name = file_name.encode()
+    n = len(name)
+    a = n + 1 + len(v(n))  # BytesList: value = name
+    b = a + 1 + len(v(a))  # Feature: bytes_list
+    value = _TAG2 + v(b) + _TAG1 + v(a) + _TAG1 + v(n) + name
+    body = _KEY_FILE_NAME + value
+    name_entry = _TAG1 + v(len(body)) + body
+    label_entry = _label_entry(label)
+    size = len(image)
+    values = _TAG1 + v(size)
+    feature = _TAG1 + v(len(values) + size)
+    value = _TAG2 + v(len(feature) + len(values) + size)
+    entry_len = len(_KEY_IMAGE) + len(value) + len(feature) + len(values) + size
+    entry = _TAG1 + v(entry_len)
     total = len(name_entry) + len(entry) + entry_len + len(label_entry)
-    return b"".join((_field(1, total), name_entry, entry, key, value, feature, values, image,
-                     label_entry))
+    return b"".join((_TAG1, v(total), name_entry, entry, _KEY_IMAGE, value, feature, values,
+                     image, label_entry))
 
 
 def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
@@ -263,27 +296,48 @@ def _prepare_file(path: str, resize_shorter: int | None,
         return None, exc.reason, len(data)
 
 
+#: ``os.open`` flags of :func:`_read_image_file`: never blocks on a FIFO (it opens at
+#: once and fstat then names it), never leaks the descriptor into a child.
+_OPEN_FLAGS = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
 def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
     """``(bytes, None)`` of an image file, or ``(None, why not)``: not an image by
     its name (:func:`trainers.scan.not_an_image`), unreadable, not a regular file
-    (opening a FIFO would block forever) or over :data:`MAX_FILE_BYTES`."""
+    (a folder, a FIFO, a device...) or over :data:`MAX_FILE_BYTES`.
+
+    One ``open`` (non-blocking, so that a FIFO never blocks), ``fstat`` on the
+    descriptor for the checks, and one ``read`` of the whole file in the usual case
+    (more when the file system returns a short read or the file grew)."""
     reason = scan.not_an_image(os.path.basename(path))
     if reason is not None:
         return None, reason
     try:
-        st = os.stat(path)  # follows links: a dangling one fails here
+        fd = os.open(path, _OPEN_FLAGS)  # follows links: a dangling one fails here
     except OSError as exc:
         link = " (dangling symbolic link)" if os.path.islink(path) else ""
         return None, f"unreadable: {exc.strerror or exc}{link}"
-    if not stat.S_ISREG(st.st_mode):
-        return None, f"not a regular file: {_not_regular(st.st_mode)}"
-    if st.st_size > MAX_FILE_BYTES:
-        return None, f"file too large: {st.st_size:,} bytes > {MAX_FILE_BYTES:,}"
     try:
-        with open(path, "rb") as f:
-            return f.read(), None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, f"not a regular file: {_not_regular(st.st_mode)}"
+        size = st.st_size
+        if size > MAX_FILE_BYTES:
+            return None, f"file too large: {size:,} bytes > {MAX_FILE_BYTES:,}"
+        data = os.read(fd, size + 1)
+        if len(data) != size:  # a short read, or the file changed: read to its end
+            parts, total = [data], len(data)
+            while part := os.read(fd, 1 << 20):
+                parts.append(part)
+                total += len(part)
+                if total > MAX_FILE_BYTES:
+                    return None, f"file too large: over {MAX_FILE_BYTES:,} bytes"
+            data = b"".join(parts)
+        return data, None
     except OSError as exc:
         return None, f"unreadable: {exc.strerror or exc}"
+    finally:
+        os.close(fd)
 
 
 def _simplejpeg_ok(data: bytes) -> bool:
@@ -423,8 +477,10 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         ``ILSVRC2012_img_val.tar`` with labels, the Kaggle folder or zip); its classes
         must be train classes.
       val_labels: the validation label file (default: looked for beside it).
-      progress: ``progress(done, total, bad_so_far)`` after each member; ``total`` is
-        None while unknown (archives are streamed).
+      progress: ``progress(done, total, bad_so_far)`` after each member (from the
+        worker threads, one call at a time; with worker processes, from this thread
+        every 0.1 s and at each shard's end, so ``done`` goes up in steps); ``total``
+        is None while unknown (archives are streamed).
       replace_stale: when ``out_dir`` holds a complete pack made from other inputs
         or options, delete its files and pack anew instead of raising. For cache
         folders the tool owns, never for a user's ``--out``.
@@ -468,9 +524,9 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
         shards.resumed = kept
     else:
         with _Workers(options) as workers:
-            for split, plan in splits.items():
-                if plan.chunks is not None:
-                    shards.write_listed(split, plan, workers)
+            listed = {s: p for s, p in splits.items() if p.chunks is not None}
+            if listed:
+                shards.write_listed(listed, workers)
             streamed = {s: p for s, p in splits.items() if p.chunks is None}
             if streamed:
                 shards.write_streamed(streamed, workers)
@@ -825,27 +881,153 @@ def _open_out_dir(out: Path, fp: str, replace_stale: bool, clean: bool = True
 
 def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int | None,
                    quality: int) -> list[tuple[bytes | None, str | None, int, int]]:
-    """``(record or None, reason if skipped, bytes in, image bytes stored)`` for each
-    job ``(kind, value, label, file name)``: kind ``"path"`` (a file read here),
-    ``"zip"`` (value: ``(zip path, key)``, read here), ``"bytes"`` (from an archive
-    stream) or ``"skip"`` (value: the reason). The record is
-    :func:`example_record`. Runs in a worker thread or a spawned worker process (this
-    module imports no JAX and no TensorFlow at import time)."""
-    out = []
-    for kind, value, label, name in jobs:
-        if kind == "skip":
-            data, reason, nbytes = None, value, 0
-        elif kind == "path":
-            data, reason, nbytes = _prepare(value, resize_shorter, quality)
-        elif kind == "zip":
-            raw, reason = _read_zip_member(*value)
-            data, reason, nbytes = ((None, reason, 0) if raw is None else
-                                    _prepare_data(raw, resize_shorter, quality))
-        else:
-            data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
-        out.append((None, reason, 0, 0) if data is None else
-                   (example_record(data, label, name), None, nbytes, len(data)))
-    return out
+    """:func:`_prepare_one` for each job ``(kind, value, label, file name)`` (the
+    archive stream's batches; listed shards go whole to :func:`_write_listed_shard`).
+    Runs in a worker thread or a spawned worker process (this module imports no JAX
+    and no TensorFlow at import time)."""
+    return [_prepare_one(kind, value, label, name, resize_shorter, quality)
+            for kind, value, label, name in jobs]
+
+
+def _prepare_one(kind: str, value, label: int, name: str, resize_shorter: int | None,
+                 quality: int) -> tuple[bytes | None, str | None, int, int]:
+    """``(record or None, reason if skipped, bytes in, image bytes stored)`` of one
+    member: kind ``"path"`` (value: a file, read here), ``"zip"`` (value: ``(zip
+    path, key)``, read here), ``"bytes"`` (from an archive stream) or ``"skip"``
+    (value: the reason). The record is :func:`example_record`."""
+    if kind == "path":
+        data, reason, nbytes = _prepare(value, resize_shorter, quality)
+    elif kind == "skip":
+        data, reason, nbytes = None, value, 0
+    elif kind == "zip":
+        raw, reason = _read_zip_member(*value)
+        data, reason, nbytes = ((None, reason, 0) if raw is None else
+                                _prepare_data(raw, resize_shorter, quality))
+    else:
+        data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
+    return ((None, reason, 0, 0) if data is None else
+            (example_record(data, label, name), None, nbytes, len(data)))
+
+
+class _ShardTask(NamedTuple):
+    """One listed shard for a worker (thread or process): its file, its members
+    (``chunk``: ``(key, label)`` pairs in shard order; any iterable that pickles),
+    the zip they are read from (None: files), the options that change the bytes,
+    the output folder and the pack's fingerprint (for the sidecar)."""
+
+    path: Path
+    chunk: Sequence
+    zip_path: str | None
+    resize_shorter: int | None
+    quality: int
+    out: Path
+    fp: str
+
+
+def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -> dict:
+    """Read, verify and serialize every member of one listed shard and write the
+    shard (``.tmp``, renamed when complete, then its sidecar): the same bytes and
+    sidecar whoever runs it. Runs in a worker thread (``tally``: the threads' shared
+    counts) or a spawned worker process (the counts set up by :func:`_init_worker`).
+
+    Returns ``{"info": sidecar}``; ``{"stopped": True}`` when the pack stops (another
+    shard failed, or an interrupt); ``{"failed": (errno or None, text), "records":
+    n, "bytes_out": n, "tmp": path}`` when writing failed. Either way a partial file
+    is deleted. Raises what cannot be one member's fault (MemoryError, an interrupt,
+    a failed sidecar write: :func:`_writing`)."""
+    tally = _PROCESS_TALLY if tally is None else tally
+    if tally.flush():
+        return {"stopped": True}
+    sh = _Shard(task.path, eager=False)
+    zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
+    try:
+        _guarded(sh, sh._open)
+        for key, label in task.chunk:
+            if zip_path is None:
+                result = _prepare_one("path", key, label, os.path.basename(key), resize, quality)
+            else:  # read here: the workers read a zip in parallel
+                result = _prepare_one("zip", (zip_path, key), label, os.path.basename(key),
+                                      resize, quality)
+            if tally.add(_guarded(sh, sh.add, key, result) is not None):
+                sh.discard()
+                return {"stopped": True}
+        _guarded(sh, sh.finish)
+    except _ShardWriteFailed as failed:
+        sh.discard()
+        exc = failed.exc
+        return {"failed": (getattr(exc, "errno", None), getattr(exc, "strerror", None) or str(exc)),
+                "records": sh.records, "bytes_out": sh.bytes_out, "tmp": str(sh.tmp)}
+    except BaseException:
+        sh.discard()
+        raise
+    tally.flush()
+    return {"info": sh.write_sidecar(task.out, task.fp)}
+
+
+class _ThreadTally:
+    """Members done and skipped by the pack's worker threads, and whether to stop:
+    ``progress(done, total, bad)`` is called after each member from the thread that
+    did it, one call at a time (under a lock), so the counts it sees go up by one."""
+
+    def __init__(self, progress, total: int | None, done: int, bad: int):
+        self.progress, self.total, self.done, self.bad = progress, total, done, bad
+        self.lock, self.stop = threading.Lock(), False
+
+    def add(self, bad: bool) -> bool:
+        """Count one member (``bad``: skipped); True when the pack is stopping."""
+        with self.lock:
+            self.done += 1
+            self.bad += bad
+            if self.progress is not None:
+                self.progress(self.done, self.total, self.bad)
+        return self.stop
+
+    def flush(self) -> bool:
+        return self.stop
+
+
+#: Members a worker process counts before adding them to the shared counts (and
+#: looking at the stop event): the parent's progress steps by about this much.
+_FLUSH_EVERY = 64
+
+
+class _ProcessTally:
+    """A worker process's side of the counts shared with the parent (``done``,
+    ``bad``: ``multiprocessing.Value``; ``stop``: ``multiprocessing.Event``), added
+    to every :data:`_FLUSH_EVERY` members and at each shard's end."""
+
+    def __init__(self, done, bad, stop):
+        self.shared_done, self.shared_bad, self.event = done, bad, stop
+        self.n = self.b = 0
+        self.stop = False
+
+    def add(self, bad: bool) -> bool:
+        self.n += 1
+        self.b += bad
+        if self.n >= _FLUSH_EVERY:
+            self.flush()
+        return self.stop
+
+    def flush(self) -> bool:
+        """Add the counts to the shared ones; True when the pack is stopping."""
+        if self.n:
+            with self.shared_done.get_lock():
+                self.shared_done.value += self.n
+            if self.b:
+                with self.shared_bad.get_lock():
+                    self.shared_bad.value += self.b
+            self.n = self.b = 0
+        self.stop = self.event.is_set()
+        return self.stop
+
+
+_PROCESS_TALLY: _ProcessTally | None = None
+
+
+def _init_worker(done, bad, stop) -> None:
+    """A spawned worker process's initializer: the counts shared with the parent."""
+    global _PROCESS_TALLY
+    _PROCESS_TALLY = _ProcessTally(done, bad, stop)
 
 
 _ZIPS: dict[str, "object"] = {}
@@ -889,22 +1071,85 @@ class _Workers:
     """The pack's workers: ``pack_threads`` threads, or ``pack_workers`` spawned
     processes (``spawn`` re-imports the caller's main module in each: a script that
     packs with worker processes must do so under ``if __name__ == "__main__":``,
-    the standard rule of Python's multiprocessing). :meth:`ordered` runs jobs in batches with a bounded number in flight
-    (memory stays flat on any input size) and yields the results in job order, so
-    the shards' bytes do not depend on the worker kind or count."""
+    the standard rule of Python's multiprocessing).
+
+    Listed shards go whole to one worker each (:meth:`run_shards`): the worker reads,
+    verifies, serializes and writes the shard, and only its summary comes back.
+    Archive members come from one stream: :meth:`ordered` runs them in batches with a
+    bounded number in flight (memory stays flat on any input size) and yields the
+    results in member order. Either way the shards' bytes do not depend on the
+    worker kind or count."""
+
+    #: Seconds between the parent's looks at the worker processes' counts.
+    POLL_S = 0.1
 
     def __init__(self, options: PackOptions):
         self.options = options
-        if options.pack_workers > 0:
+        self.procs = options.pack_workers > 0
+        if self.procs:
             import multiprocessing
 
-            self.pool = cf.ProcessPoolExecutor(
-                options.pack_workers, mp_context=multiprocessing.get_context("spawn"))
+            ctx = multiprocessing.get_context("spawn")
+            self.shared = (ctx.Value("q", 0), ctx.Value("q", 0), ctx.Event())
+            self.pool = cf.ProcessPoolExecutor(options.pack_workers, mp_context=ctx,
+                                               initializer=_init_worker, initargs=self.shared)
             self.batch, n = 16, options.pack_workers
         else:
             self.pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
             self.batch, n = 4, options.pack_threads
         self.window = 4 * max(1, n)
+
+    def run_shards(self, tasks: list[_ShardTask], progress, total: int | None, done: int,
+                   bad: int) -> list[dict | None]:
+        """Write the listed shards ``tasks`` (:func:`_write_listed_shard`), the largest
+        first (the last ones to start are then the shortest), and return their
+        summaries in task order: None for a shard never started because another
+        failed. ``progress(done, total, bad)`` counts on from ``done`` / ``bad``: from
+        the worker threads after each member, or here from the worker processes'
+        shared counts every :attr:`POLL_S` seconds and at each shard's end.
+
+        A failed write stops the others (each deletes its partial file); an
+        exception (a worker process that died: :class:`PackError`) is raised after
+        that."""
+        order = sorted(range(len(tasks)), key=lambda i: -len(tasks[i].chunk))
+        tally = None
+        if self.procs:
+            for value in self.shared[:2]:
+                value.value = 0
+            self.shared[2].clear()
+            futures = {self.pool.submit(_write_listed_shard, tasks[i]): i for i in order}
+        else:
+            tally = _ThreadTally(progress, total, done, bad)
+            futures = {self.pool.submit(_write_listed_shard, tasks[i], tally): i for i in order}
+        out: list[dict | None] = [None] * len(tasks)
+        pending, seen = set(futures), (done, bad)
+        try:
+            while pending:
+                finished, pending = cf.wait(pending, self.POLL_S if self.procs else None,
+                                            return_when=cf.FIRST_COMPLETED)
+                for fut in finished:
+                    if not fut.cancelled():
+                        out[futures[fut]] = _result(fut)
+                        if "failed" in out[futures[fut]]:
+                            self._stop(tally, pending)
+                if self.procs and progress is not None:
+                    now = (done + self.shared[0].value, bad + self.shared[1].value)
+                    if now != seen:
+                        progress(now[0], total, now[1])
+                        seen = now
+        except BaseException:
+            self._stop(tally, pending)
+            raise
+        return out
+
+    def _stop(self, tally: _ThreadTally | None, pending: set) -> None:
+        """Stop the running shards at their next member; cancel those not started."""
+        if tally is not None:
+            tally.stop = True
+        else:
+            self.shared[2].set()
+        for fut in pending:
+            fut.cancel()
 
     def __enter__(self):
         return self
@@ -1060,68 +1305,52 @@ class _ShardWriter:
             return None
         return info
 
-    def write_listed(self, split: str, plan: _SplitPlan, workers: _Workers) -> None:
-        """Write (or keep) this process's shards of a listed split."""
-        n = len(plan.chunks)
-        todo = []
-        for i, chunk in enumerate(plan.chunks):
-            path = _listed_path(self.out, split, i, n)
-            if not self.owner(i):
-                continue
-            info = self.kept(path)
-            if info is None:
-                todo.append((path, chunk))
-                continue
-            self.bad.extend(BadImage(**b) for b in info["bad"])
-            self.records += info["records"]
-            self.resumed += 1
-            self.tick(len(chunk))
-        self._write_chunks(todo, plan.source, workers)
+    def write_listed(self, plans: dict[str, _SplitPlan], workers: _Workers) -> None:
+        """Write (or keep) this process's shards of the listed splits ``plans``: one
+        task per shard to the workers (:meth:`_Workers.run_shards`), which write the
+        shards themselves; here only their summaries are added up.
 
-    def _write_chunks(self, todo: list[tuple[Path, list]], source, workers: _Workers) -> None:
-        """Write the listed shards ``todo`` (``[(path, [(key, label), ...])]``) in
-        order, from one stream of jobs, so that the workers never wait at a shard's
-        end."""
-        def jobs():
-            for k, (_, chunk) in enumerate(todo):
-                for key, label in chunk:
-                    name = os.path.basename(key)
-                    if source.zip_path is None:
-                        yield (k, key), ("path", key, label, name)
-                    else:  # the worker reads the member: reads in parallel
-                        yield (k, key), ("zip", (source.zip_path, key), label, name)
-
-        state = {"k": -1, "shard": None}
-
-        def advance(to: int) -> None:  # close the open shard, open the next, up to ``to``
-            while state["k"] < to:
-                if state["shard"] is not None:
-                    sh = state["shard"]
-                    _guarded(sh, sh.finish)
-                    self.records += sh.write_sidecar(self.out, self.fp)["records"]
-                state["k"] += 1
-                state["shard"] = None
-                if state["k"] < len(todo):
-                    state["shard"] = _Shard(todo[state["k"]][0], eager=False)
-                    _guarded(state["shard"], state["shard"]._open)
-
-        try:
-            for (k, key), result in workers.ordered(jobs()):
-                advance(k)
-                sh = state["shard"]
-                if _guarded(sh, sh.add, key, result):
-                    self.bad.append(sh.bad[-1])
-                self.tick()
-            advance(len(todo))
-        except _ShardWriteFailed as failed:
-            sh = failed.shard
-            sh.discard()
-            still = sum(_size(p) for _, c in todo[max(0, state["k"]):] for p, _ in c)
+        Raises:
+          OSError: a shard's write failed (see :func:`_write_error`); the partial
+            shards are deleted, the complete ones kept for the rerun.
+        """
+        opts, tasks = self.options, []
+        for split, plan in plans.items():
+            n = len(plan.chunks)
+            for i, chunk in enumerate(plan.chunks):
+                path = _listed_path(self.out, split, i, n)
+                if not self.owner(i):
+                    continue
+                info = self.kept(path)
+                if info is None:
+                    tasks.append(_ShardTask(path, chunk, plan.source.zip_path,
+                                            opts.resize_shorter, opts.quality, self.out, self.fp))
+                    continue
+                self.bad.extend(BadImage(**b) for b in info["bad"])
+                self.records += info["records"]
+                self.resumed += 1
+                self.tick(len(chunk))
+        if not tasks:
+            return
+        summaries = workers.run_shards(tasks, self.progress, self.total, self.done, len(self.bad))
+        failed = None
+        for task, summary in zip(tasks, summaries):
+            if summary is not None and "info" in summary:
+                self.records += summary["info"]["records"]
+                self.bad.extend(BadImage(**b) for b in summary["info"]["bad"])
+                self.done += len(task.chunk)
+            elif summary is not None and "failed" in summary and failed is None:
+                failed = summary
+        if failed is not None:
+            still = sum(_size(key) for task, summary in zip(tasks, summaries)
+                        if summary is None or "info" not in summary for key, _ in task.chunk)
+            code, text = failed["failed"]
             raise _write_error(
-                failed.exc, sh.tmp, self.out,
-                f"{sh.records} records, {sh.bytes_out:,} bytes of images written to it; "
-                f"about {still:,} bytes still to write (input size of this and the later "
-                f"shards' images)") from failed.exc
+                OSError(code, text) if code is not None else RuntimeError(text),
+                Path(failed["tmp"]), self.out,
+                f"{failed['records']} records, {failed['bytes_out']:,} bytes of images written "
+                f"to it; about {still:,} bytes still to write (input size of this and the "
+                f"other unfinished shards' images)")
 
     def write_streamed(self, plans: dict[str, _SplitPlan], workers: _Workers) -> None:
         """Write (or keep) this process's groups of the streamed splits; splits that

@@ -1,0 +1,156 @@
+"""Listed shards written whole by one worker each (threads or spawned processes): the
+same bytes and sidecars as one thread, progress that reaches the total, skipped files
+listed with their reasons, and failures (a write error, a killed worker process) that
+leave only complete shards."""
+
+import errno
+import os
+
+import pytest
+
+from conftest import write_jpeg_folder
+from trainers import pack as pack_mod
+from trainers.options import PackOptions
+from trainers.pack import PackError, is_packed, pack_folder
+
+OPTS = dict(num_shards=4, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = write_jpeg_folder(tmp_path_factory.mktemp("shards") / "imgs", classes=3, per_class=12,
+                             size=(32, 24))
+    (root / "n00000001" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (root / "n00000002" / "empty.JPEG").write_bytes(b"")
+    (root / "n00000000" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    return root
+
+
+@pytest.fixture(scope="module")
+def one_thread(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("one") / "packed"
+    return out, pack_folder(folder, out, PackOptions(**OPTS, pack_threads=1))
+
+
+def _shard_files(out) -> dict[str, bytes]:
+    """Every shard and shard sidecar of a packed folder, by name."""
+    return {p.name: p.read_bytes() for p in sorted(out.iterdir()) if ".array_record-" in p.name}
+
+
+@pytest.mark.parametrize("workers", [dict(pack_threads=2), dict(pack_workers=2)],
+                         ids=["threads", "processes"])
+def test_shards_written_by_workers_equal_one_threads(folder, one_thread, tmp_path, workers):
+    ref_dir, ref = one_thread
+    calls = []
+    res = pack_folder(folder, tmp_path / "packed", PackOptions(**OPTS, **workers),
+                      progress=lambda done, total, bad: calls.append((done, total, bad)))
+    assert _shard_files(tmp_path / "packed") == _shard_files(ref_dir)
+    assert len(_shard_files(ref_dir)) == 2 * (4 + 1)  # shards and sidecars, train + val
+    assert (res.input_images, res.packed, res.skipped) == (ref.input_images, ref.packed, 3)
+    # The skipped files of worker-written shards are listed with their reasons.
+    reasons = {os.path.basename(b.path): b.reason for b in res.bad_images}
+    assert res.bad_images == ref.bad_images
+    assert reasons[".DS_Store"] == "not an image (system file)"
+    assert "empty" in reasons["empty.JPEG"] and reasons["broken.JPEG"]
+    # Progress counts up to every member, with the skipped ones.
+    done = [c[0] for c in calls]
+    assert done == sorted(done) and calls[-1] == (res.input_images, res.input_images, 3)
+    if "pack_threads" in workers:  # threads report after each member
+        assert done == list(range(1, res.input_images + 1))
+
+
+class _FailOneShard:
+    """Stands in for ``ArrayRecordWriter``: the third write to shard 1 of train fails
+    like a full disk; the other shards are written for real."""
+
+    real_class = None
+
+    def __init__(self, path, options):
+        self.path, self.writes = path, 0
+        self.real = self.real_class(path, options)
+
+    def write(self, record):
+        self.writes += 1
+        if "train.array_record-00001-of-00004" in self.path and self.writes == 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.real.write(record)
+
+    def close(self):
+        self.real.close()
+
+
+def test_a_failed_shard_stops_the_other_threads_and_the_rerun_is_identical(folder, one_thread,
+                                                                           tmp_path, monkeypatch):
+    import array_record.python.array_record_module as arm
+
+    ref_dir, _ = one_thread
+    out = tmp_path / "packed"
+    monkeypatch.setattr(_FailOneShard, "real_class", arm.ArrayRecordWriter)
+    monkeypatch.setattr(arm, "ArrayRecordWriter", _FailOneShard)
+    with pytest.raises(OSError) as info:
+        pack_folder(folder, out, PackOptions(**OPTS, pack_threads=2))
+    msg = str(info.value)
+    assert info.value.errno == errno.ENOSPC
+    assert "autotune_images-train.array_record-00001-of-00004.tmp" in msg
+    assert "2 records" in msg and "bytes still to write" in msg
+    # Only complete shards (each with its sidecar) are left; none is half-written.
+    assert not list(out.glob("*.tmp")) and not is_packed(out)
+    for shard in out.glob("*.array_record-*-of-*[0-9]"):
+        assert shard.with_name(shard.name + ".json").is_file(), shard
+    monkeypatch.undo()
+    pack_folder(folder, out, PackOptions(**OPTS))
+    assert _shard_files(out) == _shard_files(ref_dir)
+
+
+def test_a_write_error_in_a_worker_process_names_the_shard(folder, one_thread, tmp_path):
+    ref_dir, _ = one_thread
+    out = tmp_path / "packed"
+    out.mkdir()
+    blocker = out / "autotune_images-train.array_record-00002-of-00004.tmp"
+    blocker.mkdir()  # the shard's temporary file cannot be created: "Is a directory"
+    with pytest.raises(OSError, match=r"writing .*train\.array_record-00002-of-00004\.tmp failed: "
+                                      r".*Is a directory.*bytes still to write"):
+        pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert [p for p in out.glob("*.tmp") if p != blocker] == [] and not is_packed(out)
+    blocker.rmdir()
+    pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert _shard_files(out) == _shard_files(ref_dir)
+
+
+class _Dies:
+    """Unpickled in a worker process, ends it at once (as the kernel's OOM killer would)."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+    def __len__(self):
+        return 1
+
+
+def test_a_killed_worker_process_is_a_pack_error(tmp_path):
+    task = pack_mod._ShardTask(tmp_path / "shard", _Dies(), None, None, 90, tmp_path, "fp")
+    with pack_mod._Workers(PackOptions(pack_workers=1)) as workers:
+        with pytest.raises(PackError, match="a pack worker process ended abruptly"):
+            workers.run_shards([task], None, 1, 0, 0)
+
+
+def test_read_image_file_reads_whole_files_and_names_what_it_cannot_read(tmp_path, monkeypatch):
+    read = pack_mod._read_image_file
+    data = os.urandom(70_000)
+    (tmp_path / "a.JPEG").write_bytes(data)
+    (tmp_path / "empty.JPEG").write_bytes(b"")
+    os.mkfifo(tmp_path / "fifo.JPEG")  # no writer: a blocking open would never return
+    (tmp_path / "folder.JPEG").mkdir()
+    (tmp_path / "dangling.JPEG").symlink_to(tmp_path / "gone.JPEG")
+    (tmp_path / "link.JPEG").symlink_to(tmp_path / "a.JPEG")
+    (tmp_path / "notes.txt").write_text("boxes")
+    assert read(str(tmp_path / "a.JPEG")) == (data, None)
+    assert read(str(tmp_path / "link.JPEG")) == (data, None)
+    assert read(str(tmp_path / "empty.JPEG")) == (b"", None)
+    assert read(str(tmp_path / "fifo.JPEG")) == (None, "not a regular file: a FIFO")
+    assert read(str(tmp_path / "folder.JPEG")) == (None, "not a regular file: a folder")
+    assert read(str(tmp_path / "dangling.JPEG"))[1] == ("unreadable: No such file or directory "
+                                                         "(dangling symbolic link)")
+    assert read(str(tmp_path / "notes.txt"))[1].startswith("not an image (name ends in '.txt'")
+    monkeypatch.setattr(pack_mod, "MAX_FILE_BYTES", 1000)
+    assert read(str(tmp_path / "a.JPEG")) == (None, "file too large: 70,000 bytes > 1,000")
