@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.0)
     p.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     p.add_argument("--workers", type=int,
-                   help="worker processes that verify, resize and re-encode (0: --threads "
-                        "threads of one process; default: one per core on more than 2 cores, "
-                        "else 0; `train --auto` picks it from the decode probe)")
+                   help="worker processes that read, verify, resize and write whole shards (0: "
+                        "--threads threads of one process; default: one per core on 2 or more "
+                        "cores, else 0; `train --auto` plans it the same way)")
     p.add_argument("--archive-shard-records", type=int, default=PACK_DEFAULTS.archive_shard_records,
                    help="records per shard of an archive input (a tar is streamed)")
     p.add_argument("--archive-group-shards", type=int, default=PACK_DEFAULTS.archive_group_shards,
@@ -242,11 +242,10 @@ def cmd_plan(args, console) -> int:
 
 
 def _default_workers() -> int:
-    """``pack --workers`` when not given: one process per core on more than 2 cores
-    (threads of one process stop scaling at the GIL there), else threads only (the
-    processes' start-up and copies outweigh what they add on 1-2 cores)."""
+    """``pack --workers`` when not given: one process per usable core on two or more
+    (the planner's rule, ``autotune.planner.choose_pack_workers``), else threads."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return cores if (cores or 1) > 2 else 0
+    return cores if (cores or 1) >= 2 else 0
 
 
 def _pack_processes(args) -> None:

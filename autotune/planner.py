@@ -62,9 +62,9 @@ step-down (:func:`step_down`). The rules:
   builds a whole batch, so fewer would idle threads), within 5% of RAM; 2 batches on
   the device (double buffering).
 * **Pack threads** (:func:`choose_pack_threads`): the probe's usable cores.
-* **Pack worker processes** (:func:`choose_pack_workers`): one per usable core when
-  the decode probe's threads stop scaling before the cores run out (the pack's checks,
-  resizes and serialisation hold the GIL between decodes), else none (threads).
+* **Pack worker processes** (:func:`choose_pack_workers`): one per usable core on two
+  or more cores (the pack's file reads, serialisation and writes hold the GIL between
+  decodes; each worker writes whole shards), threads on one core.
 * **Bottleneck** (:func:`predict_throughput`): the slowest of compute, decode and
   (when the data set does not fit in the page cache) disk.
 * **Out of memory** (:func:`step_down`): the next smaller per-device batch and the
@@ -875,12 +875,16 @@ def choose_pack_workers(usable_cores: int, knee_threads: int, best_images_per_s:
                         ceiling_images_per_s: float) -> tuple[int, Decision]:
     """Worker processes of the pack step (0: ``pack_threads`` threads of one process).
 
-    The decode probe's thread curve says whether threads of one process scale: when
-    its knee (``knee_threads``) is below ``usable_cores``, the Python work between
-    decodes (header checks, resize, re-encode, serialisation) holds the GIL, and the
-    pack runs one spawned process per usable core instead (the parent only reads and
-    writes). With one core, or threads that scale to every core, processes would only
-    add start-up time and copies of the bytes.
+    One spawned process per usable core whenever there are two or more. Each listed
+    shard is read, checked, serialised and written whole by one worker, and an
+    archive's members go to the workers in batches, so processes copy little; their
+    Python per image (file reads, record serialisation, writes) runs in parallel,
+    where threads of one process take turns at the GIL for it. On the 2-core VM
+    (``bench/pack_scale.py --compare-workers``, ``bench/RESULTS.md``) two processes beat
+    two threads on small files, full-size files and a tar of per-class tars alike.
+    The decode probe's thread curve (``knee_threads``) is quoted: it measures the
+    training decode, which releases the GIL, not the pack's per-file work. With one
+    core, threads (no start-up of a second interpreter).
     """
     cores = max(1, usable_cores)
     numbers = (f"decode probe: threads scale to {knee_threads} of {cores} usable cores, "
@@ -889,12 +893,10 @@ def choose_pack_workers(usable_cores: int, knee_threads: int, best_images_per_s:
     if cores == 1:
         return 0, Decision("pack_workers", "0", f"one usable core: threads of one process "
                                                 f"({numbers})")
-    if knee_threads >= cores:
-        return 0, Decision("pack_workers", "0", f"threads scale to every core ({numbers}): "
-                                                f"no worker processes needed")
     return cores, Decision("pack_workers", str(cores),
-                           f"one worker process per usable core: the pack's checks, resizes "
-                           f"and serialisation hold the GIL between decodes ({numbers})")
+                           f"one worker process per usable core: the pack's file reads, "
+                           f"record serialisation and writes hold the GIL between decodes, "
+                           f"which threads of one process share ({numbers})")
 
 
 def predict_throughput(*, step_ips: float, decode_ips: float, disk_ips: float | None,

@@ -2,7 +2,7 @@
 images, the rate against what the hardware allows, and the time from ``autotune train
 --auto`` start to the first training step.
 
-    python bench/pack_scale.py                                   # 10k, 100k, 1M + samples
+    python bench/pack_scale.py                                   # 10k, 100k, 1M + samples (x1, x10)
     python bench/pack_scale.py --sizes 10000 100000 --json bench/results/pack_scale.json
     python bench/pack_scale.py --sizes 2000 --no-samples --no-first-step   # a smoke run
 
@@ -15,15 +15,22 @@ Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
   decode work per image is the same at every N.
 * ``imagenet-samples``: the 1,000 full-size ILSVRC-2012 images of ``../shared/data``
   (one per class; average 468x401 pixels, 107 KB).
+* ``imagenet-samples-x10``: the same 1,000 images under 10 names each (hard links, or
+  copies where the cache is on another file system; 10,000 files in the same 1,000
+  class folders), so that a full-size pack runs long enough for the command's fixed
+  costs (start-up, listing, worker start, metadata) not to dominate, as they do for
+  1,000 images.
 
 Each pack is ``autotune pack --data D --out O --shards S`` in a child process (a fresh
-output folder; originals stored, no resize; the default workers), with:
+output folder; originals stored, no resize; the default workers: one process per
+usable core; with ``--compare-workers`` the sets of at most 100k images are packed a
+second time with threads only, ``--workers 0``), with:
 
 * pack images/s and MB/s: images and input bytes (``pack.json``) over the child's wall
   time (process start to exit: scan, fingerprint, verify, write, metadata);
 * peak RSS: the largest sum of the resident set sizes of the child and its
-  descendants (worker processes), sampled every 50 ms with psutil, and the largest
-  single process's ``ru_maxrss`` (``RUSAGE_CHILDREN``);
+  descendants (worker processes), sampled every 50 ms with psutil, and the child's own
+  ``ru_maxrss`` from ``os.wait4`` (the largest single process of its tree);
 * the bound: ``min(check rate x usable cores, sequential read rate)``, where the check
   rate is what one core does of the pack's per-image work (``trainers.pack.packed_bytes``
   on 500 of the set's files already in memory: a full decode, plus the RGB check) and the
@@ -50,7 +57,6 @@ import datetime as _dt
 import json
 import os
 import platform
-import resource
 import shutil
 import signal
 import subprocess
@@ -108,6 +114,28 @@ def make_synthetic(n: int, side: int) -> Path:
     return root
 
 
+def make_samples_x(k: int) -> Path:
+    """``imagenet-samples-xK``: every sample file under ``k`` names in its class folder
+    (hard links; copies across file systems), made once."""
+    root = cache_root() / f"imagenet-samples-x{k}"
+    if (root / ".complete").is_file():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    for src in sorted(SAMPLES.glob("*/*")):
+        if not src.is_file():
+            continue
+        d = root / src.parent.name
+        d.mkdir(parents=True, exist_ok=True)
+        for j in range(k):
+            dst = d / f"{src.stem}_r{j}{src.suffix}"
+            try:
+                os.link(src, dst)
+            except OSError:
+                shutil.copyfile(src, dst)
+    (root / ".complete").write_text(f"{k}\n")
+    return root
+
+
 def _files(root: Path) -> list[Path]:
     from trainers import scan
 
@@ -141,17 +169,24 @@ def sequential_read(root: Path, mean_bytes: float) -> dict:
     return {"method": rep.method, "mb_per_s": mbs, "images_per_s": mbs * 1e6 / mean_bytes}
 
 
-def _watch(proc: subprocess.Popen, every: float = 0.05) -> int:
-    """Largest RSS sum over ``proc`` and its descendants until it exits (bytes)."""
-    top = 0
+def _watch(proc: subprocess.Popen, every: float = 0.05) -> tuple[int, int]:
+    """``(largest RSS sum over proc and its descendants, proc's own ru_maxrss)`` in
+    bytes, until ``proc`` exits (it is reaped here with ``os.wait4``, which gives that
+    child's own peak: the largest single process of its tree that it waited for)."""
+    top, maxrss = 0, 0
     try:
         ps = psutil.Process(proc.pid)
     except psutil.NoSuchProcess:
-        return 0
-    while proc.poll() is None:
+        ps = None
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            maxrss = usage.ru_maxrss * 1024
+            break
         total = 0
         try:
-            for p in [ps] + ps.children(recursive=True):
+            for p in ([ps] + ps.children(recursive=True)) if ps else []:
                 try:
                     total += p.memory_info().rss
                 except psutil.Error:
@@ -160,30 +195,31 @@ def _watch(proc: subprocess.Popen, every: float = 0.05) -> int:
             pass
         top = max(top, total)
         time.sleep(every)
-    return top
+    return top, maxrss
 
 
-def run_pack(root: Path, shards: int, workdir: Path) -> dict:
-    """``autotune pack`` of ``root`` in a child process; figures from its ``pack.json``."""
+def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None) -> dict:
+    """``autotune pack`` of ``root`` in a child process (``--workers workers`` when
+    given, else the default); figures from its ``pack.json``."""
     out = workdir / f"packed-{root.name}"
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "autotune.cli", "pack", "--data", str(root), "--out", str(out),
-           "--shards", str(shards), "--quiet"]
+           "--shards", str(shards), "--quiet"] + (
+               [] if workers is None else ["--workers", str(workers)])
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    rss_sum = _watch(proc)
+    rss_sum, maxrss = _watch(proc)
     wall = time.perf_counter() - t
     text = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
         raise SystemExit(f"pack of {root} failed ({proc.returncode}):\n{text[-2000:]}")
     summary = json.loads((out / "pack.json").read_text())
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
     shutil.rmtree(out, ignore_errors=True)
     return {"data": str(root), "shards": shards, "wall_s": wall,
             "pack_s": summary.get("seconds"), "input_images": summary["input_images"],
             "packed": summary["packed"], "bytes_in": summary["bytes_in"],
             "images_per_s": summary["packed"] / wall, "mb_per_s": summary["bytes_in"] / 1e6 / wall,
-            "peak_rss_sum_bytes": rss_sum, "children_max_ru_maxrss_bytes": maxrss,
+            "peak_rss_sum_bytes": rss_sum, "child_ru_maxrss_bytes": maxrss,
             "workers": (summary.get("options") or {}).get("pack_workers")}
 
 
@@ -261,6 +297,9 @@ def main(argv=None) -> int:
     ap.add_argument("--no-samples", action="store_true", help="skip imagenet-samples")
     ap.add_argument("--no-first-step", action="store_true", help="skip train --auto timing")
     ap.add_argument("--first-step-sizes", type=int, nargs="*", default=[10_000, 1_000_000])
+    ap.add_argument("--compare-workers", action="store_true",
+                    help="also pack each set of at most 100k images with threads only "
+                         "(--workers 0), to compare with the default worker processes")
     ap.add_argument("--json", help="write the raw figures here")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -268,6 +307,7 @@ def main(argv=None) -> int:
     sets = [(f"synthetic-{n}", make_synthetic(n, args.side), n) for n in args.sizes]
     if not args.no_samples:
         sets.append(("imagenet-samples", SAMPLES, 1000))
+        sets.append(("imagenet-samples-x10", make_samples_x(10), 10_000))
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pack_scale-", dir=cache_root()) as tmp:
         work = Path(tmp)
@@ -277,8 +317,14 @@ def main(argv=None) -> int:
             row = {"check": chk, "sequential": seq, "cores": cores,
                    "bound_images_per_s": min(chk["images_per_s"] * cores, seq["images_per_s"]),
                    "pack": run_pack(root, max(16, n // 20_000), work)}
-            if not args.no_first_step and n in args.first_step_sizes:
+            if (not args.no_first_step and name.startswith("synthetic-")
+                    and n in args.first_step_sizes):
                 row["first_step"] = first_step(root, work)
+            if args.compare_workers and n <= 100_000:
+                row["pack_threads"] = run_pack(root, max(16, n // 20_000), work, workers=0)
+                t = row["pack_threads"]
+                print(f"{name:>22}: threads only (--workers 0): {t['wall_s']:.1f} s, "
+                      f"{t['images_per_s']:,.0f} images/s", flush=True)
             rows[name] = row
             p = row["pack"]
             print(f"{name:>22}: {p['packed']:>9,} images {p['wall_s']:8.1f} s "
