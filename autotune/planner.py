@@ -298,7 +298,9 @@ def step_bytes_at(report: ProbeReport, batch: int) -> int | None:
 class BatchCandidates(NamedTuple):
     """The three per-device batches the plan takes the smallest of (None: not known),
     each with its :class:`Decision`; ``critical_global`` is the global batch the data
-    can use (:func:`critical_batch`), ``noise_scale`` the measured ``B_simple``."""
+    can use (:func:`critical_batch`), ``noise_scale`` the measured ``B_simple``;
+    ``data`` the largest per-device batch the training images allow
+    (:func:`choose_data_batch_cap`), a cap on every batch, None when unknown."""
 
     fit: int | None
     knee: int | None
@@ -306,6 +308,29 @@ class BatchCandidates(NamedTuple):
     critical_global: int | None
     noise_scale: float | None
     decisions: tuple[Decision, ...]
+    data: int | None = None
+
+
+#: An epoch holds at least this many steps at the largest batch the data allows (one
+#: would leave no margin for the hold-out's per-class rounding and uneven partitions).
+DATA_MIN_STEPS = 2
+
+
+def choose_data_batch_cap(train_images: int | None, *, all_devices: int
+                          ) -> tuple[int | None, Decision]:
+    """The largest per-device batch that still gives an epoch of :data:`DATA_MIN_STEPS`
+    steps on about ``train_images`` training images over ``all_devices`` devices:
+    ``floor(train_images / (2 x all_devices))``, rounded down to a multiple of 8 from
+    8 up, at least 1 (a batch larger than the data stops the run at its first epoch).
+    ``(None, decision)`` when the image count is unknown."""
+    if not train_images:
+        return None, Decision("batch_data", "-", "training images unknown")
+    per = max(1, train_images // (DATA_MIN_STEPS * all_devices))
+    per = per // 8 * 8 if per >= 8 else per
+    return per, Decision("batch_data", str(per),
+                         f"about {train_images:,} training images / ({DATA_MIN_STEPS} steps "
+                         f"x {all_devices} devices) -> at most {per} per device"
+                         + (" (rounded down to a multiple of 8)" if per >= 8 else ""))
 
 
 def choose_throughput_knee(curve: Sequence[Any], *, max_batch: int | None = None,
@@ -365,10 +390,12 @@ def choose_critical_batch(noise, *, all_devices: int) -> tuple[int | None, int |
         + ("; even 1 per device exceeds it" if per * all_devices > crit else ""))
 
 
-def batch_candidates(report: ProbeReport, *, all_devices: int) -> BatchCandidates:
+def batch_candidates(report: ProbeReport, *, all_devices: int,
+                     train_images: int | None = None) -> BatchCandidates:
     """The largest that fits (the batch search), the throughput knee
     (:func:`choose_throughput_knee`) and the critical batch
-    (:func:`choose_critical_batch`) for ``all_devices`` devices over all hosts."""
+    (:func:`choose_critical_batch`) for ``all_devices`` devices over all hosts, and the
+    cap of the data (:func:`choose_data_batch_cap`, from ``train_images``)."""
     search = report.batch_search
     fit = search.per_device_batch if search is not None else None
     fit_dec = Decision("batch_fit", str(fit) if fit else "-",
@@ -378,17 +405,21 @@ def batch_candidates(report: ProbeReport, *, all_devices: int) -> BatchCandidate
     crit, crit_global, crit_dec = choose_critical_batch(report.noise_scale,
                                                         all_devices=all_devices)
     noise = report.noise_scale.b_simple if report.noise_scale is not None else None
+    data, data_dec = choose_data_batch_cap(train_images, all_devices=all_devices)
     return BatchCandidates(fit=fit, knee=knee, critical=crit, critical_global=crit_global,
-                           noise_scale=noise, decisions=(fit_dec, knee_dec, crit_dec))
+                           noise_scale=noise, decisions=(fit_dec, knee_dec, crit_dec, data_dec),
+                           data=data)
 
 
 def recommended_batch(c: BatchCandidates) -> tuple[int | None, str]:
-    """The smallest of the known candidates and a sentence naming each: ``(batch or
-    None when none is known, reason)``."""
+    """The smallest of the known candidates, capped by the data (``c.data``), and a
+    sentence naming each: ``(batch or None when no candidate is known, reason)``."""
     known = {name: b for name, b in (("largest that fits", c.fit), ("throughput knee", c.knee),
                                      ("critical batch", c.critical)) if b is not None}
     if not known:
         return None, "no candidate measured"
+    if c.data is not None and c.data < min(known.values()):
+        known["the data's cap"] = c.data  # named only where it binds
     b = min(known.values())
     limits = [name for name, v in known.items() if v == b]
     return b, (f"smallest of " + ", ".join(f"{name} {v}" for name, v in known.items())
@@ -396,41 +427,58 @@ def recommended_batch(c: BatchCandidates) -> tuple[int | None, str]:
 
 
 def choose_per_device_batch(report: ProbeReport, preset: Preset, *, all_devices: int,
-                            requested: int | None = None,
-                            policy: str | None = None) -> tuple[int, Decision]:
+                            requested: int | None = None, policy: str | None = None,
+                            train_images: int | None = None) -> tuple[int, Decision]:
     """The per-device batch: the command line's (``requested``; ``policy='max'``: the
     largest that fits), else the smallest of :func:`batch_candidates` when the batch
     is searched (the preset fixes none, or ``policy='auto'``), else the preset's fixed
     one for ``all_devices`` (devices over all hosts), else the step rate's batch. A
-    forced batch's reason says what the plan would have chosen and why.
+    forced batch's reason says what the plan would have chosen and why. Every batch
+    but a requested one is capped by the data (:func:`choose_data_batch_cap` of about
+    ``train_images``).
 
     Raises:
       ValueError: the preset's fixed batch needs more memory than the device has;
-        ``--batch max`` without a batch search.
+        ``--batch max`` without a batch search; ``--batch N`` larger than the data
+        allows.
     """
-    c = batch_candidates(report, all_devices=all_devices)
+    c = batch_candidates(report, all_devices=all_devices, train_images=train_images)
     rec, rec_why = recommended_batch(c)
     would = f"; the plan would have chosen {rec}: {rec_why}" if rec is not None else ""
     if requested:
+        if c.data is not None and requested > c.data:
+            raise ValueError(f"--batch {requested}: {requested} x {all_devices} devices is more "
+                             f"than about {train_images:,} training images allow for "
+                             f"{DATA_MIN_STEPS} steps an epoch; use --batch {c.data} or less")
         return requested, Decision("per_device_batch", str(requested),
                                    f"{GIVEN} (--batch {requested}){would}")
     if policy == "max":
         if c.fit is None:
             raise ValueError("--batch max: the probe has no batch search; rerun with --reprobe")
-        return c.fit, Decision("per_device_batch", str(c.fit),
-                               f"the largest that fits, forced (--batch max){would}")
+        b, cap = _data_capped(c.fit, c)
+        return b, Decision("per_device_batch", str(b),
+                           f"the largest that fits, forced (--batch max){cap}{would}")
     fixed = preset.per_device_for(all_devices)
     if rec is not None and (fixed is None or policy == "auto"):
         return rec, Decision("per_device_batch", str(rec), rec_why)
     acc = report.accelerator
-    batch = fixed or acc.step_rate.per_device_batch
+    batch, cap = _data_capped(fixed or acc.step_rate.per_device_batch, c)
     mem = _step_memory(report, batch)
     fit = (f"; the compiled step needs {fmt_bytes(mem.total, unit='MiB')} of {fmt_bytes(acc.memory_limit_bytes, unit='MiB')} "
            f"({acc.memory_source})" if mem else "")
     if mem and mem.total > acc.memory_limit_bytes:
         raise ValueError(f"per-device batch {batch} needs {mem.total:,} bytes, more than "
                          f"the {acc.memory_limit_bytes:,} available; use a smaller batch")
-    return batch, Decision("per_device_batch", str(batch), f"fixed by preset {preset.name}{fit}")
+    return batch, Decision("per_device_batch", str(batch),
+                           f"fixed by preset {preset.name}{cap}{fit}")
+
+
+def _data_capped(batch: int, c: BatchCandidates) -> tuple[int, str]:
+    """``batch`` capped by the data (``c.data``) and the words saying so ('' if not)."""
+    if c.data is None or batch <= c.data:
+        return batch, ""
+    return c.data, f", capped at {c.data} by the data ({batch} would leave an epoch " \
+                   f"under {DATA_MIN_STEPS} steps)"
 
 
 def batch_warnings(global_batch: int, c: BatchCandidates) -> tuple[str, ...]:
@@ -1020,11 +1068,14 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     if acc.step_rate is None:
         raise ValueError("the probe report has no train-step rate; rerun `autotune probe`")
     devices = request.local_devices or acc.local_devices
-    cands = batch_candidates(report, all_devices=devices * hosts)
+    # the hold-out of a separate validation input is not known here: the lower count
+    train_images = int(report.dataset.num_images * (1 - preset.val_fraction))
+    cands = batch_candidates(report, all_devices=devices * hosts, train_images=train_images)
     dec: list[Decision] = list(cands.decisions)
     batch, why = choose_per_device_batch(report, preset, all_devices=devices * hosts,
                                          requested=request.per_device_batch,
-                                         policy=request.batch_policy)
+                                         policy=request.batch_policy,
+                                         train_images=train_images)
     dec.append(why)
     global_batch, why = choose_global_batch(batch, devices, hosts)
     dec.append(why)

@@ -25,12 +25,20 @@ def test_batch_auto_measures_and_takes_the_smallest(tmp_path, capsys, monkeypatc
     # 76 training images / (6 steps x 8 devices) = 1 per device: one epoch at most.
     assert (noise.steps, noise.averaged_steps, noise.per_device_batch) == (6, 5, 1)
     assert not (run / "noise-probe").exists()  # the throwaway run's folder is removed
-    cands = [plan.decision(n).value for n in ("batch_fit", "batch_knee", "batch_critical")]
+    cands = [plan.decision(n).value for n in ("batch_fit", "batch_knee", "batch_critical",
+                                              "batch_data")]
     known = [int(v) for v in cands if v != "-"]
     assert plan.per_device_batch == min(known)
+    # 96 images less the preset's hold-out, over 2 steps x 8 devices: the data's cap
+    train = int(96 * (1 - plan.val_fraction))
+    assert plan.decision("batch_data").value == str(max(1, train // 16))
     assert plan.critical_batch == (None if noise.b_simple is None
                                    else planner.critical_batch(noise.b_simple))
     capsys.readouterr()
-    assert cli.main(["plan", "--probe", str(run), "--batch", "8"]) == 0
+    assert cli.main(["plan", "--probe", str(run), "--batch", "2"]) == 0
     out = " ".join(capsys.readouterr().out.split())
-    assert f"(--batch 8); the plan would have chosen {plan.per_device_batch}" in out
+    assert f"(--batch 2); the plan would have chosen {plan.per_device_batch}" in out
+    # a batch the data cannot fill: one line, exit 2, naming the largest it allows
+    assert cli.main(["plan", "--probe", str(run), "--batch", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"use --batch {plan.per_device_batch} or less" in err

@@ -235,3 +235,24 @@ def test_live_view_says_when_the_noise_scale_moves_past_the_batch():
     assert "critical batch 5,000 > global batch 2,048 in use: the data would now use a larger " \
            "batch well" in lines[2]
     assert "critical batch 5,000 > global batch 2,048" in to_text(view._render(), width=200)
+
+
+def test_the_data_caps_every_batch_but_a_requested_one_which_it_refuses():
+    rep = _report(fit=1024, curve={256: 1.0, 1024: 1.0}, noise=None)
+    # 10,000 training images on 8 devices: at most 10,000 / (2 x 8) = 625 -> 624 each
+    c = planner.batch_candidates(rep, all_devices=8, train_images=10_000)
+    assert c.data == 624 and c.decisions[-1].name == "batch_data"
+    b, why = planner.recommended_batch(c)
+    assert b == 256 and "data" not in why  # named only where it binds
+    c = planner.batch_candidates(rep, all_devices=8, train_images=1_000)
+    b, why = planner.recommended_batch(c)
+    assert b == 56 and "the data's cap 56" in why  # 1,000 / 16 = 62 -> 56
+    preset = get_preset("resnet50")
+    b, d = planner.choose_per_device_batch(rep, preset, all_devices=8, policy="max",
+                                           train_images=1_000)
+    assert b == 56 and "capped at 56 by the data" in d.reason
+    with pytest.raises(ValueError, match="--batch 128: 128 x 8 devices .* --batch 56"):
+        planner.choose_per_device_batch(rep, preset, all_devices=8, requested=128,
+                                        train_images=1_000)
+    assert planner.choose_data_batch_cap(None, all_devices=8)[0] is None
+    assert planner.choose_data_batch_cap(10, all_devices=8)[0] == 1
