@@ -16,7 +16,9 @@ step-down (:func:`step_down`). The rules:
   scale ``B_simple`` measured on the user's data, McCandlish et al. 2018). The
   command line can force ``--batch max`` or ``--batch N`` (the reason then says what
   the plan would have chosen, and :func:`batch_warnings` warns past the critical
-  batch); a preset with a fixed batch keeps it unless ``--batch auto``. Global batch
+  batch); a preset with a fixed batch keeps it unless ``--batch auto``. Every batch
+  but ``--batch N`` (refused instead) is capped so an epoch of the training images has
+  at least 2 steps (:func:`choose_data_batch_cap`). Global batch
   = per-device x local devices x hosts, with the local device count given in the
   :class:`PlanRequest`. The step rate at the chosen batch comes from the probe's
   rate curve (:func:`step_rate_at`).
