@@ -185,14 +185,14 @@ def test_bad_images_are_listed_odd_ones_converted_and_counts_add_up(tmp_path, mo
 def test_an_unexpected_error_on_one_file_lists_it_and_packs_the_rest(tmp_path, monkeypatch):
     folder = write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=4)
     odd = str(folder / "n00000000" / "n00000000_2.JPEG")
-    real = pack_mod._prepare_file
+    real = pack_mod._read_image_file
 
-    def prepare(path, *a):
+    def read(path):
         if path == odd:
             raise RuntimeError("libjpeg-turbo: internal error (injected)")
-        return real(path, *a)
+        return real(path)
 
-    monkeypatch.setattr(pack_mod, "_prepare_file", prepare)
+    monkeypatch.setattr(pack_mod, "_read_image_file", read)
     res = pack_folder(folder, tmp_path / "packed", PackOptions(num_shards=1))
     assert (res.input_images, res.packed, res.skipped) == (8, 7, 1)
     assert res.bad_images[0].path == odd

@@ -278,22 +278,14 @@ def _prepare(path: str, resize_shorter: int | None, quality: int) -> tuple[bytes
     Never raises for one odd file (it is listed with the exception instead), except
     MemoryError."""
     try:
-        return _prepare_file(path, resize_shorter, quality)
+        data, reason = _read_image_file(path)
     except MemoryError:
         raise
     except Exception as exc:  # noqa: BLE001 - one odd file must not stop the pack
         return None, f"cannot process: {type(exc).__name__}: {exc}", 0
-
-
-def _prepare_file(path: str, resize_shorter: int | None,
-                  quality: int) -> tuple[bytes | None, str | None, int]:
-    data, reason = _read_image_file(path)
     if data is None:
         return None, reason, 0
-    try:
-        return packed_bytes(data, resize_shorter, quality), None, len(data)
-    except preprocess.BadImageError as exc:
-        return None, exc.reason, len(data)
+    return _prepare_data(data, resize_shorter, quality)
 
 
 #: ``os.open`` flags of :func:`_read_image_file`: never blocks on a FIFO (it opens at
@@ -1056,7 +1048,9 @@ def _read_zip_member(zip_path: str, key: str) -> tuple[bytes | None, str | None]
 
 def _prepare_data(data: bytes, resize_shorter: int | None,
                   quality: int) -> tuple[bytes | None, str | None, int]:
-    """:func:`_prepare` for bytes read from an archive."""
+    """``(jpeg bytes to store, reason if bad, bytes in)`` for image bytes ``data`` (a
+    file's, a zip member's or an archive stream's): :func:`packed_bytes`, with a bad
+    image or any other error of one member (but MemoryError) as its reason."""
     try:
         return packed_bytes(data, resize_shorter, quality), None, len(data)
     except preprocess.BadImageError as exc:
