@@ -94,3 +94,15 @@ def write_jpeg_folder(root: Path, classes: int = 3, per_class: int = 8, size=(64
             img = np.clip(img + rng.integers(0, 50, img.shape), 0, 255).astype(np.uint8)
             (d / f"n{c:08d}_{i}.JPEG").write_bytes(simplejpeg.encode_jpeg(img, quality=90))
     return root
+
+
+def packed_jpeg_folder(root: Path, *, classes: int, per_class: int, size, num_shards: int,
+                       seed: int = 0) -> Path:
+    """:func:`write_jpeg_folder` into ``root/imgs``, packed into ``root/packed``
+    (``trainers.pack.pack_folder`` with ``num_shards`` shards); returns the pack."""
+    from trainers.options import PackOptions
+    from trainers.pack import pack_folder
+
+    write_jpeg_folder(root / "imgs", classes=classes, per_class=per_class, size=size, seed=seed)
+    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=num_shards))
+    return root / "packed"

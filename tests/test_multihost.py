@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import write_jpeg_folder
+from conftest import packed_jpeg_folder
 from test_multihost_faults import start
-from trainers.options import PackOptions
-from trainers.pack import pack_folder
 
 HERE = Path(__file__).parent
 
@@ -37,10 +35,8 @@ def _result(proc) -> dict:
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multihost")
-    write_jpeg_folder(root / "imgs", classes=3, per_class=22, size=(40, 32))
-    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=4))
-    return root / "packed"
+    return packed_jpeg_folder(tmp_path_factory.mktemp("multihost"), classes=3, per_class=22,
+                              size=(40, 32), num_shards=4)
 
 
 def test_two_processes_match_each_other_and_one_process(packed, tmp_path):

@@ -46,10 +46,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_for as _wait_for, write_jpeg_folder
+from conftest import wait_for as _wait_for, packed_jpeg_folder
 from trainers.distributed import EXIT_PEER_LOST
-from trainers.options import PackOptions
-from trainers.pack import pack_folder
 
 HERE = Path(__file__).parent
 TINY_RUN = HERE / "tiny_run.py"
@@ -248,10 +246,8 @@ def _is_stopped(pid: int) -> bool:
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("multihost_faults")
-    write_jpeg_folder(root / "imgs", classes=3, per_class=22, size=(40, 32))
-    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=4))
-    return root / "packed"
+    return packed_jpeg_folder(tmp_path_factory.mktemp("multihost_faults"), classes=3, per_class=22,
+                              size=(40, 32), num_shards=4)
 
 
 #: The runs of 1., 2. and 3. The peer timeout is the product's default, well above any

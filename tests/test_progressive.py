@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from conftest import write_jpeg_folder
+from conftest import packed_jpeg_folder, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_lib
 from trainers import train as tr
@@ -51,10 +51,8 @@ def test_tiny_config_sizes():
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("progressive")
-    write_jpeg_folder(root / "imgs", classes=3, per_class=16, size=(40, 32))
-    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=2))
-    return root / "packed"
+    return packed_jpeg_folder(tmp_path_factory.mktemp("progressive"), classes=3, per_class=16,
+                              size=(40, 32), num_shards=2)
 
 
 def test_pipeline_output_size_follows_the_epoch(packed):

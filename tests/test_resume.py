@@ -13,24 +13,20 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import write_jpeg_folder
+from conftest import packed_jpeg_folder
 from trainers import train as tr
 from trainers.checkpoint import Checkpointer
 from trainers.loop import train_and_evaluate
 from trainers.summaries import OomEvent
 from trainers.options import LoopOptions
-from trainers.pack import pack_folder
-from trainers.options import PackOptions
 
 HERE = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    write_jpeg_folder(root / "imgs", classes=3, per_class=27, size=(40, 32))
-    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=2))
-    return root / "packed"
+    return packed_jpeg_folder(tmp_path_factory.mktemp("resume"), classes=3, per_class=27,
+                              size=(40, 32), num_shards=2)
 
 
 def _run(packed, workdir, *extra):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import write_jpeg_folder
+from conftest import packed_jpeg_folder, write_jpeg_folder
 from probes.stall import attribute, measure_stall
 from trainers import preprocess
 from trainers import train as tr
@@ -74,10 +74,8 @@ def test_slow_preprocessing_is_named_the_bottleneck(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def stall_pack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("stall_loop")
-    write_jpeg_folder(root / "imgs", classes=2, per_class=48, size=(48, 40))
-    pack_folder(root / "imgs", root / "packed", PackOptions(num_shards=2))
-    return root / "packed"
+    return packed_jpeg_folder(tmp_path_factory.mktemp("stall_loop"), classes=2, per_class=48,
+                              size=(48, 40), num_shards=2)
 
 
 def _loop_figures(packed, workdir, steps=12):
