@@ -404,10 +404,11 @@ def list_tar(p: Path, error=SourceError) -> tuple[list[tuple[str, int]], str | N
     """
     key = _stamp(p)
     if key not in _LISTINGS:
-        cached = _load_listing(p)
+        saved = _listing_file(p)
+        cached = _load_listing(saved)
         if cached is None:
             cached = _walk_tar(p, error)
-            _save_listing(p, cached)
+            _save_listing(saved, p, cached)
         _LISTINGS[key] = cached
     return _LISTINGS[key]
 
@@ -421,18 +422,19 @@ def _listing_file(p: Path) -> Path:
                                                   + ".json")
 
 
-def _load_listing(p: Path) -> tuple[list[tuple[str, int]], str | None] | None:
+def _load_listing(path: Path) -> tuple[list[tuple[str, int]], str | None] | None:
     try:
-        d = json.loads(_listing_file(p).read_text())
+        d = json.loads(path.read_text())
         return [(str(n), int(z)) for n, z in d["members"]], d["stopped"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _save_listing(p: Path, listing: tuple[list[tuple[str, int]], str | None]) -> None:
-    """Best effort: a cache folder that cannot be written costs a walk next time."""
+def _save_listing(path: Path, p: Path, listing: tuple[list[tuple[str, int]], str | None]
+                  ) -> None:
+    """Save the listing of archive ``p`` at ``path``; best effort: a cache folder that
+    cannot be written costs a walk next time."""
     members, stopped = listing
-    path = _listing_file(p)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
