@@ -33,6 +33,7 @@ GPU memory (JAX docs, "GPU memory allocation").
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ __all__ = [
     "BatchEvaluation",
     "BatchSearchError",
     "BatchSearchResult",
+    "BatchVerification",
     "DEFAULT_MARGIN",
     "MARGIN_REASON",
     "METHOD_MEMORY_ANALYSIS",
@@ -58,6 +60,7 @@ __all__ = [
     "knee_batches",
     "next_smaller_batch",
     "parse_memory_budget",
+    "verify_max_batch",
 ]
 
 _FILE = "autotune/batch_search.py"
@@ -132,6 +135,26 @@ class BatchEvaluation(Record):
 
 
 @dataclass(frozen=True)
+class BatchVerification(Record):
+    """Real train steps at one per-device ``batch`` (images), held to the search's test.
+
+    Fields (bytes per device): ``analysis_bytes`` (XLA's buffer analysis of the step at
+    ``batch``); ``measured_bytes`` (the steps' measured peak: ``peak_bytes_in_use`` on
+    GPU/TPU, ``probes.step_child``'s live arrays + steady-step resident growth on CPU;
+    ``None`` when the steps did not run, e.g. out of memory); ``need_bytes``
+    (``measured_bytes`` + input prefetch at ``batch``, ``None`` without a measurement);
+    ``fits`` (``need_bytes`` <= the usable budget); ``ratio`` (measured / analysis,
+    ``None`` without a measurement)."""
+
+    batch: int
+    analysis_bytes: int
+    measured_bytes: int | None
+    need_bytes: int | None
+    fits: bool
+    ratio: float | None
+
+
+@dataclass(frozen=True)
 class BatchSearchResult(Record):
     """The chosen per-device batch and how it was found.
 
@@ -164,6 +187,10 @@ class BatchSearchResult(Record):
       method: :data:`METHOD_MEMORY_ANALYSIS`, :data:`METHOD_TRIAL` or
         :data:`METHOD_UNAVAILABLE`.
       reason: one sentence with the numbers, for the report.
+      verifications: the real-step checks of :func:`verify_max_batch`, in call order
+        (empty: the batch rests on the analysis alone).
+      calibration: measured / analysed bytes that the verified pick was re-searched
+        with (1.0 when the analysis was not contradicted or not verified).
     """
 
     per_device_batch: int
@@ -184,6 +211,8 @@ class BatchSearchResult(Record):
     limited_by: str
     method: str
     reason: str
+    verifications: tuple[BatchVerification, ...] = ()
+    calibration: float = 1.0
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -496,6 +525,202 @@ def _quadratic_root(points: list[tuple[int, int]], target: int, lo: int, hi: int
     roots = [(-b + sign * math.sqrt(disc)) / (2 * a) for sign in (1.0, -1.0)]
     inside = [r for r in roots if lo <= r <= hi]
     return inside[0] if len(inside) == 1 else None
+
+
+def verify_max_batch(
+    found: BatchSearchResult,
+    memory_bytes: Callable[[int], int | None],
+    measured_bytes: Callable[[int], int | None],
+    *,
+    max_trials: int = 5,
+    tolerance: float = 0.05,
+) -> BatchSearchResult:
+    """``found`` (a :func:`find_max_batch` result) checked by real steps, and corrected
+    when they contradict the analysis.
+
+    XLA's buffer analysis is what the step's buffers need; what a backend really uses
+    can be more: on CPU, Eigen's convolution packing and thread-pool scratch sit outside
+    the buffer assignment (measured 1.05-1.30x the analysis for a small ResNet, more
+    from one batch to the next: ``bench/RESULTS.md``, "Largest batch"); on GPU,
+    workspaces and fragmentation the 10% margin is meant to cover. So the pick is run
+    (``measured_bytes(b)``: a few real steps in a child process, their peak) and held to
+    the search's own test, ``measured(b) + prefetch_bytes_per_image * b <=
+    floor(budget * (1 - margin))``:
+
+    1. the pick fits: it is kept (one trial: the usual case where the analysis holds);
+    2. it does not: ``calibration`` = the largest measured / analysed ratio seen, and the
+       analysis search is run again below the failure on ``analysis(b) x calibration``
+       (compilations already made are reused), and that pick is run;
+    3. once one batch fits and a larger one failed, the truth lies between them: while
+       the fitting batch is more than ``tolerance`` below the largest untried one, the
+       batch where the line through the two measured needs meets the budget is tried
+       (the midpoint when that line says nothing new).
+
+    At most ``max_trials`` trials. A batch is returned only if its real steps fit; it
+    is never above the analysis pick (the analysis is taken as a lower bound of what
+    the steps use).
+
+    Args:
+      found: the memory-analysis result to check (``method ==
+        METHOD_MEMORY_ANALYSIS``, with its budget).
+      memory_bytes: the same callable :func:`find_max_batch` was given (batch -> bytes
+        XLA says the step needs; one compilation per new batch).
+      measured_bytes: per-device batch -> the measured peak bytes of real steps there,
+        or ``None`` when they did not run (out of memory, crash).
+      max_trials: most real-step trials (>= 1).
+      tolerance: stop once the fitting batch is within this fraction of the largest
+        batch not yet known to fail (0.05: the issue-4/15 goal).
+
+    Returns:
+      A :class:`BatchSearchResult` with ``verifications`` (every trial) and
+      ``calibration``; ``per_device_batch`` = the largest batch whose steps fit.
+
+    Raises:
+      NoBatchFits: no trial fit within ``max_trials``, or even the smallest batch fails
+        the calibrated analysis.
+      MemoryAnalysisUnavailable: ``memory_bytes`` returned None or <= 0.
+      ValueError / TypeError: ``found`` is no memory-analysis result; bad arguments.
+    """
+    if found.method != METHOD_MEMORY_ANALYSIS or found.budget_bytes is None:
+        raise ValueError(f"{_FILE}: verify_max_batch needs a find_max_batch result "
+                         f"(method {METHOD_MEMORY_ANALYSIS!r}), got method {found.method!r}")
+    _check_int("max_trials", max_trials, 1)
+    if not 0.0 <= float(tolerance) < 1.0:
+        raise ValueError(f"{_FILE}: tolerance ({tolerance}) must be in [0, 1)")
+    v = _Verifier(found, memory_bytes, measured_bytes)
+    cand: int | None = found.per_device_batch
+    while cand is not None:
+        v.trial(cand)
+        if len(v.checks) >= max_trials:
+            break
+        cand = v.next_candidate(tolerance)
+    if v.fit is None:
+        raise NoBatchFits(found.per_device_batch, "real steps fit at none of the batches "
+                          f"tried ({v.describe()})")
+    return v.result()
+
+
+class _Verifier:
+    """The state of :func:`verify_max_batch`: analysed bytes (reused compilations), the
+    trials, the largest fitting (``fit``) and smallest failing (``fail``) batch."""
+
+    def __init__(self, found: BatchSearchResult, memory_bytes, measured_bytes):
+        self.found, self.memory_bytes, self.measured_bytes = found, memory_bytes, measured_bytes
+        self.multiple, self.prefetch = found.multiple, found.prefetch_bytes_per_image
+        self.usable = int(math.floor(found.budget_bytes * (1.0 - found.margin)))
+        self.analysis = {e.batch: int(e.bytes) for e in found.evaluations if e.bytes}
+        self.order = [e.batch for e in found.evaluations]
+        self.checks: list[BatchVerification] = []
+        self.fit: int | None = None
+        self.fail: int | None = None
+        self.calibration = 1.0
+        self.repick: BatchSearchResult | None = None
+
+    def analysed(self, b: int) -> int:
+        if b not in self.analysis:
+            value = self.memory_bytes(b)
+            if value is None or isinstance(value, bool) or value <= 0:
+                raise MemoryAnalysisUnavailable(b, value)
+            self.analysis[b] = int(value)
+            self.order.append(b)
+        return self.analysis[b]
+
+    def trial(self, b: int) -> None:
+        analysis = self.analysed(b)
+        got = self.measured_bytes(b)
+        measured = int(got) if got is not None and not isinstance(got, bool) and got > 0 else None
+        need = None if measured is None else measured + self.prefetch * b
+        fits = need is not None and need <= self.usable
+        ratio = None if measured is None else measured / analysis
+        self.checks.append(BatchVerification(batch=b, analysis_bytes=analysis,
+                                             measured_bytes=measured, need_bytes=need,
+                                             fits=fits, ratio=ratio))
+        if fits:
+            self.fit = max(self.fit or 0, b)
+        else:
+            self.fail = b if self.fail is None else min(self.fail, b)
+            if ratio is not None:
+                self.calibration = max(self.calibration, ratio)
+
+    def top(self) -> int:
+        """The largest batch not known to fail (never above the analysis pick)."""
+        top = self.found.per_device_batch
+        return top if self.fail is None else min(top, self.fail - self.multiple)
+
+    def next_candidate(self, tolerance: float) -> int | None:
+        """The next batch to try, or None when done."""
+        top = self.top()
+        if self.fit is not None and (self.fit >= top or self.fit >= (1 - tolerance) * top):
+            return None
+        if top < self.multiple:
+            return None
+        if self.fit is None:
+            return self._calibrated(top)
+        return self._bracketed(top)
+
+    def _calibrated(self, top: int) -> int:
+        """The analysis search again, below ``top``, on analysis x calibration (a failure
+        without a measurement steps down by :func:`next_smaller_batch`)."""
+        last = self.checks[-1]
+        if last.measured_bytes is None and self.calibration == 1.0:
+            return min(top, next_smaller_batch(last.batch, self.multiple))
+        ratio = self.calibration
+        self.repick = find_max_batch(
+            lambda b: int(math.ceil(self.analysed(b) * ratio)), self.found.budget_bytes,
+            multiple=self.multiple, hi=top, max_batch=top, margin=self.found.margin,
+            prefetch_bytes_per_image=self.prefetch, device_count=self.found.device_count)
+        return self.repick.per_device_batch
+
+    def _bracketed(self, top: int) -> int:
+        """Between the fitting batch and ``top``: where the line through the measured
+        needs of the fitting and the failing batch meets the usable budget, else the
+        midpoint."""
+        m = self.multiple
+        need = {c.batch: c.need_bytes for c in self.checks if c.need_bytes is not None}
+        lo, hi = self.fit, self.fail
+        cand = lo + ((top - lo) // m // 2) * m
+        if hi is not None and lo in need and hi in need and need[hi] > need[lo]:
+            slope = (need[hi] - need[lo]) / (hi - lo)
+            cand = _round_down(lo + (self.usable - need[lo]) / slope, m)
+        return min(top, max(lo + m, cand))
+
+    def describe(self) -> str:
+        parts = []
+        for c in self.checks:
+            if c.measured_bytes is None:
+                parts.append(f"{c.batch}: did not run")
+            else:
+                parts.append(f"{c.batch}: {fmt_bytes(c.measured_bytes, 2)} measured "
+                             f"({c.ratio:.2f}x the analysis) + prefetch "
+                             f"{'<=' if c.fits else '>'} {fmt_bytes(self.usable, 2)} usable")
+        return "; ".join(parts)
+
+    def result(self) -> BatchSearchResult:
+        f, b = self.found, self.fit
+        prefetch_at = self.prefetch * b
+        limited = f.limited_by if b == f.per_device_batch else "memory"
+        why = (f"per-device batch {b}: its real steps measured "
+               f"{fmt_bytes(self._check(b).measured_bytes, 2)} + "
+               f"{fmt_bytes(prefetch_at, 2)} prefetch <= {fmt_bytes(self.usable, 2)} usable "
+               f"({len(self.checks)} real-step trial(s): {self.describe()})")
+        if b != f.per_device_batch:
+            why += (f"; the analysis alone picked {f.per_device_batch}; re-searched on "
+                    f"{self.calibration:.2f}x the analysis")
+        else:
+            why += f"; the analysis search: {f.reason}"
+        evals = tuple(BatchEvaluation(batch=x, bytes=self.analysis[x],
+                                      total_bytes=self.analysis[x] + self.prefetch * x,
+                                      fits=self.analysis[x] + self.prefetch * x <= self.usable)
+                      for x in self.order)
+        return dataclasses.replace(
+            f, per_device_batch=b, global_batch=b * f.device_count,
+            predicted_bytes=self.analysis[b], prefetch_bytes=prefetch_at,
+            usable_budget_bytes=self.usable - prefetch_at, compilations=len(self.order),
+            evaluations=evals, limited_by=limited, reason=why,
+            verifications=tuple(self.checks), calibration=self.calibration)
+
+    def _check(self, b: int) -> BatchVerification:
+        return next(c for c in self.checks if c.batch == b)
 
 
 def find_max_batch_by_trial(

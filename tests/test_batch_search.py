@@ -401,3 +401,95 @@ def test_format_bytes():
     assert fmt_bytes(61.2 * GiB, 2) == "61.20 GiB"
     assert fmt_bytes(300 * MiB, 2) == "300.00 MiB"
     assert fmt_bytes(512, 2) == "512 B"
+
+
+# --- verify_max_batch: real steps against the analysis --------------------------------
+#
+# The analysis model: 2 GiB fixed + 30 MiB per image, budget 16 GiB, margin 10%, no
+# prefetch: the analysis search picks 416 (worked above). usable = 14745.6 MiB.
+
+from autotune.batch_search import BatchVerification, verify_max_batch  # noqa: E402
+
+
+def _found_416():
+    model = affine(2 * GiB, 30 * MiB)
+    return find_max_batch(model, 16 * GiB, multiple=8), model
+
+
+def test_verify_keeps_the_pick_when_the_steps_fit_it():
+    found, model = _found_416()
+    trials = CountingModel(lambda b: 2 * GiB + 30 * MiB * b)  # measured = analysis
+    got = verify_max_batch(found, model, trials)
+    assert trials.calls == [416]
+    assert got.per_device_batch == 416
+    assert got.verifications == (BatchVerification(
+        batch=416, analysis_bytes=(2048 + 416 * 30) * MiB,
+        measured_bytes=(2048 + 416 * 30) * MiB, need_bytes=(2048 + 416 * 30) * MiB,
+        fits=True, ratio=1.0),)
+    assert got.calibration == 1.0
+    assert got.compilations == found.compilations  # no new compilation
+
+
+def test_verify_recalibrates_below_an_analysis_that_undercounts():
+    # The steps use 1.25x the analysis from batch 320 up (a backend's scratch that
+    # the buffer analysis does not see), 1.05x below.
+    #   416: 1.25 x 14528 = 18160 MiB > 14745.6            fails; calibration 1.25
+    #   re-search on 1.25 x analysis: 1.25 (2048 + 30 b) <= 14745.6 -> b <= 324.9 -> 320
+    #   320: 1.25 x (2048 + 9600) = 14560 MiB <= 14745.6   fits
+    #   320 >= 0.95 x 408 (the largest batch below the failure)? 320 < 387.6: bracket
+    #   line through the needs (320, 14560) and (416, 18160): 37.5 MiB per image,
+    #   meets 14745.6 at 320 + 185.6 / 37.5 = 324.9 -> 320, so the next multiple: 328
+    #   328: 1.25 x 11888 = 14860 > 14745.6              fails; 320 >= 0.95 x 320: done
+    found, model = _found_416()
+    trials = CountingModel(lambda b: int((2 * GiB + 30 * MiB * b) * (1.25 if b >= 320 else 1.05)))
+    got = verify_max_batch(found, model, trials)
+    assert trials.calls == [416, 320, 328]
+    assert got.per_device_batch == 320
+    assert got.calibration == 1.25
+    assert [c.fits for c in got.verifications] == [False, True, False]
+    assert got.limited_by == "memory"
+    assert "the analysis alone picked 416" in got.reason
+    # The truth by brute force over every multiple: 320 as well (never above it).
+    truth = max(b for b in range(8, 2049, 8) if trials.fn(b) <= usable(16 * GiB))
+    assert got.per_device_batch == truth == 320
+    assert BatchSearchResult.from_dict(got.to_dict()) == got
+
+
+def test_verify_steps_down_after_steps_that_did_not_run():
+    # 416 runs out of memory (no measurement): next_smaller_batch(416) = 360 (7/8),
+    # which fits; 360 < 0.95 x 408: the midpoint of 360..408 on multiples of 8 is 384,
+    # which fits; 384 < 387.6, midpoint of 384..408 is 392: fails; 384 >= 0.95 x 384.
+    found, model = _found_416()
+
+    def measured(b):
+        return None if b >= 392 else 2 * GiB + 30 * MiB * b
+
+    trials = CountingModel(measured)
+    got = verify_max_batch(found, model, trials)
+    assert trials.calls == [416, 360, 384, 392]
+    assert got.per_device_batch == 384
+    assert got.verifications[0].measured_bytes is None and not got.verifications[0].fits
+
+
+def test_verify_raises_when_no_trial_fits_and_stops_at_max_trials():
+    found, model = _found_416()
+    with pytest.raises(NoBatchFits, match="real steps fit at none"):
+        verify_max_batch(found, model, lambda b: None, max_trials=3)
+    trials = CountingModel(lambda b: None)
+    with pytest.raises(NoBatchFits):
+        verify_max_batch(found, model, trials, max_trials=2)
+    assert len(trials.calls) == 2
+
+
+def test_verify_refuses_a_trial_search_result():
+    found = find_max_batch_by_trial(lambda b: b <= 64, start=32, margin=0.0)
+    with pytest.raises(ValueError, match="needs a find_max_batch result"):
+        verify_max_batch(found, lambda b: 1, lambda b: 1)
+
+
+def test_a_result_saved_before_verification_existed_still_loads():
+    found, _ = _found_416()
+    data = found.to_dict()
+    del data["verifications"], data["calibration"]
+    back = BatchSearchResult.from_dict(data)
+    assert back.verifications == () and back.calibration == 1.0
