@@ -231,11 +231,15 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
     search = None
     if batch is None:
         say("accelerator: largest per-device batch by compiled memory analysis")
+        def analysis(b):
+            return (tr.compiled_step_memory(config, b) or {}).get("total")
+
         try:
             search = bs.find_max_batch(
-                lambda b: (tr.compiled_step_memory(config, b) or {}).get("total"),
-                limit, multiple=8, max_batch=preset.max_per_device_batch,
+                analysis, limit, multiple=8, max_batch=preset.max_per_device_batch,
                 prefetch_bytes_per_image=2 * preset.image_size ** 2 * 3)
+            if budget_bytes is not None and jax.default_backend() == "cpu":
+                search = _verify_on_cpu(search, analysis, config, say)
         except bs.MemoryAnalysisUnavailable:
             # Known on some JAX GPU versions: real steps in child processes, so an
             # out-of-memory kills only the child.
@@ -256,6 +260,27 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
                                         memory_batches=() if search else (batch,),
                                         rate_steps=5 if quick else 10, curve_batches=curve)
     return search, acc
+
+
+def _verify_on_cpu(search, analysis, config: TrainConfig, say: Say):
+    """``search`` checked by real steps (``autotune.batch_search.verify_max_batch``,
+    each trial ``probes.step_child.run_steps_in_child``: the steps' own resident
+    memory), for a CPU run given a ``--memory-budget``: there the runtime's scratch
+    outside XLA's buffer analysis (Eigen's convolution packing) measured 1.05-1.30x the
+    analysis, and the analysis pick was 36% above the largest batch that fits
+    (``bench/RESULTS.md``, "Largest batch"). Not on GPU: the probe's own process holds
+    the device's preallocated memory, so a child could not measure there; the GPU
+    check's ``batch_trials`` stage holds the pick to ``peak_bytes_in_use``."""
+    from autotune import batch_search as bs
+    from probes.step_child import run_steps_in_child
+
+    def measured(b: int):
+        say(f"accelerator: real steps at per-device batch {b} (a child process) to check "
+            "the analysis against the budget")
+        r = run_steps_in_child(config, b, steps=3)
+        return r.peak_bytes if r.ok else None
+
+    return bs.verify_max_batch(search, analysis, measured)
 
 
 def searches_batch(req: TrainRequest) -> bool:

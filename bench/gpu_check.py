@@ -519,7 +519,9 @@ def _pick_fields(res) -> dict:
             "usable_budget_bytes": res.usable_budget_bytes, "margin": res.margin,
             "prefetch_bytes": res.prefetch_bytes, "fixed_bytes": res.fixed_bytes,
             "bytes_per_image": res.bytes_per_image, "reason": res.reason,
-            "evaluations": [e.to_dict() for e in res.evaluations]}
+            "evaluations": [e.to_dict() for e in res.evaluations],
+            "verifications": [c.to_dict() for c in res.verifications],
+            "calibration": res.calibration}
 
 
 def stage_batch_trials(st: Stage, s: Settings, ctx: dict) -> None:

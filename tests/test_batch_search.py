@@ -493,3 +493,28 @@ def test_a_result_saved_before_verification_existed_still_loads():
     del data["verifications"], data["calibration"]
     back = BatchSearchResult.from_dict(data)
     assert back.verifications == () and back.calibration == 1.0
+
+
+def test_the_cpu_probe_verifies_its_pick_in_child_processes(monkeypatch):
+    # autotune.orchestrate._verify_on_cpu: each trial is a child's measured peak; a
+    # child that did not run is no measurement. The fake children measure 1.25x the
+    # analysis from 320 up: the same trials as the worked example above.
+    from autotune import orchestrate
+    from probes import step_child
+    from probes.records import ChildStepResult
+
+    found, model = _found_416()
+    calls = []
+
+    def fake_child(config, b, *, steps=3, **_):
+        calls.append((config, b, steps))
+        peak = int((2 * GiB + 30 * MiB * b) * (1.25 if b >= 320 else 1.05))
+        return ChildStepResult(per_device_batch=b, ok=True, oom=False, peak_bytes=peak,
+                               peak_source="test", step_s=0.1, error="")
+
+    monkeypatch.setattr(step_child, "run_steps_in_child", fake_child)
+    said = []
+    got = orchestrate._verify_on_cpu(found, model, "the config", said.append)
+    assert [b for _, b, _ in calls] == [416, 320, 328]
+    assert all(c == "the config" for c, _, _ in calls)
+    assert got.per_device_batch == 320 and len(said) == 3
