@@ -266,3 +266,17 @@ def test_direct_options():
     assert "group_size 2" in sr.direct_options("group_size:2,transpose:false,uncompressed")
     assert "compressed" in sr.direct_options("group_size:1,transpose:false,zstd:3")
     assert sr.direct_options("") is not None  # old files without writer options
+
+
+def test_bench_record_read_runs(edge_shard, tmp_path):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_record_read", Path(__file__).resolve().parents[1] / "bench" / "record_read.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = bench.main(["--shard", edge_shard[0], "--repeats", "1", "--json", str(tmp_path / "r.json")])
+    assert out["records"] == len(edge_shard[1])
+    assert json.loads((tmp_path / "r.json").read_text())["direct_us"] == out["direct_us"] > 0
