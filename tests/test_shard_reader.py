@@ -280,3 +280,22 @@ def test_bench_record_read_runs(edge_shard, tmp_path):
     out = bench.main(["--shard", edge_shard[0], "--repeats", "1", "--json", str(tmp_path / "r.json")])
     assert out["records"] == len(edge_shard[1])
     assert json.loads((tmp_path / "r.json").read_text())["direct_us"] == out["direct_us"] > 0
+
+
+def test_the_open_files_limit_is_raised_for_the_shards_within_the_hard_limit():
+    import resource
+
+    from trainers.input_pipeline import raise_open_files_limit
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 64:
+        pytest.skip(f"hard limit {hard} too low to test")
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
+        assert raise_open_files_limit(48) == 48
+        assert resource.getrlimit(resource.RLIMIT_NOFILE) == (48, hard)
+        assert raise_open_files_limit(40) == 48  # never lowered
+        if hard != resource.RLIM_INFINITY:
+            assert raise_open_files_limit(hard + 1000) == hard
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -202,6 +202,36 @@ def check_shard(path: str, expected_records: int) -> str | None:
     return None
 
 
+#: Descriptors kept free for everything but the shards (checkpoints, logs, sockets).
+_SPARE_FILES = 256
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise this process's soft limit of open files (``RLIMIT_NOFILE``) to ``wanted``,
+    at most to the hard limit, when it is lower; returns the soft limit in force.
+
+    Every shard keeps one descriptor open while it is read (ImageNet: 1,024 shards
+    per host), and many systems start processes with a soft limit of 1,024 under a
+    much higher hard limit; raising the soft limit needs no privilege. Where the
+    hard limit is lower, a shard that cannot be opened is read through the library
+    (which needs a descriptor too: the run may then fail with "Too many open files",
+    naming the shard)."""
+    try:
+        import resource
+    except ImportError:  # not POSIX
+        return wanted
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        if new > soft:
+            try:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+                soft = new
+            except (ValueError, OSError):
+                pass
+    return soft
+
+
 class _Records:
     """This host's shards as one indexable record space, with errors that name the
     shard and record.
@@ -234,6 +264,7 @@ class _Records:
         self.source = ArrayRecordDataSource([f"{p}[0:{n}]" for p, n in
                                              zip(self.paths, self.lengths)])
         self.direct = [ShardReader(p, n) for p, n in zip(self.paths, self.lengths)]
+        raise_open_files_limit(len(self.paths) + _SPARE_FILES)
 
     def __len__(self) -> int:
         return int(self.starts[-1])
