@@ -154,3 +154,38 @@ def test_read_image_file_reads_whole_files_and_names_what_it_cannot_read(tmp_pat
     assert read(str(tmp_path / "notes.txt"))[1].startswith("not an image (name ends in '.txt'")
     monkeypatch.setattr(pack_mod, "MAX_FILE_BYTES", 1000)
     assert read(str(tmp_path / "a.JPEG")) == (None, "file too large: 70,000 bytes > 1,000")
+
+
+def test_a_listed_shard_holds_tfds_records_of_its_members_in_order(shared_data, tmp_path):
+    """The worker's per-member loop (``_write_members``) writes exactly what
+    ``ArrayRecordWriter`` gets from tensorflow-datasets' own serialization of each
+    member in shard order (real full-size and small JPEGs, names with and without a
+    long prefix), and lists the members it cannot use, with the same counts."""
+    import io
+    from pathlib import Path
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    full = sorted((shared_data / "imagenet-samples").glob("*/*.JPEG"))[:3]
+    small = sorted((shared_data / "imagenette" / "train").glob("*/*.JPEG"))[:3]
+    odd = tmp_path / ("n" * 130 + ".JPEG")  # a name over 127 bytes: two-byte varints
+    odd.write_bytes(small[0].read_bytes())
+    bad = tmp_path / "bad.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    members = [(str(p), i) for i, p in enumerate(full + small)]
+    members[2:2] = [(str(bad), 7), (str(odd), 300), (str(tmp_path / "boxes.txt"), 1)]
+    task = pack_mod._ShardTask(tmp_path / "shard", members, None, None, 90, tmp_path, "fp")
+    info = pack_mod._write_listed_shard(task, pack_mod._ThreadTally(None, None, 0, 0))["info"]
+
+    serialize = pack_mod._example_serializer(pack_mod._features([f"c{i}" for i in range(301)]))
+    ref = ArrayRecordWriter(str(tmp_path / "ref"), "group_size:1,uncompressed")
+    good = [(p, label) for p, label in members if Path(p) not in (bad, tmp_path / "boxes.txt")]
+    for p, label in good:
+        ref.write(serialize({"image": io.BytesIO(Path(p).read_bytes()), "label": label,
+                             "file_name": Path(p).name}))
+    ref.close()
+    assert (tmp_path / "shard").read_bytes() == (tmp_path / "ref").read_bytes()
+    assert info["records"] == len(good) == 7
+    assert info["bytes_in"] == info["bytes_out"] == sum(Path(p).stat().st_size for p, _ in good)
+    assert [b["path"] for b in info["bad"]] == [str(bad), str(tmp_path / "boxes.txt")]
+    assert "not an image" in info["bad"][1]["reason"]

@@ -149,15 +149,17 @@ _SMALL_VARINTS = tuple(bytes((i,)) for i in range(128))
 
 
 def _varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf varint: 7 bits a byte, low bits first."""
     if n < 128:
         return _SMALL_VARINTS[n]
+    if n < 16384:
+        return bytes((n & 0x7F | 0x80, n >> 7))
     out = bytearray()
-    while True:
-        b, n = n & 0x7F, n >> 7
-        if not n:
-            out.append(b)
-            return bytes(out)
-        out.append(b | 0x80)
+    while n >= 128:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
 
 
 def _field(number: int, length: int) -> bytes:
@@ -169,9 +171,10 @@ def _ld(number: int, payload: bytes) -> bytes:
     return _field(number, len(payload)) + payload
 
 
-#: The constant parts of :func:`example_record` (map keys; field 1 / 2 tags).
-_KEY_FILE_NAME, _KEY_IMAGE = _ld(1, b"file_name"), _ld(1, b"image")
-_TAG1, _TAG2 = b"\x0a", b"\x12"
+#: The constant parts of :func:`example_record`: the ``file_name`` map entry's key
+#: with the tag of its value, and the ``image`` one's.
+_KEY_FILE_NAME = _ld(1, b"file_name") + b"\x12"
+_KEY_IMAGE = _ld(1, b"image") + b"\x12"
 _LABEL_ENTRIES: dict[int, bytes] = {}
 
 
@@ -194,26 +197,40 @@ def example_record(image: bytes, label: int, file_name: str) -> bytes:
     to tensorflow-datasets' ``FeaturesDict.serialize_example`` serialized
     deterministically (:func:`_example_serializer`; the tests compare them), without
     importing TensorFlow, and with one copy of the image, so that worker processes
-    serialize too. The map keys' bytes are constants and the label entry is cached
-    per class: a few small concatenations per record."""
+    serialize too.
+
+    Layout (``L(x)``: the varint length of ``x``)::
+
+      0a L(features) | 0a L(e1) <key file_name> 12 L(f1) 0a L(b1) 0a L(name) name
+                     | 0a L(e2) <key image> 12 L(f2) 0a L(b2) 0a L(image) image
+                     | <label entry: constant per label>
+
+    The map keys' bytes are constants and the label entry is cached per class: one
+    ``join`` of a few small parts per record (the file name entry, the image
+    entry's head, the image, the label entry)."""
     v = _varint
     name = file_name.encode()
     n = len(name)
-    a = n + 1 + len(v(n))  # BytesList: value = name
-    b = a + 1 + len(v(a))  # Feature: bytes_list
-    value = _TAG2 + v(b) + _TAG1 + v(a) + _TAG1 + v(n) + name
-    body = _KEY_FILE_NAME + value
-    name_entry = _TAG1 + v(len(body)) + body
-    label_entry = _label_entry(label)
+    if n < 124:  # every length of the name entry is one byte
+        head = _KEY_FILE_NAME + bytes((n + 4, 0x0A, n + 2, 0x0A, n)) + name
+    else:
+        a = v(n)
+        b = v(n + 1 + len(a))
+        c = v(n + 2 + len(a) + len(b))
+        head = _KEY_FILE_NAME + c + b"\x0a" + b + b"\x0a" + a + name
+    name_entry = b"\x0a" + v(len(head)) + head
     size = len(image)
-    values = _TAG1 + v(size)
-    feature = _TAG1 + v(len(values) + size)
-    value = _TAG2 + v(len(feature) + len(values) + size)
-    entry_len = len(_KEY_IMAGE) + len(value) + len(feature) + len(values) + size
-    entry = _TAG1 + v(entry_len)
-    total = len(name_entry) + len(entry) + entry_len + len(label_entry)
-    return b"".join((_TAG1, v(total), name_entry, entry, _KEY_IMAGE, value, feature, values,
-                     image, label_entry))
+    vs = v(size)
+    bytes_list = size + 1 + len(vs)              # BytesList: 0a L(image) image
+    vb = v(bytes_list)
+    feature = bytes_list + 1 + len(vb)           # Feature: 0a L(bytes_list) ...
+    vf = v(feature)
+    entry = len(_KEY_IMAGE) + len(vf) + feature  # map entry: key, 12 L(feature) ...
+    ve = v(entry)
+    label_entry = _label_entry(label)
+    total = len(name_entry) + 1 + len(ve) + entry + len(label_entry)
+    return b"".join((b"\x0a", v(total), name_entry, b"\x0a", ve, _KEY_IMAGE, vf, b"\x0a", vb,
+                     b"\x0a", vs, image, label_entry))
 
 
 def measure_decode_speedup(paths: Sequence[str], options: PackOptions,
@@ -336,10 +353,9 @@ def _simplejpeg_ok(data: bytes) -> bool:
     """Whether libjpeg-turbo decodes ``data`` to RGB at full size (the decode
     :func:`trainers.preprocess.decode_image` tries first, so one decode both verifies
     the bytes and shows that readers never need Pillow for them)."""
-    import simplejpeg
-
     try:
-        simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True, fastupsample=True)
+        preprocess.simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True,
+                                          fastupsample=True)
         return True
     except (ValueError, RuntimeError):
         return False
@@ -931,18 +947,11 @@ def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -
     if tally.flush():
         return {"stopped": True}
     sh = _Shard(task.path, eager=False)
-    zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
     try:
         _guarded(sh, sh._open)
-        for key, label in task.chunk:
-            if zip_path is None:
-                result = _prepare_one("path", key, label, os.path.basename(key), resize, quality)
-            else:  # read here: the workers read a zip in parallel
-                result = _prepare_one("zip", (zip_path, key), label, os.path.basename(key),
-                                      resize, quality)
-            if tally.add(_guarded(sh, sh.add, key, result) is not None):
-                sh.discard()
-                return {"stopped": True}
+        if _write_members(sh, task, tally):
+            sh.discard()
+            return {"stopped": True}
         _guarded(sh, sh.finish)
     except _ShardWriteFailed as failed:
         sh.discard()
@@ -954,6 +963,45 @@ def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -
         raise
     tally.flush()
     return {"info": sh.write_sidecar(task.out, task.fp)}
+
+
+def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
+    """The per-member loop of :func:`_write_listed_shard`: each member of
+    ``task.chunk`` read (a file: :func:`_prepare`; a zip member:
+    :func:`_read_zip_member`), verified, serialized (:func:`example_record`) and
+    written to ``sh`` (open), or listed as skipped, in order, with the same records
+    and counts as :meth:`_Shard.add`. The hot loop of a pack: the name is cut once,
+    the writer's method is bound once. Returns True when the pack is stopping
+    (``tally``). Raises :class:`_ShardWriteFailed` when a write fails."""
+    zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
+    write, add, bad = sh.writer.write, tally.add, sh.bad
+    records = bytes_in = bytes_out = 0
+    try:
+        for key, label in task.chunk:
+            name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
+            if zip_path is None:
+                data, reason, nbytes = _prepare(key, resize, quality)
+            else:  # read here: the workers read a zip in parallel
+                raw, reason = _read_zip_member(zip_path, key)
+                data, reason, nbytes = ((None, reason, 0) if raw is None else
+                                        _prepare_data(raw, resize, quality))
+            if data is None:
+                bad.append(BadImage(path=key, reason=reason or "unknown"))
+            else:
+                try:
+                    write(example_record(data, label, name))
+                except (OSError, RuntimeError) as exc:
+                    raise _ShardWriteFailed(sh, exc) from exc
+                records += 1
+                bytes_in += nbytes
+                bytes_out += len(data)
+            if add(data is None):
+                return True
+        return False
+    finally:
+        sh.records += records
+        sh.bytes_in += bytes_in
+        sh.bytes_out += bytes_out
 
 
 class _ThreadTally:
