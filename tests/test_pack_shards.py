@@ -189,3 +189,45 @@ def test_a_listed_shard_holds_tfds_records_of_its_members_in_order(shared_data, 
     assert info["bytes_in"] == info["bytes_out"] == sum(Path(p).stat().st_size for p, _ in good)
     assert [b["path"] for b in info["bad"]] == [str(bad), str(tmp_path / "boxes.txt")]
     assert "not an image" in info["bad"][1]["reason"]
+
+
+def test_worker_processes_start_early_and_a_bad_input_stays_one_error(folder, one_thread, tmp_path,
+                                                                      monkeypatch):
+    """With worker processes, ``pack_folder`` starts them before it lists the input
+    (their start overlaps the listing); a bad input is still the one-line
+    :class:`PackError`, with no worker process left behind; a complete pack is
+    returned without starting any; an interrupted one resumes with them."""
+    import multiprocessing
+
+    started = []
+    real = pack_mod._Workers
+
+    class Recording(real):
+        def __init__(self, options, start=False):
+            started.append(start)
+            super().__init__(options, start)
+
+    monkeypatch.setattr(pack_mod, "_Workers", Recording)
+    with pytest.raises(PackError, match=r"^\S*missing does not exist$"):
+        pack_folder(tmp_path / "missing", tmp_path / "out", PackOptions(**OPTS, pack_workers=2))
+    assert started == [True] and multiprocessing.active_children() == []
+    ref_dir, ref = one_thread
+    out = tmp_path / "packed"
+    real_meta = pack_mod._write_tfds_metadata
+    monkeypatch.setattr(pack_mod, "_write_tfds_metadata", _interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True] and not is_packed(out)
+    lost = next(out.glob("*train.array_record-00001-of-00004"))
+    lost.unlink()  # as if killed while writing it: the rerun writes it again
+    monkeypatch.setattr(pack_mod, "_write_tfds_metadata", real_meta)
+    res = pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True, True] and res.resumed_shards == 4
+    assert _shard_files(out) == _shard_files(ref_dir) and is_packed(out)
+    again = pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True, True] and again.packed == ref.packed  # none started
+    assert multiprocessing.active_children() == []
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt

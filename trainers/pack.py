@@ -518,20 +518,26 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
     if not 0 <= process_index < process_count:
         raise PackError(f"process index {process_index} is not in 0..{process_count - 1}")
     out = Path(out_dir)
-    src, val, fp, previous = _open_pack(source, out, options, val_source, val_labels,
-                                        replace_stale, clean=process_count == 1)
-    if previous is not None:
-        return previous
-    shards = _ShardWriter(out, fp, options, progress,
-                          owner=lambda i: i % process_count == process_index)
-    splits = _split_plans(src, val, options)
-    if all(p.chunks is not None for p in splits.values()):
-        shards.total = sum(len(c) for p in splits.values() for c in p.chunks)
-    kept = _every_shard_kept(shards, splits)
-    if kept is not None:  # only the metadata is missing: no archive is read again
-        shards.resumed = kept
-    else:
-        with _Workers(options) as workers:
+    with contextlib.ExitStack() as stack:
+        workers = None
+        if options.pack_workers > 0 and not is_packed(out):
+            # The worker processes start (interpreter, imports: about 0.3 s each) while
+            # this one lists and fingerprints the input.
+            workers = stack.enter_context(_Workers(options, start=True))
+        src, val, fp, previous = _open_pack(source, out, options, val_source, val_labels,
+                                            replace_stale, clean=process_count == 1)
+        if previous is not None:
+            return previous
+        shards = _ShardWriter(out, fp, options, progress,
+                              owner=lambda i: i % process_count == process_index)
+        splits = _split_plans(src, val, options)
+        if all(p.chunks is not None for p in splits.values()):
+            shards.total = sum(len(c) for p in splits.values() for c in p.chunks)
+        kept = _every_shard_kept(shards, splits)
+        if kept is not None:  # only the metadata is missing: no archive is read again
+            shards.resumed = kept
+        else:
+            workers = workers or stack.enter_context(_Workers(options))
             listed = {s: p for s, p in splits.items() if p.chunks is not None}
             if listed:
                 shards.write_listed(listed, workers)
@@ -1125,7 +1131,9 @@ class _Workers:
     #: Seconds between the parent's looks at the worker processes' counts.
     POLL_S = 0.1
 
-    def __init__(self, options: PackOptions):
+    def __init__(self, options: PackOptions, start: bool = False):
+        """``start``: start the worker processes now (each runs :func:`_worker_ready`),
+        not at the first task, so that their start overlaps the caller's own work."""
         self.options = options
         self.procs = options.pack_workers > 0
         if self.procs:
@@ -1136,10 +1144,21 @@ class _Workers:
             self.pool = cf.ProcessPoolExecutor(options.pack_workers, mp_context=ctx,
                                                initializer=_init_worker, initargs=self.shared)
             self.batch, n = 16, options.pack_workers
+            if start:  # one process is spawned per task submitted while none is idle
+                for _ in range(options.pack_workers):
+                    self._submit(_worker_ready)
         else:
             self.pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
             self.batch, n = 4, options.pack_threads
         self.window = 4 * max(1, n)
+
+    def _submit(self, fn, *args) -> cf.Future:
+        """``pool.submit``; a pool whose worker process died (while starting, too) is
+        a :class:`PackError` (:func:`_result`)."""
+        try:
+            return self.pool.submit(fn, *args)
+        except cf.process.BrokenProcessPool as exc:
+            raise _broken_pool(exc) from None
 
     def run_shards(self, tasks: list[_ShardTask], progress, total: int | None, done: int,
                    bad: int) -> list[dict | None]:
@@ -1159,10 +1178,10 @@ class _Workers:
             for value in self.shared[:2]:
                 value.value = 0
             self.shared[2].clear()
-            futures = {self.pool.submit(_write_listed_shard, tasks[i]): i for i in order}
+            futures = {self._submit(_write_listed_shard, tasks[i]): i for i in order}
         else:
             tally = _ThreadTally(progress, total, done, bad)
-            futures = {self.pool.submit(_write_listed_shard, tasks[i], tally): i for i in order}
+            futures = {self._submit(_write_listed_shard, tasks[i], tally): i for i in order}
         out: list[dict | None] = [None] * len(tasks)
         pending, seen = set(futures), (done, bad)
         try:
@@ -1209,7 +1228,7 @@ class _Workers:
         opts = self.options
 
         def submit():
-            pending.append((metas[:], self.pool.submit(
+            pending.append((metas[:], self._submit(
                 _prepare_batch, batch[:], opts.resize_shorter, opts.quality)))
             metas.clear()
             batch.clear()
@@ -1235,9 +1254,19 @@ def _result(fut: cf.Future) -> list:
     try:
         return fut.result()
     except cf.process.BrokenProcessPool as exc:
-        raise PackError(f"a pack worker process ended abruptly ({exc}); out of memory? The "
-                        f"complete shards are kept: rerun to resume, with fewer --workers if "
-                        f"memory is short") from None
+        raise _broken_pool(exc) from None
+
+
+def _broken_pool(exc: BaseException) -> PackError:
+    return PackError(f"a pack worker process ended abruptly ({exc}); out of memory? The "
+                     f"complete shards are kept: rerun to resume, with fewer --workers if "
+                     f"memory is short")
+
+
+def _worker_ready() -> int:
+    """A no-op task that makes the pool start a worker process (its imports happen
+    while unpickling this function's module); returns its process id."""
+    return os.getpid()
 
 
 class _Shard:
