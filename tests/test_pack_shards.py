@@ -231,3 +231,29 @@ def test_worker_processes_start_early_and_a_bad_input_stays_one_error(folder, on
 
 def _interrupted(*args, **kwargs):
     raise KeyboardInterrupt
+
+
+def test_a_background_import_imports_once_and_a_failing_one_stays_quiet(monkeypatch):
+    """The metadata writer's module is imported in a daemon thread while the last
+    shards are written (``_import_in_background``): once per process; a module that
+    fails to import raises nothing there (it fails again where it is used)."""
+    import sys
+    import threading
+    import types
+
+    started = []
+
+    class Recorded(threading.Thread):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(pack_mod, "threading", types.SimpleNamespace(Thread=Recorded))
+    monkeypatch.setattr(pack_mod, "_BACKGROUND_IMPORTS", set())
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    for name in ("colorsys", "colorsys", "no_such_module_for_autotune"):
+        pack_mod._import_in_background(name)
+    for t in started:
+        t.join(60)
+    assert [t.name for t in started] == ["import colorsys", "import no_such_module_for_autotune"]
+    assert "colorsys" in sys.modules and not any(t.is_alive() for t in started)
