@@ -19,6 +19,7 @@ Folders whose name starts with ``.`` are never class folders.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 from pathlib import Path
@@ -154,8 +155,11 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         entries = files_below(root / name)
         if not entries:
             raise error(f"class folder {root / name} is empty (no file at any depth)")
-        items.extend((e.path, index[name]) for e in entries
-                     if not images_only or (is_image_name(e.name) and e.is_file()))
+        if images_only:
+            entries = [e for e in entries if is_image_name(e.name) and e.is_file()]
+        # One bulk add per folder of entries (e.path is that folder + "/" + e.name).
+        for folder, run in itertools.groupby(entries, lambda e: e.path[:-len(e.name)]):
+            items.add_names(folder, [e.name for e in run], index[name])
     return names, items.build()
 
 
