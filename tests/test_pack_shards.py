@@ -5,6 +5,7 @@ leave only complete shards."""
 
 import errno
 import os
+import shutil
 
 import pytest
 
@@ -257,3 +258,27 @@ def test_a_background_import_imports_once_and_a_failing_one_stays_quiet(monkeypa
         t.join(60)
     assert [t.name for t in started] == ["import colorsys", "import no_such_module_for_autotune"]
     assert "colorsys" in sys.modules and not any(t.is_alive() for t in started)
+
+
+def test_the_fingerprint_is_the_same_when_worker_processes_stat_the_files(folder, tmp_path,
+                                                                          monkeypatch):
+    """With worker processes the listed files are stat'ed there, in chunks, and hashed
+    here in order (``_Workers.stat_files``): the same fingerprint as stat'ing them
+    here, a file that cannot be stat'ed included, and a changed file changes it."""
+    from trainers import sources
+
+    monkeypatch.setattr(pack_mod._Workers, "STAT_CHUNK", 5)  # several chunks in flight
+    tree = tmp_path / "tree"
+    shutil.copytree(folder, tree)
+    (tree / "n00000000" / "dangling.JPEG").symlink_to(tree / "gone.JPEG")
+    src = sources.open_source(tree, error=PackError)
+    opts = PackOptions(**OPTS, pack_workers=2)
+    here = pack_mod._fingerprint(src, None, opts)
+    with pack_mod._Workers(opts, start=True) as workers:
+        there = pack_mod._fingerprint(src, None, opts, workers)
+        stats = list(workers.stat_files(src.items))
+    assert there == here and len(stats) == len(src.items) > 3 * 5
+    assert stats == [pack_mod._file_stat(path) for path, _ in src.items]
+    assert (-1, 0) in stats  # the dangling link: "missing"
+    os.utime(tree / "n00000001" / "n00000001_0.JPEG", ns=(1, 1))
+    assert pack_mod._fingerprint(src, None, opts) != here

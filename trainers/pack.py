@@ -418,12 +418,14 @@ def _chunks(items: Listing, n: int) -> list[Listing]:
     return out
 
 
-def _fingerprint(src, val, options: PackOptions) -> str:
+def _fingerprint(src, val, options: PackOptions, workers: "_Workers | None" = None) -> str:
     """16 hex digits naming a pack's inputs and the options that change its bytes:
     each listed file's path, label, size and mtime (a zip's members by name and
     label), streamed into the hash one member at a time (nothing kept); for an
     archive its path, size and mtime (and its label file's), so a 150 GB tar is never
-    read twice to fingerprint it."""
+    read twice to fingerprint it. With worker processes (``workers``) the files are
+    stat'ed there, in parallel (:meth:`_Workers.stat_files`), and hashed here in
+    order: the same digest."""
     h = hashlib.sha256()
     opts = {k: v for k, v in options.to_dict().items() if k not in PackOptions.EXECUTION_ONLY}
     h.update(json.dumps([FORMAT_VERSION, src.path, opts]).encode())
@@ -431,16 +433,32 @@ def _fingerprint(src, val, options: PackOptions) -> str:
         if s is None:
             continue
         h.update(f"{s.kind}\0{s.stamp}\0{s.labels_from}\n".encode())
-        for path, label in s.items or ():
-            if s.zip_path is not None:
+        items = s.items or ()
+        if s.zip_path is not None:
+            for path, label in items:
                 h.update(f"{path}\0{label}\n".encode())
-                continue
-            try:
-                st = os.stat(path)
-                h.update(f"{path}\0{label}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-            except OSError:
-                h.update(f"{path}\0{label}\0missing\n".encode())
+            continue
+        stats = (workers.stat_files(items) if workers is not None and workers.procs
+                 else map(_file_stat, (path for path, _ in items)))
+        for (path, label), (size, mtime_ns) in zip(items, stats):
+            h.update((f"{path}\0{label}\0missing\n" if size < 0 else
+                      f"{path}\0{label}\0{size}\0{mtime_ns}\n").encode())
     return h.hexdigest()[:16]
+
+
+def _file_stat(path: str) -> tuple[int, int]:
+    """``(size, mtime_ns)`` of a listed file (links followed); ``(-1, 0)`` when it
+    cannot be stat'ed (the fingerprint's "missing")."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return -1, 0
+    return st.st_size, st.st_mtime_ns
+
+
+def _stat_chunk(chunk: Listing) -> list[tuple[int, int]]:
+    """:func:`_file_stat` of each member of ``chunk``, in order (a worker's task)."""
+    return [_file_stat(path) for path, _ in chunk]
 
 
 def is_packed(out_dir: str | os.PathLike) -> bool:
@@ -525,7 +543,8 @@ def pack_folder(source: str | os.PathLike, out_dir: str | os.PathLike,
             # this one lists and fingerprints the input.
             workers = stack.enter_context(_Workers(options, start=True))
         src, val, fp, previous = _open_pack(source, out, options, val_source, val_labels,
-                                            replace_stale, clean=process_count == 1)
+                                            replace_stale, clean=process_count == 1,
+                                            workers=workers)
         if previous is not None:
             return previous
         shards = _ShardWriter(out, fp, options, progress,
@@ -576,8 +595,9 @@ def prepare_pack(source: str | os.PathLike, out_dir: str | os.PathLike,
 
 
 def _open_pack(source, out: Path, options: PackOptions, val_source, val_labels,
-               replace_stale: bool, clean: bool):
-    """``(source, validation source or None, fingerprint, complete pack or None)``."""
+               replace_stale: bool, clean: bool, workers: "_Workers | None" = None):
+    """``(source, validation source or None, fingerprint, complete pack or None)``;
+    ``workers``: worker processes already started, to stat the listed files."""
     from trainers.validation import ValidationLayoutError
 
     src = sources.open_source(source, error=PackError)
@@ -585,7 +605,7 @@ def _open_pack(source, out: Path, options: PackOptions, val_source, val_labels,
     if val_source is not None:
         val = sources.open_source(val_source, role="val", class_names=src.class_names,
                                   label_file=val_labels, error=ValidationLayoutError)
-    fp = _fingerprint(src, val, options)
+    fp = _fingerprint(src, val, options, workers)
     return src, val, fp, _open_out_dir(out, fp, replace_stale, clean=clean)
 
 
@@ -1204,6 +1224,23 @@ class _Workers:
             self._stop(tally, pending)
             raise
         return out
+
+    #: Listed files per :func:`_stat_chunk` task of :meth:`stat_files`.
+    STAT_CHUNK = 4096
+
+    def stat_files(self, items: Listing) -> Iterable[tuple[int, int]]:
+        """``(size, mtime_ns)`` of each file of ``items`` in order (``(-1, 0)``: cannot
+        be stat'ed), stat'ed by the worker processes in chunks of
+        :attr:`STAT_CHUNK`, at most :attr:`window` chunks in flight."""
+        import collections
+
+        pending: collections.deque = collections.deque()
+        for lo in range(0, len(items), self.STAT_CHUNK):
+            pending.append(self._submit(_stat_chunk, items[lo:lo + self.STAT_CHUNK]))
+            while len(pending) >= self.window:
+                yield from _result(pending.popleft())
+        while pending:
+            yield from _result(pending.popleft())
 
     def _stop(self, tally: _ThreadTally | None, pending: set) -> None:
         """Stop the running shards at their next member; cancel those not started."""
