@@ -1213,8 +1213,10 @@ class _Workers:
                         out[futures[fut]] = _result(fut)
                         if "failed" in out[futures[fut]]:
                             self._stop(tally, pending)
-                if self.procs and len(pending) < self.options.pack_workers:
-                    _import_in_background("tensorflow_datasets")  # a worker is idle
+                if self.procs and len(pending) <= self.options.pack_workers:
+                    # The last shards run (no task waits): the metadata writer's import
+                    # overlaps them instead of following them.
+                    _import_in_background("tensorflow_datasets")
                 if self.procs and progress is not None:
                     now = (done + self.shared[0].value, bad + self.shared[1].value)
                     if now != seen:
@@ -1308,7 +1310,8 @@ _BACKGROUND_IMPORTS: set[str] = set()
 def _import_in_background(module: str) -> None:
     """Import ``module`` in a daemon thread, once per process: the pack's metadata
     writer (``tensorflow_datasets``, 0.15-0.25 s to import) is imported while the last
-    shards are written and a core is idle, not after them. The thread only imports
+    shards are written (on a core a finished worker left idle, if any), not after
+    them. The thread only imports
     (Python's import locks make the caller's own ``import`` wait for it); an import
     that fails there fails again, with its traceback, where the module is used."""
     if module in _BACKGROUND_IMPORTS:
