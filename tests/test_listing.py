@@ -134,7 +134,8 @@ def test_scan_builds_the_listing_of_its_entries_added_one_by_one(tmp_path, monke
     entries' ``(path, label)`` added one by one (nested folders, a long flat one)."""
     monkeypatch.setattr("trainers.listing.RUN_LIMIT", 5)
     for c, files in {"n02": [f"{i}.JPEG" for i in range(12)],
-                     "n01": ["x.jpg", "sub/y.JPEG", "sub/z.txt", "sub/deep/w.JPEG", "v.JPEG"]}.items():
+                     "n01": ["x.jpg", "sub/y.JPEG", "sub/z.txt", "sub/deep/w.JPEG", "v.JPEG"],
+                     "n03": ["aa/1.JPEG", "aa/2.JPEG", "bb/3.JPEG"]}.items():  # same lengths
         for f in files:
             (tmp_path / c / f).parent.mkdir(parents=True, exist_ok=True)
             (tmp_path / c / f).write_bytes(b"x")
