@@ -5,6 +5,7 @@ images, the rate against what the hardware allows, and the time from ``autotune 
     python bench/pack_scale.py                                   # 10k, 100k, 1M + samples (x1, x10)
     python bench/pack_scale.py --sizes 10000 100000 --json bench/results/pack_scale.json
     python bench/pack_scale.py --sizes 2000 --no-samples --no-first-step   # a smoke run
+    python bench/pack_scale.py --sizes --samples-x 10 100 --no-first-step  # full size at 100k
 
 Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
 ``~/.cache/autotune/bench/pack_scale``, never into the repository):
@@ -20,6 +21,10 @@ Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
   class folders), so that a full-size pack runs long enough for the command's fixed
   costs (start-up, listing, worker start, metadata) not to dominate, as they do for
   1,000 images.
+* ``imagenet-samples-xK`` for each K of ``--samples-x`` (default 10): ``--samples-x 10
+  100`` adds ``imagenet-samples-x100``, 100,000 full-size files (hard links: no space
+  beyond the folders; its pack writes about 11 GB), the full-size rate at a scale where
+  the fixed costs are about 1% of the time.
 
 Before its packs every file of a set is read once (the page cache is warm for every
 pack of it alike; without this the first pack of a set paid disk reads the second was
@@ -121,9 +126,14 @@ def make_synthetic(n: int, side: int) -> Path:
 
 def make_samples_x(k: int) -> Path:
     """``imagenet-samples-xK``: every sample file under ``k`` names in its class folder
-    (hard links; copies across file systems), made once."""
+    (``<stem>_r<j><suffix>``, j < k: hard links; copies across file systems), made
+    once (a ``.complete`` marker holding ``k`` is written last; an interrupted or
+    different set is made again)."""
     root = cache_root() / f"imagenet-samples-x{k}"
-    if (root / ".complete").is_file():
+    if k < 1:
+        raise SystemExit(f"--samples-x {k}: the multiplier must be at least 1")
+    marker = root / ".complete"
+    if marker.is_file() and marker.read_text().strip() == str(k):
         return root
     shutil.rmtree(root, ignore_errors=True)
     for src in sorted(SAMPLES.glob("*/*")):
@@ -313,6 +323,9 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000, 1_000_000])
     ap.add_argument("--side", type=int, default=80, help="synthetic image width, pixels")
     ap.add_argument("--no-samples", action="store_true", help="skip imagenet-samples")
+    ap.add_argument("--samples-x", type=int, nargs="*", default=[10], metavar="K",
+                    help="also pack imagenet-samples-xK (the 1,000 samples under K names "
+                         "each: K x 1,000 full-size files) for each K; e.g. 10 100")
     ap.add_argument("--no-first-step", action="store_true", help="skip train --auto timing")
     ap.add_argument("--first-step-sizes", type=int, nargs="*", default=[10_000, 1_000_000])
     ap.add_argument("--compare-workers", action="store_true",
@@ -325,7 +338,8 @@ def main(argv=None) -> int:
     sets = [(f"synthetic-{n}", make_synthetic(n, args.side), n) for n in args.sizes]
     if not args.no_samples:
         sets.append(("imagenet-samples", SAMPLES, 1000))
-        sets.append(("imagenet-samples-x10", make_samples_x(10), 10_000))
+        for k in args.samples_x:
+            sets.append((f"imagenet-samples-x{k}", make_samples_x(k), 1000 * k))
     rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pack_scale-", dir=cache_root()) as tmp:
         work = Path(tmp)

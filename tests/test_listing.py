@@ -103,6 +103,48 @@ def test_scan_lists_every_entry_into_a_listing(tmp_path):
         f"{root}/n01/sub/y.JPEG", f"{root}/n01/x.jpg", f"{root}/n02/a.JPEG", f"{root}/n02/b.JPEG"]
 
 
+
+def _arrays(listing: Listing) -> tuple:
+    return (listing._heads, listing._tails, bytes(listing._blob), listing._ends.tolist(),
+            listing._groups.tolist(), listing._labels.tolist(), listing._ends.dtype,
+            listing._groups.dtype, listing._labels.dtype)
+
+
+@pytest.mark.parametrize("run_limit", [3, 7, 65536])
+def test_bulk_names_build_the_listing_members_added_one_by_one_build(monkeypatch, run_limit):
+    """``add_names`` (a scanned folder's entries at once) gives the very arrays of
+    ``add`` per member: the same groups, cut at the same run limit, across folders
+    and labels, with names of any bytes."""
+    monkeypatch.setattr("trainers.listing.RUN_LIMIT", run_limit)
+    runs = [("/d/n01/", [f"n01_{i}.JPEG" for i in range(10)], 0),
+            ("/d/n01/", ["n01_x.JPEG"], 0),  # the same folder again: one run
+            ("/d/n01/sub/", ["a.txt", "\udcff.JPEG", "b.JPEG"], 0),
+            ("/d/n02/", [f"n02_{i}.JPEG" for i in range(8)], 1), ("/d/n03/", [], 2),
+            ("/d/n03/", ["only.jpg"], 2)]
+    one, bulk = ListingBuilder(), ListingBuilder()
+    for folder, names, label in runs:
+        for name in names:
+            one.add(folder + name, label)
+        bulk.add_names(folder, names, label)
+    assert _arrays(bulk.build()) == _arrays(one.build())
+
+
+def test_scan_builds_the_listing_of_its_entries_added_one_by_one(tmp_path, monkeypatch):
+    """The scan adds each folder's entries in bulk; the listing is the one of its
+    entries' ``(path, label)`` added one by one (nested folders, a long flat one)."""
+    monkeypatch.setattr("trainers.listing.RUN_LIMIT", 5)
+    for c, files in {"n02": [f"{i}.JPEG" for i in range(12)],
+                     "n01": ["x.jpg", "sub/y.JPEG", "sub/z.txt", "sub/deep/w.JPEG", "v.JPEG"],
+                     "n03": ["aa/1.JPEG", "aa/2.JPEG", "bb/3.JPEG"]}.items():  # same lengths
+        for f in files:
+            (tmp_path / c / f).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / c / f).write_bytes(b"x")
+    names, items = scan.scan_class_folders(tmp_path)
+    ref = ListingBuilder()
+    for label, c in enumerate(names):
+        ref.extend((e.path, label) for e in scan.files_below(tmp_path / c))
+    assert _arrays(items) == _arrays(ref.build())
+
 SIZES = [7, 13, 20, 1, 2, 40, 3]  # members per class
 
 

@@ -5,6 +5,7 @@ leave only complete shards."""
 
 import errno
 import os
+import shutil
 
 import pytest
 
@@ -154,3 +155,130 @@ def test_read_image_file_reads_whole_files_and_names_what_it_cannot_read(tmp_pat
     assert read(str(tmp_path / "notes.txt"))[1].startswith("not an image (name ends in '.txt'")
     monkeypatch.setattr(pack_mod, "MAX_FILE_BYTES", 1000)
     assert read(str(tmp_path / "a.JPEG")) == (None, "file too large: 70,000 bytes > 1,000")
+
+
+def test_a_listed_shard_holds_tfds_records_of_its_members_in_order(shared_data, tmp_path):
+    """The worker's per-member loop (``_write_members``) writes exactly what
+    ``ArrayRecordWriter`` gets from tensorflow-datasets' own serialization of each
+    member in shard order (real full-size and small JPEGs, names with and without a
+    long prefix), and lists the members it cannot use, with the same counts."""
+    import io
+    from pathlib import Path
+
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    full = sorted((shared_data / "imagenet-samples").glob("*/*.JPEG"))[:3]
+    small = sorted((shared_data / "imagenette" / "train").glob("*/*.JPEG"))[:3]
+    odd = tmp_path / ("n" * 130 + ".JPEG")  # a name over 127 bytes: two-byte varints
+    odd.write_bytes(small[0].read_bytes())
+    bad = tmp_path / "bad.JPEG"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    members = [(str(p), i) for i, p in enumerate(full + small)]
+    members[2:2] = [(str(bad), 7), (str(odd), 300), (str(tmp_path / "boxes.txt"), 1)]
+    task = pack_mod._ShardTask(tmp_path / "shard", members, None, None, 90, tmp_path, "fp")
+    info = pack_mod._write_listed_shard(task, pack_mod._ThreadTally(None, None, 0, 0))["info"]
+
+    serialize = pack_mod._example_serializer(pack_mod._features([f"c{i}" for i in range(301)]))
+    ref = ArrayRecordWriter(str(tmp_path / "ref"), "group_size:1,uncompressed")
+    good = [(p, label) for p, label in members if Path(p) not in (bad, tmp_path / "boxes.txt")]
+    for p, label in good:
+        ref.write(serialize({"image": io.BytesIO(Path(p).read_bytes()), "label": label,
+                             "file_name": Path(p).name}))
+    ref.close()
+    assert (tmp_path / "shard").read_bytes() == (tmp_path / "ref").read_bytes()
+    assert info["records"] == len(good) == 7
+    assert info["bytes_in"] == info["bytes_out"] == sum(Path(p).stat().st_size for p, _ in good)
+    assert [b["path"] for b in info["bad"]] == [str(bad), str(tmp_path / "boxes.txt")]
+    assert "not an image" in info["bad"][1]["reason"]
+
+
+def test_worker_processes_start_early_and_a_bad_input_stays_one_error(folder, one_thread, tmp_path,
+                                                                      monkeypatch):
+    """With worker processes, ``pack_folder`` starts them before it lists the input
+    (their start overlaps the listing); a bad input is still the one-line
+    :class:`PackError`, with no worker process left behind; a complete pack is
+    returned without starting any; an interrupted one resumes with them."""
+    import multiprocessing
+
+    started = []
+    real = pack_mod._Workers
+
+    class Recording(real):
+        def __init__(self, options, start=False):
+            started.append(start)
+            super().__init__(options, start)
+
+    monkeypatch.setattr(pack_mod, "_Workers", Recording)
+    with pytest.raises(PackError, match=r"^\S*missing does not exist$"):
+        pack_folder(tmp_path / "missing", tmp_path / "out", PackOptions(**OPTS, pack_workers=2))
+    assert started == [True] and multiprocessing.active_children() == []
+    ref_dir, ref = one_thread
+    out = tmp_path / "packed"
+    real_meta = pack_mod._write_tfds_metadata
+    monkeypatch.setattr(pack_mod, "_write_tfds_metadata", _interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True] and not is_packed(out)
+    lost = next(out.glob("*train.array_record-00001-of-00004"))
+    lost.unlink()  # as if killed while writing it: the rerun writes it again
+    monkeypatch.setattr(pack_mod, "_write_tfds_metadata", real_meta)
+    res = pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True, True] and res.resumed_shards == 4
+    assert _shard_files(out) == _shard_files(ref_dir) and is_packed(out)
+    again = pack_folder(folder, out, PackOptions(**OPTS, pack_workers=2))
+    assert started == [True, True, True] and again.packed == ref.packed  # none started
+    assert multiprocessing.active_children() == []
+
+
+def _interrupted(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_a_background_import_imports_once_and_a_failing_one_stays_quiet(monkeypatch):
+    """The metadata writer's module is imported in a daemon thread while the last
+    shards are written (``_import_in_background``): once per process; a module that
+    fails to import raises nothing there (it fails again where it is used)."""
+    import sys
+    import threading
+    import types
+
+    started = []
+
+    class Recorded(threading.Thread):
+        def start(self):
+            started.append(self)
+            super().start()
+
+    monkeypatch.setattr(pack_mod, "threading", types.SimpleNamespace(Thread=Recorded))
+    monkeypatch.setattr(pack_mod, "_BACKGROUND_IMPORTS", set())
+    monkeypatch.delitem(sys.modules, "colorsys", raising=False)
+    for name in ("colorsys", "colorsys", "no_such_module_for_autotune"):
+        pack_mod._import_in_background(name)
+    for t in started:
+        t.join(60)
+    assert [t.name for t in started] == ["import colorsys", "import no_such_module_for_autotune"]
+    assert "colorsys" in sys.modules and not any(t.is_alive() for t in started)
+
+
+def test_the_fingerprint_is_the_same_when_worker_processes_stat_the_files(folder, tmp_path,
+                                                                          monkeypatch):
+    """With worker processes the listed files are stat'ed there, in chunks, and hashed
+    here in order (``_Workers.stat_files``): the same fingerprint as stat'ing them
+    here, a file that cannot be stat'ed included, and a changed file changes it."""
+    from trainers import sources
+
+    monkeypatch.setattr(pack_mod._Workers, "STAT_CHUNK", 5)  # several chunks in flight
+    tree = tmp_path / "tree"
+    shutil.copytree(folder, tree)
+    (tree / "n00000000" / "dangling.JPEG").symlink_to(tree / "gone.JPEG")
+    src = sources.open_source(tree, error=PackError)
+    opts = PackOptions(**OPTS, pack_workers=2)
+    here = pack_mod._fingerprint(src, None, opts)
+    with pack_mod._Workers(opts, start=True) as workers:
+        there = pack_mod._fingerprint(src, None, opts, workers)
+        stats = list(workers.stat_files(src.items))
+    assert there == here and len(stats) == len(src.items) > 3 * 5
+    assert stats == [pack_mod._file_stat(path) for path, _ in src.items]
+    assert (-1, 0) in stats  # the dangling link: "missing"
+    os.utime(tree / "n00000001" / "n00000001_0.JPEG", ns=(1, 1))
+    assert pack_mod._fingerprint(src, None, opts) != here

@@ -85,6 +85,20 @@ class ListingBuilder:
         self._run.append(key[cut:])
         self._run_labels.append(int(label))
 
+    def add_names(self, folder: str, names: Sequence[str], label: int) -> None:
+        """``add(folder + name, label)`` for each of ``names`` (``folder`` ending in
+        ``/``, names without ``/``: a scanned folder's entries), in bulk: the same
+        listing, without a Python call per member."""
+        label, i = int(label), 0
+        while i < len(names):
+            if folder != self._dir or len(self._run) >= RUN_LIMIT:
+                self._flush()
+                self._dir = folder
+            part = names[i:i + RUN_LIMIT - len(self._run)]
+            self._run.extend(part)
+            self._run_labels.extend([label] * len(part))
+            i += len(part)
+
     def extend(self, pairs: Iterable[tuple[str, int]]) -> "ListingBuilder":
         """Append every ``(key, label)`` of ``pairs``; returns the builder."""
         for key, label in pairs:

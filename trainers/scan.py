@@ -19,6 +19,8 @@ Folders whose name starts with ``.`` are never class folders.
 
 from __future__ import annotations
 
+import itertools
+import operator
 import os
 import random
 from pathlib import Path
@@ -65,7 +67,10 @@ def is_image_name(name: str) -> bool:
 
 def _entries(folder: str | os.PathLike) -> list[os.DirEntry]:
     with os.scandir(folder) as it:
-        return sorted(it, key=lambda e: e.name)
+        return sorted(it, key=_NAME)
+
+
+_NAME = operator.attrgetter("name")
 
 
 #: Deepest folder level listed below a class folder (a guard against link loops).
@@ -154,8 +159,16 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
         entries = files_below(root / name)
         if not entries:
             raise error(f"class folder {root / name} is empty (no file at any depth)")
-        items.extend((e.path, index[name]) for e in entries
-                     if not images_only or (is_image_name(e.name) and e.is_file()))
+        if images_only:
+            entries = [e for e in entries if is_image_name(e.name) and e.is_file()]
+        # One bulk add per folder of entries (e.path is that folder + "/" + e.name);
+        # usually all are directly in the class folder: a parent as long as it is it.
+        folder = f"{root / name}/"
+        if all(len(e.path) - len(e.name) == len(folder) for e in entries):
+            items.add_names(folder, [e.name for e in entries], index[name])
+            continue
+        for folder, run in itertools.groupby(entries, lambda e: e.path[:-len(e.name)]):
+            items.add_names(folder, [e.name for e in run], index[name])
     return names, items.build()
 
 
