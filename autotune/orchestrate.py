@@ -262,6 +262,12 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
     return search, acc
 
 
+#: Real steps per verification trial on CPU: the peak over 3 steps of one batch varied
+#: by up to 19% between runs (Eigen's scratch depends on how its thread pool schedules
+#: the convolutions), over 10 steps by 1-4% (``bench/RESULTS.md``, "Largest batch").
+VERIFY_STEPS = 10
+
+
 def _verify_on_cpu(search, analysis, config: TrainConfig, say: Say):
     """``search`` checked by real steps (``autotune.batch_search.verify_max_batch``,
     each trial ``probes.step_child.run_steps_in_child``: the steps' own resident
@@ -277,7 +283,7 @@ def _verify_on_cpu(search, analysis, config: TrainConfig, say: Say):
     def measured(b: int):
         say(f"accelerator: real steps at per-device batch {b} (a child process) to check "
             "the analysis against the budget")
-        r = run_steps_in_child(config, b, steps=3)
+        r = run_steps_in_child(config, b, steps=VERIFY_STEPS)
         return r.peak_bytes if r.ok else None
 
     return bs.verify_max_batch(search, analysis, measured)

@@ -506,7 +506,7 @@ def test_the_cpu_probe_verifies_its_pick_in_child_processes(monkeypatch):
     found, model = _found_416()
     calls = []
 
-    def fake_child(config, b, *, steps=3, **_):
+    def fake_child(config, b, *, steps, **_):
         calls.append((config, b, steps))
         peak = int((2 * GiB + 30 * MiB * b) * (1.25 if b >= 320 else 1.05))
         return ChildStepResult(per_device_batch=b, ok=True, oom=False, peak_bytes=peak,
@@ -516,5 +516,5 @@ def test_the_cpu_probe_verifies_its_pick_in_child_processes(monkeypatch):
     said = []
     got = orchestrate._verify_on_cpu(found, model, "the config", said.append)
     assert [b for _, b, _ in calls] == [416, 320, 328]
-    assert all(c == "the config" for c, _, _ in calls)
+    assert all(c == "the config" and s == orchestrate.VERIFY_STEPS for c, _, s in calls)
     assert got.per_device_batch == 320 and len(said) == 3
