@@ -29,8 +29,12 @@ class WireError(ValueError):
     one ``label`` int64 feature."""
 
 
-def _varint(buf: memoryview, i: int, end: int) -> tuple[int, int]:
-    """The varint at ``buf[i:]`` -> ``(value, next index)``."""
+def read_varint(buf, i: int, end: int) -> tuple[int, int]:
+    """The protobuf varint (7 bits a byte, low bits first) at ``buf[i:end]`` ->
+    ``(value, next index)``; ``buf``: bytes, bytearray or memoryview.
+
+    Raises:
+      WireError: it runs past ``end`` or over 10 bytes."""
     value = shift = 0
     while True:
         if i >= end or shift > 63:
@@ -52,16 +56,16 @@ def _fields(buf: memoryview, start: int, end: int):
       WireError: a field runs past the message, or an unsupported wire type."""
     i = start
     while i < end:
-        key, i = _varint(buf, i, end)
+        key, i = read_varint(buf, i, end)
         field, wire = key >> 3, key & 7
         if wire == _LEN:
-            n, i = _varint(buf, i, end)
+            n, i = read_varint(buf, i, end)
             if i + n > end:
                 raise WireError(f"field {field} runs past its message ({i + n} > {end})")
             yield field, wire, i, i + n
             i += n
         elif wire == _VARINT:
-            _, j = _varint(buf, i, end)
+            _, j = read_varint(buf, i, end)
             yield field, wire, i, j
             i = j
         elif wire in (1, 5):
@@ -117,6 +121,6 @@ def _int64_value(buf: memoryview, start: int, end: int) -> int:
     for field, wire, s, e in _fields(buf, start, end):
         if field != 1:
             continue
-        value, _ = _varint(buf, s, e)  # packed: the first varint of the run
+        value, _ = read_varint(buf, s, e)  # packed: the first varint of the run
         return value - (1 << 64) if value >= 1 << 63 else value
     raise WireError("empty int64 list")

@@ -72,6 +72,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from trainers.example_wire import WireError, read_varint
+
 BLOCK_SIZE = 1 << 16  #: bytes in a Riegeli block
 BLOCK_HEADER_SIZE = 24  #: bytes of a block header
 USABLE_BLOCK_SIZE = BLOCK_SIZE - BLOCK_HEADER_SIZE
@@ -114,20 +116,15 @@ def varint_size(value: int) -> int:
 
 
 def _varint(buf, i: int) -> tuple[int, int]:
-    """The varint at ``buf[i:]`` -> ``(value, next index)``.
+    """The varint at ``buf[i:]`` -> ``(value, next index)``
+    (:func:`trainers.example_wire.read_varint`).
 
     Raises:
       LayoutError: truncated or over 10 bytes."""
-    value = shift = 0
-    while True:
-        if i >= len(buf) or shift > 63:
-            raise LayoutError(f"bad varint at byte {i}")
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, i
-        shift += 7
+    try:
+        return read_varint(buf, i, len(buf))
+    except WireError:
+        raise LayoutError(f"bad varint at byte {i}") from None
 
 
 def _varints(buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
