@@ -53,7 +53,6 @@ import contextlib
 import dataclasses
 import errno
 import hashlib
-import io
 import json
 import os
 import random
