@@ -76,9 +76,10 @@ from trainers.options import PackOptions
 DATASET_NAME = "autotune_images"
 FILENAME_TEMPLATE = "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}"
 PACK_SUMMARY = "pack.json"
-#: In the fingerprint: 2 since the numpy assignment of members to shards (a partial
-#: pack made before must not be resumed with the new assignment).
-FORMAT_VERSION = 2
+#: In the fingerprint: 2 since the numpy assignment of members to shards, 3 since the
+#: assignment by hashed keys (:func:`_assign`; a partial pack made before must not be
+#: resumed with the new assignment).
+FORMAT_VERSION = 3
 #: Larger input files are skipped unread ("file too large"): a JPEG within
 #: ``preprocess.MAX_PIXELS`` is far smaller, and reading a stray multi-gigabyte file
 #: whole would only exhaust memory.
@@ -366,42 +367,54 @@ def _assign(items: Listing, options: PackOptions,
 
     With ``options.val_fraction > 0`` and no separate validation input, each class
     ``c`` of ``n_c`` members holds out ``round(n_c x val_fraction)`` of them (Python's
-    round), chosen by a seeded shuffle within the class; the train and held-out
-    members are then each shuffled. The random numbers are numpy's ``PCG64`` seeded
-    with ``options.seed``: the result depends on the listing and the seed only (never
-    on the process count or index, nor on a resume).
+    round), the first in a seeded order within the class; the train and held-out
+    members are then each put in a seeded order. Every order sorts members by
+    :func:`_order_keys` of their listing position (integer arithmetic only, no
+    library random stream): the result depends on the listing and the seed only,
+    never on the process count or index, a resume, or the numpy version (numpy's
+    ``Generator`` streams are not guaranteed across versions, NEP 19, and a pack
+    resumed or packed on another host with another assignment would duplicate and
+    drop members).
 
     Returns:
       ``(train, held_out)``: views of ``items`` (index arrays, ``uint32`` below 4 G
       members: 4 bytes per member, no key copied).
     """
-    rng = np.random.default_rng(options.seed)
     n = len(items)
     dtype = np.uint32 if n < 2 ** 32 else np.uint64
     if options.val_fraction > 0 and not has_val_folder and n:
         labels = items.labels
-        if bool(np.all(labels[1:] >= labels[:-1])):  # scan order: class by class
-            order = np.arange(n, dtype=dtype)
-        else:
-            order = np.argsort(labels, kind="stable").astype(dtype)
-            labels = labels[order]
-        ends = np.append(np.flatnonzero(labels[1:] != labels[:-1]) + 1, n)
+        order = np.lexsort((_order_keys(n, options.seed, 0), labels)).astype(dtype)
+        sizes = np.bincount(labels[order]) if n else np.zeros(0, np.int64)
+        sizes = sizes[sizes > 0]  # class sizes, in label order
         del labels
-        held, kept, start = [], 0, 0
-        for c in np.diff(ends, prepend=0).tolist():  # class sizes, in label order
-            group = order[start:start + c]
-            rng.shuffle(group)
-            k = int(round(c * options.val_fraction))
-            held.append(group[:k].copy())
-            order[kept:kept + c - k] = group[k:]  # the train members, packed in place
-            kept += c - k
-            start += c
-        train, val = order[:kept], np.concatenate(held)
+        held_n = np.array([int(round(c * options.val_fraction)) for c in sizes.tolist()],
+                          np.int64)
+        starts = np.cumsum(sizes) - sizes
+        pos = np.arange(n) - np.repeat(starts, sizes)  # position within the class
+        held = pos < np.repeat(held_n, sizes)
+        train, val = order[~held], order[held]
     else:
         train, val = np.arange(n, dtype=dtype), np.zeros(0, dtype=dtype)
-    rng.shuffle(train)
-    rng.shuffle(val)
+    train = train[np.argsort(_order_keys(n, options.seed, 1)[train], kind="stable")]
+    val = val[np.argsort(_order_keys(n, options.seed, 2)[val], kind="stable")]
     return items.take(train), items.take(val)
+
+
+def _order_keys(n: int, seed: int, stream: int) -> np.ndarray:
+    """``uint64 [n]``: a seeded sort key per listing position ``0..n-1``, for the
+    orders of :func:`_assign` (``stream`` 0: within the classes, 1: train, 2: held
+    out). The SplitMix64 finaliser (Steele, Lea & Flood 2014, "Fast splittable
+    pseudorandom number generators"; Java's ``SplittableRandom``) of position +
+    a per-seed, per-stream offset: a bijection of 64-bit integers, so the keys are
+    distinct and the sort has no ties; exact integer arithmetic, the same on every
+    numpy version and platform."""
+    offset = int.from_bytes(hashlib.sha256(f"{seed}/{stream}".encode()).digest()[:8], "little")
+    with np.errstate(over="ignore"):
+        x = np.arange(n, dtype=np.uint64) + np.uint64(offset)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
 
 
 def _chunks(items: Listing, n: int) -> list[Listing]:
