@@ -219,6 +219,13 @@ class Listing(Sequence):
 
     # -------------------------------------------------------------- views
 
+    def positions(self) -> np.ndarray:
+        """``int64 [len]``: each member's position in the listing this is a view of
+        (``0 .. len - 1`` for a listing that is no view): what aligns a view with
+        arrays kept beside its base listing."""
+        return (np.arange(len(self), dtype=np.int64) if self._index is None
+                else self._index.astype(np.int64))
+
     def take(self, indices) -> "Listing":
         """A view of members ``indices`` (ints, any order, repeats allowed; numpy
         array or sequence), in that order; no name is copied.

@@ -59,9 +59,11 @@ import random
 import re
 import shutil
 import stat
+import struct
 import threading
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import Callable, Iterable, NamedTuple, Sequence
 
@@ -959,7 +961,8 @@ class _ShardTask(NamedTuple):
     """One listed shard for a worker (thread or process): its file, its members
     (``chunk``: ``(key, label)`` pairs in shard order; any iterable that pickles),
     the zip they are read from (None: files), the options that change the bytes,
-    the output folder and the pack's fingerprint (for the sidecar)."""
+    the output folder, the pack's fingerprint (for the sidecar) and, for a zip, where
+    each member of the chunk lies in it (:data:`trainers.sources.ZIP_ENTRY`)."""
 
     path: Path
     chunk: Sequence
@@ -968,6 +971,7 @@ class _ShardTask(NamedTuple):
     quality: int
     out: Path
     fp: str
+    zip_dir: object = None  # the chunk's sources.ZIP_ENTRY array (None: look names up)
 
 
 def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -> dict:
@@ -1012,15 +1016,17 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     the writer's method is bound once. Returns True when the pack is stopping
     (``tally``). Raises :class:`_ShardWriteFailed` when a write fails."""
     zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
+    zdir = task.zip_dir
     write, add, bad = sh.writer.write, tally.add, sh.bad
     records = bytes_in = bytes_out = 0
     try:
-        for key, label in task.chunk:
+        for k, (key, label) in enumerate(task.chunk):
             name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
             if zip_path is None:
                 data, reason, nbytes = _prepare(key, resize, quality)
             else:  # read here: the workers read a zip in parallel
-                raw, reason = _read_zip_member(zip_path, key)
+                raw, reason = (_read_zip_member(zip_path, key) if zdir is None
+                               else _read_zip_entry(zip_path, key, zdir[k]))
                 data, reason, nbytes = ((None, reason, 0) if raw is None else
                                         _prepare_data(raw, resize, quality))
             if data is None:
@@ -1130,6 +1136,48 @@ def _read_zip_member(zip_path: str, key: str) -> tuple[bytes | None, str | None]
         return zf.read(info), None
     except (KeyError, ValueError, *sources.ARCHIVE_ERRORS) as exc:
         return None, f"cannot read: {type(exc).__name__}: {exc}"
+
+
+#: ``zip path -> descriptor`` this process reads zip members through (:func:`_read_zip_entry`).
+_ZIP_FDS: dict[str, int] = {}
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
+_ZIP_STORED, _ZIP_DEFLATED = 0, 8  # compression methods read here (APPNOTE 4.4.5)
+
+
+def _read_zip_entry(zip_path: str, key: str, entry) -> tuple[bytes | None, str | None]:
+    """:func:`_read_zip_member` from the member's :data:`trainers.sources.ZIP_ENTRY`
+    ``entry``, without ``zipfile`` (whose ``ZipInfo`` per member of the whole zip
+    costs each worker process ~635 bytes a member: ~775 MiB for the 1.28 M member
+    Kaggle zip): two ``os.pread`` (the 30-byte local file header, then the data,
+    APPNOTE 4.3.7), inflated when deflated (``zlib``, raw stream) and checked
+    against the central directory's CRC-32 and size. Encrypted members and other
+    compression methods go to :func:`_read_zip_member` (``zipfile``'s read or its
+    error)."""
+    reason = scan.not_an_image(os.path.basename(key))
+    if reason is not None:
+        return None, reason
+    offset, csize, size, crc, method, flags = (int(v) for v in entry.tolist())
+    if size > MAX_FILE_BYTES:
+        return None, f"file too large ({size:,} bytes)"
+    if flags & 1 or method not in (_ZIP_STORED, _ZIP_DEFLATED):
+        return _read_zip_member(zip_path, key)
+    try:
+        fd = _ZIP_FDS.get(zip_path)
+        if fd is None:
+            fd = _ZIP_FDS[zip_path] = os.open(zip_path, _OPEN_FLAGS)
+        head = os.pread(fd, _LOCAL_HEADER.size, offset)
+        if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
+            return None, f"cannot read: no local file header at byte {offset:,}"
+        _, n, e = _LOCAL_HEADER.unpack(head)
+        raw = os.pread(fd, csize, offset + _LOCAL_HEADER.size + n + e)
+        if len(raw) != csize:
+            return None, f"cannot read: {len(raw):,} of {csize:,} bytes (truncated zip?)"
+        data = raw if method == _ZIP_STORED else zlib.decompress(raw, -15)
+    except (OSError, zlib.error) as exc:
+        return None, f"cannot read: {type(exc).__name__}: {exc}"
+    if len(data) != size or zlib.crc32(data) != crc:
+        return None, f"cannot read: BadZipFile: Bad CRC-32 or size for {key[len(zip_path) + 1:]}"
+    return data, None
 
 
 def _prepare_data(data: bytes, resize_shorter: int | None,
@@ -1468,8 +1516,10 @@ class _ShardWriter:
                     continue
                 info = self.kept(path)
                 if info is None:
+                    zdir = plan.source.zip_dir
                     tasks.append(_ShardTask(path, chunk, plan.source.zip_path,
-                                            opts.resize_shorter, opts.quality, self.out, self.fp))
+                                            opts.resize_shorter, opts.quality, self.out, self.fp,
+                                            None if zdir is None else zdir[chunk.positions()]))
                     continue
                 self.bad.extend(BadImage(**b) for b in info["bad"])
                 self.records += info["records"]

@@ -73,6 +73,13 @@ INNER_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, OSError, zipfile.BadZipFile)
 #: Members larger than this are skipped unread (as the pack's ``MAX_FILE_BYTES``).
 MAX_MEMBER_BYTES = 512 * 1024 * 1024
+#: numpy dtype of one zip member's place (:attr:`Source.zip_dir`), from the zip's
+#: central directory as ``zipfile`` reads it (ZIP64 sizes and offsets resolved):
+#: ``offset`` of its local file header, ``csize`` / ``size`` (bytes stored / after
+#: decompression), ``crc`` (CRC-32 of the decompressed bytes), ``method`` (0 stored,
+#: 8 deflated, ...) and ``flags`` (bit 0: encrypted), PKWARE APPNOTE section 4.4.
+ZIP_ENTRY = [("offset", "<i8"), ("csize", "<i8"), ("size", "<i8"), ("crc", "<u4"),
+             ("method", "<u2"), ("flags", "<u2")]
 KAGGLE_DIR = "ILSVRC/Data/CLS-LOC/"
 WORDS_FILES = ("LOC_synset_mapping.txt", "words.txt")
 
@@ -117,6 +124,10 @@ class Source:
       items: listed kinds: a :class:`trainers.listing.Listing` of ``(key, label)`` in
         scan order (every entry, images or not); None for streamed kinds.
       zip_path: the zip the keys of ``items`` lie in (``<zip>!<member>``), if any.
+      zip_dir: with ``zip_path``: where each member of ``items`` lies in the zip, a
+        :data:`ZIP_ENTRY` array aligned with ``items`` (about 28 bytes a member, so
+        that pack workers read members without ``zipfile``'s ~635-byte ``ZipInfo``
+        per member of the whole archive); None otherwise.
       stream_fn: streamed kinds: ``stream_fn(end)`` yields every :class:`Member` in
         archive order.
       stamp: fingerprint material for archives (path, size, mtime, label file).
@@ -134,6 +145,7 @@ class Source:
     stamp: str = ""
     labels_from: str | None = None
     note: str | None = None
+    zip_dir: object = field(default=None, repr=False)
     _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
@@ -280,6 +292,7 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
     try:
         with zipfile.ZipFile(p) as zf:
             names = zf.namelist()
+            infos = zf.NameToInfo  # read after closing: no file access
             prefix = next((n[:n.index(KAGGLE_DIR)] for n in names if KAGGLE_DIR in n), None)
             if prefix is None:
                 raise error(f"{p}: a zip archive, but not Kaggle's imagenet-object-localization-"
@@ -308,7 +321,8 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
                                    for n in classed)
         return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(wnids),
                       class_words=tuple(words.get(w, "") for w in wnids) if words else (),
-                      items=items, zip_path=str(p), stamp=stamp)
+                      items=items, zip_path=str(p), stamp=stamp,
+                      zip_dir=zip_directory(infos, classed))
     images = [n for n in files if "/" not in n[len(base):] and scan.is_image_name(n[len(base):])]
     if not images:
         raise error(f"{p}: no validation images under {base}")
@@ -321,8 +335,21 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
                               where=where)
     return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(class_names),
                   items=Listing.from_pairs((key(n), lab) for n, lab in zip(images, labels)),
-                  zip_path=str(p),
+                  zip_path=str(p), zip_dir=zip_directory(infos, images),
                   stamp=stamp + f"|{lname}", labels_from=lname)
+
+
+def zip_directory(infos: dict, names: Sequence[str]):
+    """The :data:`ZIP_ENTRY` array of zip members ``names`` (in that order) from
+    ``zipfile``'s ``NameToInfo`` map ``infos``."""
+    import numpy as np
+
+    out = np.zeros(len(names), ZIP_ENTRY)
+    for i, name in enumerate(names):
+        z = infos[name]
+        out[i] = (z.header_offset, z.compress_size, z.file_size, z.CRC, z.compress_type,
+                  z.flag_bits)
+    return out
 
 
 # ------------------------------------------------------------------ tar
