@@ -231,6 +231,7 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
     search = None
     if batch is None:
         say("accelerator: largest per-device batch by compiled memory analysis")
+
         def analysis(b):
             return (tr.compiled_step_memory(config, b) or {}).get("total")
 
@@ -273,7 +274,7 @@ def _verify_on_cpu(search, analysis, config: TrainConfig, say: Say):
     each trial ``probes.step_child.run_steps_in_child``: the steps' own resident
     memory), for a CPU run given a ``--memory-budget``: there the runtime's scratch
     outside XLA's buffer analysis (Eigen's convolution packing) measured 1.05-1.30x the
-    analysis, and the analysis pick was 36% above the largest batch that fits
+    analysis, and the analysis pick was 21-36% above the largest batch that fits
     (``bench/RESULTS.md``, "Largest batch"). Not on GPU: the probe's own process holds
     the device's preallocated memory, so a child could not measure there; the GPU
     check's ``batch_trials`` stage holds the pick to ``peak_bytes_in_use``."""
