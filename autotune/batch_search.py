@@ -59,6 +59,7 @@ __all__ = [
     "find_max_batch_by_trial",
     "knee_batches",
     "next_smaller_batch",
+    "ran_out_of_memory",
     "parse_memory_budget",
     "verify_max_batch",
 ]
@@ -881,6 +882,36 @@ def next_smaller_batch(per_device_batch: int, multiple: int = 8) -> int:
     if new >= b:
         new = _round_down(b - 1, m)
     return max(m, new)
+
+
+def ran_out_of_memory(result: BatchSearchResult) -> BatchSearchResult:
+    """``result`` after real steps at its per-device batch ran out of memory (the
+    probe's step-rate run, in the probe's own process, where the allocator's
+    fragmentation or a workspace the analysis did not count can still exceed a budget
+    the analysis met): the batch steps down by :func:`next_smaller_batch`, the event
+    is kept as a :class:`BatchVerification` that did not fit (no measurement), and the
+    reason says so. The analysis bytes at the new batch are kept when they were
+    measured (else ``predicted_bytes`` is None).
+
+    Raises:
+      NoBatchFits: the batch is already the smallest multiple.
+    """
+    b, m = result.per_device_batch, result.multiple
+    new = next_smaller_batch(b, m)
+    analysis = {e.batch: e.bytes for e in result.evaluations if e.bytes}
+    prefetch = result.prefetch_bytes_per_image * new
+    usable = (None if result.budget_bytes is None else
+              int(math.floor(result.budget_bytes * (1.0 - result.margin))) - prefetch)
+    event = BatchVerification(batch=b, analysis_bytes=int(analysis.get(b) or 0),
+                              measured_bytes=None, need_bytes=None, fits=False, ratio=None)
+    return dataclasses.replace(
+        result, per_device_batch=new, global_batch=new * result.device_count,
+        predicted_bytes=analysis.get(new), prefetch_bytes=prefetch,
+        usable_budget_bytes=usable, limited_by="memory",
+        verifications=result.verifications + (event,),
+        reason=(f"per-device batch {new}: real steps at {b} ran out of memory in the probe, "
+                f"so the batch stepped down by 7/8 (next_smaller_batch); before: "
+                f"{result.reason}"))
 
 
 def knee_batches(max_batch: int, *, multiple: int = 8, points: int = 5) -> tuple[int, ...]:

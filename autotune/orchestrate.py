@@ -216,7 +216,9 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
     compiled memory analysis (real steps in child processes where the analysis is
     unavailable), unless the preset fixes the batch (and ``search_batch`` is False);
     then the step rate at it, and with a search the rate curve at its halvings
-    (``autotune.batch_search.knee_batches``) for the throughput knee."""
+    (``autotune.batch_search.knee_batches``) for the throughput knee
+    (:func:`_measure_rates`: a searched batch whose real steps run out of memory
+    steps down)."""
     import jax
 
     from autotune import batch_search as bs
@@ -253,14 +255,48 @@ def _probe_accelerator(preset: Preset, num_classes: int, budget_bytes: int | Non
                 lambda b: fits_in_child(config, b, budget_bytes=cpu_budget), start=32,
                 multiple=8, max_batch=preset.max_per_device_batch)
         batch = search.per_device_batch
-    config = dataclasses.replace(config, per_device_batch=batch)
-    curve = bs.knee_batches(batch) if search else ()
-    say(f"accelerator: train-step images/s at per-device batch "
-        f"{', '.join(map(str, curve)) if curve else batch}")
-    acc = accelerator.probe_accelerator(config, budget_bytes=budget_bytes,
-                                        memory_batches=() if search else (batch,),
-                                        rate_steps=5 if quick else 10, curve_batches=curve)
-    return search, acc
+    return _measure_rates(search, batch, config, budget_bytes, quick, say)
+
+
+#: Step-downs the probe takes when real steps at the searched batch run out of memory.
+OOM_STEP_DOWNS = 3
+
+
+def _measure_rates(search, batch: int, config: TrainConfig, budget_bytes: int | None,
+                   quick: bool, say: Say):
+    """``(search, AcceleratorReport)``: the step rate at ``batch`` (with a search, the
+    rate curve at its halvings). The curve runs real steps at the searched batch in
+    this process; when they run out of device memory, the search steps down
+    (``autotune.batch_search.ran_out_of_memory``: 7/8) and the rates are measured
+    again, at most :data:`OOM_STEP_DOWNS` times, instead of the probe ending there.
+
+    Raises:
+      autotune.batch_search.NoBatchFits: no step-down left (the smallest multiple).
+      Exception: the rate run's error when it is not an out-of-memory (or there is no
+        search, or the step-downs are spent).
+    """
+    from autotune import batch_search as bs
+    from probes import accelerator
+    from trainers.loop import is_out_of_memory
+
+    step_downs = 0
+    while True:
+        config = dataclasses.replace(config, per_device_batch=batch)
+        curve = bs.knee_batches(batch) if search else ()
+        say(f"accelerator: train-step images/s at per-device batch "
+            f"{', '.join(map(str, curve)) if curve else batch}")
+        try:
+            return search, accelerator.probe_accelerator(
+                config, budget_bytes=budget_bytes, memory_batches=() if search else (batch,),
+                rate_steps=5 if quick else 10, curve_batches=curve)
+        except Exception as exc:  # noqa: BLE001 - only out-of-memory steps down
+            if search is None or step_downs == OOM_STEP_DOWNS or not is_out_of_memory(exc):
+                raise
+        step_downs += 1
+        search = bs.ran_out_of_memory(search)
+        say(f"accelerator: real steps at per-device batch {batch} ran out of memory; "
+            f"stepping down to {search.per_device_batch}")
+        batch = search.per_device_batch
 
 
 #: Real steps per verification trial on CPU: the peak over 3 steps of one batch varied

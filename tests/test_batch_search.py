@@ -408,7 +408,7 @@ def test_format_bytes():
 # The analysis model: 2 GiB fixed + 30 MiB per image, budget 16 GiB, margin 10%, no
 # prefetch: the analysis search picks 416 (worked above). usable = 14745.6 MiB.
 
-from autotune.batch_search import BatchVerification, verify_max_batch  # noqa: E402
+from autotune.batch_search import BatchVerification, ran_out_of_memory, verify_max_batch  # noqa: E402
 
 
 def _found_416():
@@ -518,3 +518,52 @@ def test_the_cpu_probe_verifies_its_pick_in_child_processes(monkeypatch):
     assert [b for _, b, _ in calls] == [416, 320, 328]
     assert all(c == "the config" and s == orchestrate.VERIFY_STEPS for c, _, s in calls)
     assert got.per_device_batch == 320 and len(said) == 3
+
+
+def test_ran_out_of_memory_steps_the_pick_down_by_seven_eighths():
+    # The pick 416 (worked above) ran out of memory for real: 416 x 7/8 = 364 -> 360.
+    found, _ = _found_416()
+    got = ran_out_of_memory(found)
+    assert (got.per_device_batch, got.global_batch, got.limited_by) == (360, 360, "memory")
+    assert got.verifications == (BatchVerification(batch=416, analysis_bytes=(2048 + 416 * 30) * MiB,
+                                                   measured_bytes=None, need_bytes=None,
+                                                   fits=False, ratio=None),)
+    assert got.predicted_bytes is None  # 360 was never compiled
+    assert got.usable_budget_bytes == usable(16 * GiB)  # no prefetch term here
+    assert got.reason.startswith("per-device batch 360: real steps at 416 ran out of memory")
+    again = ran_out_of_memory(got)
+    assert again.per_device_batch == 312 and len(again.verifications) == 2
+    small = find_max_batch(affine(0, 1), 8 * 9, multiple=8, max_batch=8)
+    with pytest.raises(NoBatchFits):
+        ran_out_of_memory(small)
+
+
+def test_the_probe_steps_down_when_the_rate_run_runs_out_of_memory(monkeypatch):
+    # autotune.orchestrate._measure_rates: the rate curve's real steps at the pick run
+    # out of memory twice (416 -> 360 -> 312), then fit; any other error is raised.
+    from autotune import orchestrate
+    from probes import accelerator
+
+    found, _ = _found_416()
+    runs = []
+
+    def fake_probe(config, *, curve_batches=(), **_):
+        runs.append((config.per_device_batch, curve_batches))
+        if config.per_device_batch > 320:
+            raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+        return "report"
+
+    monkeypatch.setattr(accelerator, "probe_accelerator", fake_probe)
+    said = []
+    config = orchestrate.TrainConfig(arch="resnet_tiny", per_device_batch=8)
+    search, acc = orchestrate._measure_rates(found, 416, config, None, True, said.append)
+    assert acc == "report" and search.per_device_batch == 312
+    assert [b for b, _ in runs] == [416, 360, 312] and runs[-1][1][-1] == 312
+    assert sum("ran out of memory" in s for s in said) == 2
+
+    def broken(config, **_):
+        raise RuntimeError("INTERNAL: something else")
+
+    monkeypatch.setattr(accelerator, "probe_accelerator", broken)
+    with pytest.raises(RuntimeError, match="something else"):
+        orchestrate._measure_rates(found, 416, config, None, True, said.append)
