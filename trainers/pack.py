@@ -940,17 +940,11 @@ def _prepare_batch(jobs: list[tuple[str, object, int, str]], resize_shorter: int
 def _prepare_one(kind: str, value, label: int, name: str, resize_shorter: int | None,
                  quality: int) -> tuple[bytes | None, str | None, int, int]:
     """``(record or None, reason if skipped, bytes in, image bytes stored)`` of one
-    member: kind ``"path"`` (value: a file, read here), ``"zip"`` (value: ``(zip
-    path, key)``, read here), ``"bytes"`` (from an archive stream) or ``"skip"``
-    (value: the reason). The record is :func:`example_record`."""
-    if kind == "path":
-        data, reason, nbytes = _prepare(value, resize_shorter, quality)
-    elif kind == "skip":
+    member of an archive stream: kind ``"bytes"`` (value: its bytes) or ``"skip"``
+    (value: the reason). The record is :func:`example_record`. (Files and zip
+    members are read by :func:`_write_members`.)"""
+    if kind == "skip":
         data, reason, nbytes = None, value, 0
-    elif kind == "zip":
-        raw, reason = _read_zip_member(*value)
-        data, reason, nbytes = ((None, reason, 0) if raw is None else
-                                _prepare_data(raw, resize_shorter, quality))
     else:
         data, reason, nbytes = _prepare_data(value, resize_shorter, quality)
     return ((None, reason, 0, 0) if data is None else
@@ -971,7 +965,7 @@ class _ShardTask(NamedTuple):
     quality: int
     out: Path
     fp: str
-    zip_dir: object = None  # the chunk's sources.ZIP_ENTRY array (None: look names up)
+    zip_dir: object = None  # with a zip: the chunk's sources.ZIP_ENTRY array
 
 
 def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -> dict:
@@ -1010,7 +1004,7 @@ def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -
 def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     """The per-member loop of :func:`_write_listed_shard`: each member of
     ``task.chunk`` read (a file: :func:`_prepare`; a zip member:
-    :func:`_read_zip_member`), verified, serialized (:func:`example_record`) and
+    :func:`_read_zip_entry`), verified, serialized (:func:`example_record`) and
     written to ``sh`` (open), or listed as skipped, in order, with the same records
     and counts as :meth:`_Shard.add`. The hot loop of a pack: the name is cut once,
     the writer's method is bound once. Returns True when the pack is stopping
@@ -1025,8 +1019,7 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
             if zip_path is None:
                 data, reason, nbytes = _prepare(key, resize, quality)
             else:  # read here: the workers read a zip in parallel
-                raw, reason = (_read_zip_member(zip_path, key) if zdir is None
-                               else _read_zip_entry(zip_path, key, zdir[k]))
+                raw, reason = _read_zip_entry(zip_path, key, zdir[k])
                 data, reason, nbytes = ((None, reason, 0) if raw is None else
                                         _prepare_data(raw, resize, quality))
             if data is None:
