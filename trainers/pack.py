@@ -1287,15 +1287,10 @@ class _Workers:
         """``(size, mtime_ns)`` of each file of ``items`` in order (``(-1, 0)``: cannot
         be stat'ed), stat'ed by the worker processes in chunks of
         :attr:`STAT_CHUNK`, at most :attr:`window` chunks in flight."""
-        import collections
-
-        pending: collections.deque = collections.deque()
-        for lo in range(0, len(items), self.STAT_CHUNK):
-            pending.append(self._submit(_stat_chunk, items[lo:lo + self.STAT_CHUNK]))
-            while len(pending) >= self.window:
-                yield from _result(pending.popleft())
-        while pending:
-            yield from _result(pending.popleft())
+        chunks = ((None, self._submit(_stat_chunk, items[lo:lo + self.STAT_CHUNK]))
+                  for lo in range(0, len(items), self.STAT_CHUNK))
+        for _, stats in self._in_order(chunks):
+            yield from stats
 
     def _stop(self, tally: _ThreadTally | None, pending: set) -> None:
         """Stop the running shards at their next member; cancel those not started."""
@@ -1314,32 +1309,40 @@ class _Workers:
 
     def ordered(self, jobs: Iterable[tuple[object, tuple[str, object]]]):
         """``(meta, result)`` for each ``(meta, job)`` of ``jobs``, in order (see
-        :func:`_prepare_batch` for jobs and results)."""
+        :func:`_prepare_batch` for jobs and results), :attr:`batch` jobs a task."""
+        opts = self.options
+
+        def batches():
+            metas, batch = [], []
+            for meta, job in jobs:
+                metas.append(meta)
+                batch.append(job)
+                if len(batch) >= self.batch:
+                    yield metas, self._submit(_prepare_batch, batch, opts.resize_shorter,
+                                              opts.quality)
+                    metas, batch = [], []
+            if batch:
+                yield metas, self._submit(_prepare_batch, batch, opts.resize_shorter,
+                                          opts.quality)
+
+        for metas, results in self._in_order(batches()):
+            yield from zip(metas, results)
+
+    def _in_order(self, submitted: Iterable[tuple[object, cf.Future]]):
+        """``(meta, result)`` of each ``(meta, future)`` of ``submitted`` (which submits
+        its task as it is pulled), in order, with at most :attr:`window` tasks in
+        flight (:func:`_result`)."""
         import collections
 
         pending: collections.deque = collections.deque()
-        metas, batch = [], []
-        opts = self.options
-
-        def submit():
-            pending.append((metas[:], self._submit(
-                _prepare_batch, batch[:], opts.resize_shorter, opts.quality)))
-            metas.clear()
-            batch.clear()
-
-        for meta, job in jobs:
-            metas.append(meta)
-            batch.append(job)
-            if len(batch) >= self.batch:
-                submit()
-                while len(pending) >= self.window:
-                    ms, fut = pending.popleft()
-                    yield from zip(ms, _result(fut))
-        if batch:
-            submit()
+        for item in submitted:
+            pending.append(item)
+            while len(pending) >= self.window:
+                meta, fut = pending.popleft()
+                yield meta, _result(fut)
         while pending:
-            ms, fut = pending.popleft()
-            yield from zip(ms, _result(fut))
+            meta, fut = pending.popleft()
+            yield meta, _result(fut)
 
 
 def _result(fut: cf.Future) -> list:
