@@ -230,6 +230,11 @@ def _check_margin(margin: float) -> float:
     return float(margin)
 
 
+def _usable_bytes(budget_bytes: int, margin: float) -> int:
+    """The bytes a batch may use: ``floor(budget_bytes * (1 - margin))``."""
+    return int(math.floor(budget_bytes * (1.0 - margin)))
+
+
 def _round_down(value: float, multiple: int) -> int:
     return int(math.floor(value / multiple)) * multiple
 
@@ -308,7 +313,7 @@ def find_max_batch(
     prefetch = _check_int("prefetch_bytes_per_image", prefetch_bytes_per_image, 0)
     margin = _check_margin(margin)
     cap, start = _search_bounds(multiple, lo, hi, max_batch)
-    usable_total = int(math.floor(budget_bytes * (1.0 - margin)))
+    usable_total = _usable_bytes(budget_bytes, margin)
     search = _MemorySearch(memory_bytes, usable_total=usable_total, prefetch=prefetch,
                            multiple=multiple, cap=cap)
     search.measure(start)
@@ -608,7 +613,7 @@ class _Verifier:
     def __init__(self, found: BatchSearchResult, memory_bytes, measured_bytes):
         self.found, self.memory_bytes, self.measured_bytes = found, memory_bytes, measured_bytes
         self.multiple, self.prefetch = found.multiple, found.prefetch_bytes_per_image
-        self.usable = int(math.floor(found.budget_bytes * (1.0 - found.margin)))
+        self.usable = _usable_bytes(found.budget_bytes, found.margin)
         self.analysis = {e.batch: int(e.bytes) for e in found.evaluations if e.bytes}
         self.order = [e.batch for e in found.evaluations]
         self.checks: list[BatchVerification] = []
@@ -901,7 +906,7 @@ def ran_out_of_memory(result: BatchSearchResult) -> BatchSearchResult:
     analysis = {e.batch: e.bytes for e in result.evaluations if e.bytes}
     prefetch = result.prefetch_bytes_per_image * new
     usable = (None if result.budget_bytes is None else
-              int(math.floor(result.budget_bytes * (1.0 - result.margin))) - prefetch)
+              _usable_bytes(result.budget_bytes, result.margin) - prefetch)
     event = BatchVerification(batch=b, analysis_bytes=int(analysis.get(b) or 0),
                               measured_bytes=None, need_bytes=None, fits=False, ratio=None)
     return dataclasses.replace(
