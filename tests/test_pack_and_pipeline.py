@@ -197,6 +197,18 @@ def test_each_epoch_sees_every_record_once_in_a_new_order(packed):
     assert bs[0]["image"].dtype == np.uint8 and bs[0]["image"].shape == (8, 16, 16, 3)
 
 
+def test_the_collector_is_frozen_once_per_process_at_the_first_batch(packed, monkeypatch):
+    import gc
+
+    calls = []
+    monkeypatch.setattr(ip, "_FROZEN_IN", [])
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append(1))
+    bs = _batches(packed, _cfg(decode_threads=2), epochs=1)
+    assert len(bs) == 5 and calls == [1]  # 5 batches on 2 threads, one freeze
+    _batches(packed, _cfg(), epochs=1)
+    assert calls == [1]  # the same process: not again
+
+
 def test_resume_continues_with_the_next_batch(packed):
     full = _batches(packed, _cfg())
     tail = _batches(packed, _cfg(), start=3)

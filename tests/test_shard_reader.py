@@ -85,6 +85,47 @@ def test_every_record_is_the_librarys_where_blocks_cut_chunks(edge_shard):
     assert reader.read(len(records)) is None and reader.read(-1) is None
 
 
+def test_a_read_into_a_buffer_gives_the_same_bytes_in_it(edge_shard):
+    path, records, _ = edge_shard
+    reader = sr.ShardReader(path, len(records))
+    buf = np.full(max(map(len, records)) + 10, 0xAB, np.uint8)
+    for r, want in enumerate(records):
+        assert reader.length(r) == len(want)
+        got = reader.read(r, memoryview(buf))
+        assert isinstance(got, memoryview) and got == want, r
+        assert np.shares_memory(np.frombuffer(got, np.uint8), buf) or len(want) == 0
+        assert bytes(buf[len(want):len(want) + 10]) == b"\xab" * 10  # nothing written past it
+        buf[:] = 0xAB
+    big = records.index(max(records, key=len))
+    assert reader.read(big, memoryview(buf)[:len(records[big]) - 1]) is None  # too short
+    assert reader.length(len(records)) is None and reader.length(-1) is None
+
+
+def test_batch_reads_reuse_one_buffer_per_thread(edge_shard):
+    path, records, _ = edge_shard
+    recs = ip._Records([path, path], [len(records)] * 2)
+    order = [3, len(records) + 7, 0, 12, len(records) + 3]
+    first = recs.read(order, reuse=True)
+    assert [bytes(r) for r in first] == [records[i % len(records)] for i in order]
+    buf = ip._SCRATCH.buf
+    assert all(isinstance(r, memoryview) for r in first)
+    second = recs.read(order[::-1], reuse=True)
+    assert ip._SCRATCH.buf is buf  # big enough: kept, not allocated again
+    assert [bytes(r) for r in second] == [records[i % len(records)] for i in order[::-1]]
+    assert [bytes(r) for r in recs.read(order[::-1])] == [bytes(r) for r in second]  # no reuse
+    assert all(isinstance(r, bytearray) for r in recs.read(order))
+    seen = {}
+
+    def other():  # another thread gets its own buffer
+        recs.read([1], reuse=True)
+        seen["buf"] = ip._SCRATCH.buf
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen["buf"] is not buf
+
+
 def test_real_photos_packed_read_byte_identical(shared_data, tmp_path):
     src = tmp_path / "subset"
     for wnid in sorted(os.listdir(shared_data / "imagenet-samples"))[:30]:

@@ -430,20 +430,38 @@ class ShardReader:
         index = self.index()
         return 0 if index is None else len(index.offsets)
 
-    def read(self, r: int) -> bytearray | None:
-        """Record ``r`` (0-based within the shard) as a new ``bytearray`` of its
-        bytes, byte-identical to ``ArrayRecordReader.read([r])[0]``; None when it is
-        not read directly (a declined shard, ``r`` out of range, a short read, a
-        chunk or block header that does not say what the index does): read it with
-        the library, which gives the bytes or its error. Never raises for the file's
-        content; one ``os.preadv`` (CPU: see the module doc)."""
+    def length(self, r: int) -> int | None:
+        """Bytes of record ``r``, from the index; None when :meth:`read` would decline
+        it for its shard or its number (so the caller can size an ``into`` buffer)."""
+        index = self._index if self._index is not None else self.index()
+        if index is None or not 0 <= r < len(index.offsets):
+            return None
+        return int(index.lengths[r])
+
+    def read(self, r: int, into: memoryview | None = None) -> bytearray | memoryview | None:
+        """Record ``r`` (0-based within the shard): its bytes, byte-identical to
+        ``ArrayRecordReader.read([r])[0]``, in a new ``bytearray``, or with ``into``
+        (a writable byte ``memoryview`` of at least the record's :meth:`length`) read
+        into ``into``'s first bytes and returned as that slice of it (no allocation:
+        the input pipeline reads a batch's records into one reused buffer, which spares
+        the zeroing and page faults of fresh memory, ~75 us per 110 KB record on the
+        development VM). None when it is not read directly (a declined shard, ``r``
+        out of range, ``into`` too short, a short read, a chunk or block header that
+        does not say what the index does): read it with the library, which gives the
+        bytes or its error; ``into`` may then hold anything. Never raises for the
+        file's content; one ``os.preadv`` (CPU: see the module doc)."""
         index = self._index if self._index is not None else self.index()
         if index is None or not 0 <= r < len(index.offsets):
             return None
         begin, n = index.offsets[r], index.lengths[r]
         v = 1 if n < 0x80 else varint_size(n)
         head = bytearray(CHUNK_HEADER_SIZE + 2 + v)
-        rec = bytearray(n)
+        if into is None:
+            rec = bytearray(n)
+        elif len(into) < n:
+            return None
+        else:
+            rec = into[:n]
         bufs, blocks, end = _scatter(begin, memoryview(head), memoryview(rec))
         if len(bufs) > _MAX_BUFFERS:
             return None
