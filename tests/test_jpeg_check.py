@@ -335,3 +335,29 @@ def test_packed_bytes_returns_a_good_jpeg_unchanged(with_extension, monkeypatch)
     for data in list(good_jpegs().values()) + files:
         assert pack_mod.packed_bytes(data, None) is data
         assert pack_mod.packed_bytes(data + b"trailing", None) == data + b"trailing"
+
+
+# ============================================================ the benchmark script
+
+@needs_check
+def test_bench_jpeg_check_measures_every_method_and_checks_the_verdicts():
+    """``bench/jpeg_check.py``'s ``measure`` on a few small files (one pass): a figure per
+    method, the CMYK file counted as the one difference, and the sign of disagreement
+    checked (a file the two checks judge differently, not CMYK, stops it)."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "jpeg_check.py"
+    spec = importlib.util.spec_from_file_location("bench_jpeg_check", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    cmyk = pillow_jpeg(Image.fromarray(textured(40, 56)).convert("CMYK"))
+    datas = list(good_jpegs().values()) + [cmyk]
+    m = bench.measure(datas, repeats=1)
+    assert (m["files"], m["accepted_old"], m["accepted_new"]) == (len(datas), len(datas),
+                                                                   len(datas) - 1)
+    assert len(m["us_per_image"]) == 5 and all(us > 0 for us in m["us_per_image"].values())
+    assert m["new_over_old"] > 0
+    with pytest.MonkeyPatch.context() as mp:  # a disagreement that is not CMYK
+        mp.setattr(bench, "_new", lambda d: d is not datas[0])
+        with pytest.raises(AssertionError, match=r"disagree on files \[0\]"):
+            bench.measure(datas, repeats=1)
