@@ -140,8 +140,8 @@ def damaged(data: bytes, seed: int = 0) -> dict[str, bytes]:
         out[f"byte {pos} flipped ({i})"] = bytes(flipped)
     for i in range(3):  # a run of garbage in the middle of the scan data
         pos = rng.randrange(start, end - 16)
-        out[f"16 random bytes at {pos}"] = (data[:pos] + bytes(rng.randrange(256) for _ in range(16))
-                                            + data[pos + 16:])
+        junk = bytes(rng.randrange(256) for _ in range(16))
+        out[f"16 random bytes at {pos}"] = data[:pos] + junk + data[pos + 16:]
     return out
 
 
