@@ -43,7 +43,8 @@ second time with threads only, ``--workers 0``), with:
   set is listed here);
 * the bound: ``min(check rate x usable cores, sequential read rate)``, where the check
   rate is what one core does of the pack's per-image work (``trainers.pack.packed_bytes``
-  on 500 of the set's files already in memory: a full decode, plus the RGB check) and the
+  on 500 of the set's files already in memory: the integrity check, ``_jpegcrop.check``
+  when the extension is built, else a full decode; ``bench/jpeg_check.py``) and the
   sequential read rate is the disk probe's 1 MiB sequential reads with the page cache
   bypassed (``probes.disk.probe_disk``) divided by the mean file size. Small files are
   not read sequentially and generated files sit in the page cache, so the disk term is

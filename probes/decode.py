@@ -175,7 +175,7 @@ def _load_sample(files: Sequence[tuple[str, bytes | None]], quality: int
         try:
             data = Path(f).read_bytes() if data is None else data
             h, w = preprocess.image_header(data)
-            packed = pack.packed_bytes(data, None, quality)  # decodes it fully
+            packed = pack.packed_bytes(data, None, quality)  # the pack's check: every scan decoded
         except (OSError, preprocess.BadImageError) as exc:
             bad.append(f"{f}: {getattr(exc, 'reason', None) or exc}")
             continue

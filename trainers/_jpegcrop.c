@@ -36,6 +36,27 @@
  *   Raises ValueError with libjpeg's message for anything libjpeg rejects (CMYK/YCCK,
  *   arithmetic coding, PNG bytes, truncation is a warning in libjpeg and is raised too).
  *   The GIL is released while libjpeg runs.
+ *
+ *   check(data) -> (height, width, components)
+ *   The integrity check of the pack (trainers/pack.py): whether a whole-image decode to
+ *   RGB would succeed, without the pixels. What can fail in a decode is found in the
+ *   marker parsing and the entropy (Huffman) decoding, plus the set-up of the colour
+ *   conversion and upsampling; the IDCT, upsampling and colour conversion themselves
+ *   cannot fail. So this reads the header, refuses what the decoders here do not turn
+ *   into RGB, and entropy-decodes every scan to DCT coefficients (jpeg_read_coefficients,
+ *   what jpegtran does; progressive files included) up to the EOI marker
+ *   (jpeg_finish_decompress), with libjpeg's corrupt-data warnings raised as errors.
+ *   Refused besides what libjpeg rejects (each with a one-line reason):
+ *     - colour spaces other than greyscale (1 component), YCbCr or RGB (3 components):
+ *       CMYK/YCCK (simplejpeg converts them itself, but decode_crop above does not) and
+ *       unknown component counts;
+ *     - chroma subsamplings that libjpeg-turbo's TurboJPEG API (simplejpeg) cannot
+ *       name (see known_subsampling below); they include the fractional ratios that
+ *       libjpeg's upsampler refuses in jpeg_start_decompress (JERR_FRACT_SAMPLE_NOTIMPL),
+ *       which jpeg_read_coefficients never reaches.
+ *   Bytes after the EOI marker are not read (as in a decode). height and width in
+ *   pixels; components 1 or 3. Raises ValueError with the reason ("libjpeg: ..." for
+ *   libjpeg's own message). The GIL is released while libjpeg runs.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -182,11 +203,111 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* Luma sampling factors (h, v) of the subsamplings TurboJPEG names when both chroma
+ * components are sampled 1x1: 4:4:4, 4:2:2, 4:2:0, 4:4:0, 4:1:1, 4:4:1. */
+static const int luma_over_chroma[][2] = {{1, 1}, {2, 1}, {2, 2}, {1, 2}, {4, 1}, {1, 4}};
+
+/* Whether libjpeg-turbo's TurboJPEG API (what simplejpeg decodes with) determines the
+ * chroma subsampling of a 3-component header: chroma sampled 1x1 with luma as in
+ * luma_over_chroma; 4:2:2 or 4:4:0 written as luma 2x2 over chroma 1x2 or 2x1; or all
+ * three components sampled alike with at most 3 blocks each (4:4:4 again). TurboJPEG
+ * refuses anything else ("Could not determine subsampling level of JPEG image", the
+ * classification in libjpeg-turbo 3.1's src/turbojpeg.c), whatever libjpeg itself
+ * could decode; fractional ratios (3x1 over 2x1), which libjpeg's upsampler refuses
+ * (JERR_FRACT_SAMPLE_NOTIMPL), are among them. */
+static int known_subsampling(const struct jpeg_decompress_struct *cinfo) {
+    const jpeg_component_info *comp = cinfo->comp_info;
+    int h = comp[0].h_samp_factor, v = comp[0].v_samp_factor;
+    int ones = 1, same = 1, as422 = 1, as440 = 1;
+    for (int c = 1; c < 3; c++) {
+        int ch = comp[c].h_samp_factor, cv = comp[c].v_samp_factor;
+        ones &= ch == 1 && cv == 1;
+        same &= ch == h && cv == v;
+        as422 &= ch == 1 && cv == 2;
+        as440 &= ch == 2 && cv == 1;
+    }
+    if (ones) {
+        for (size_t i = 0; i < sizeof luma_over_chroma / sizeof luma_over_chroma[0]; i++) {
+            if (h == luma_over_chroma[i][0] && v == luma_over_chroma[i][1]) return 1;
+        }
+    }
+    if (h == 2 && v == 2 && (as422 || as440)) return 1;
+    return same && h * v <= D_MAX_BLOCKS_IN_MCU / 3;
+}
+
+/* The reason a header that libjpeg read is not decoded to RGB the way the readers of
+ * this project decode (see check above), written into msg; 0 when it is. */
+static int refuse_header(const struct jpeg_decompress_struct *cinfo, char *msg, size_t size) {
+    int nc = cinfo->num_components;
+    J_COLOR_SPACE cs = cinfo->jpeg_color_space;
+    if (!((cs == JCS_GRAYSCALE && nc == 1) ||
+          ((cs == JCS_YCbCr || cs == JCS_RGB) && nc == 3))) {
+        const char *name = cs == JCS_CMYK ? "CMYK" : cs == JCS_YCCK ? "YCCK"
+                           : cs == JCS_GRAYSCALE ? "greyscale" : cs == JCS_YCbCr ? "YCbCr"
+                           : cs == JCS_RGB ? "RGB" : "unknown";
+        snprintf(msg, size, "%s colour space with %d components (only greyscale, YCbCr "
+                 "and RGB JPEGs are kept as they are)", name, nc);
+        return 1;
+    }
+    if (nc == 3 && !known_subsampling(cinfo)) {
+        const jpeg_component_info *comp = cinfo->comp_info;
+        snprintf(msg, size, "unusual chroma subsampling (components sampled %dx%d, %dx%d, "
+                 "%dx%d): not decoded by libjpeg-turbo's TurboJPEG API", comp[0].h_samp_factor,
+                 comp[0].v_samp_factor, comp[1].h_samp_factor, comp[1].v_samp_factor,
+                 comp[2].h_samp_factor, comp[2].v_samp_factor);
+        return 1;
+    }
+    return 0;
+}
+
+static PyObject *check(PyObject *self, PyObject *args) {
+    Py_buffer src;
+    if (!PyArg_ParseTuple(args, "y*", &src)) {
+        return NULL;
+    }
+
+    struct jpeg_decompress_struct cinfo;
+    error_mgr err;
+    volatile int stage = 0; /* 0 before create, 1 created */
+    const char *volatile prefix = "libjpeg: ";
+    PyThreadState *ts = PyEval_SaveThread();
+
+    cinfo.err = jpeg_std_error(&err.pub);
+    err.pub.error_exit = on_error;
+    err.pub.emit_message = on_message;
+    err.message[0] = '\0';
+    if (setjmp(err.jump)) {
+        if (stage) jpeg_destroy_decompress(&cinfo);
+        PyEval_RestoreThread(ts);
+        PyBuffer_Release(&src);
+        return PyErr_Format(PyExc_ValueError, "%s%s", prefix, err.message);
+    }
+    jpeg_create_decompress(&cinfo);
+    stage = 1;
+    jpeg_mem_src(&cinfo, (const unsigned char *)src.buf, (unsigned long)src.len);
+    jpeg_read_header(&cinfo, TRUE);
+    if (refuse_header(&cinfo, err.message, sizeof err.message)) {
+        prefix = "";
+        longjmp(err.jump, 1);
+    }
+    jpeg_read_coefficients(&cinfo); /* every scan, entropy-decoded */
+    jpeg_finish_decompress(&cinfo); /* reads up to the EOI marker */
+    int height = (int)cinfo.image_height, width = (int)cinfo.image_width;
+    int components = cinfo.num_components;
+    jpeg_destroy_decompress(&cinfo);
+    PyEval_RestoreThread(ts);
+    PyBuffer_Release(&src);
+    return Py_BuildValue("(iii)", height, width, components);
+}
+
 static PyMethodDef methods[] = {
     {"decode_crop", decode_crop, METH_VARARGS,
      "decode_crop(data, top, left, height, width, scale_denom, exact=0) -> "
      "(pixels, out_height, out_width, x_offset); exact: ISLOW + fancy upsampling "
      "instead of IFAST + plain; see trainers/_jpegcrop.c."},
+    {"check", check, METH_VARARGS,
+     "check(data) -> (height, width, components); raises ValueError when a decode to RGB "
+     "would fail (entropy-decodes every scan, no pixels); see trainers/_jpegcrop.c."},
     {NULL, NULL, 0, NULL},
 };
 

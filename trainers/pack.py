@@ -270,10 +270,12 @@ def packed_bytes(data: bytes, resize_shorter: int | None,
     With ``resize_shorter`` and a shorter side above it: decoded (at the smallest DCT
     scale that stays above the target), resized so the shorter side is
     ``resize_shorter`` pixels (:func:`trainers.preprocess.resize_shorter_side`) and
-    re-encoded at ``quality``. Otherwise ``data`` itself when it is a JPEG that
-    libjpeg-turbo decodes to RGB; anything else (CMYK, PNG named .JPEG, ...) is
-    converted to JPEG once here, so readers never need Pillow. The image is fully
-    decoded either way, which catches truncated files.
+    re-encoded at ``quality``. Otherwise ``data`` itself when it is a JPEG that the
+    readers decode to RGB as it is (:func:`_jpeg_ok`); anything else (CMYK/YCCK, PNG
+    named .JPEG, ...) is converted to JPEG once here, so readers never need Pillow nor
+    the slow paths of the decoders. Every scan of the image is decoded either way
+    (entropy-decoded by the check of a JPEG kept as it is, fully decoded when it is
+    resized or converted), which catches truncated and corrupt files.
 
     Raises:
       trainers.preprocess.BadImageError: ``data`` is not a decodable image.
@@ -285,8 +287,8 @@ def packed_bytes(data: bytes, resize_shorter: int | None,
                                       min_width=int(w * factor) + 1)
         return preprocess.encode_jpeg(preprocess.resize_shorter_side(img, resize_shorter),
                                       quality)
-    if data[:3] == b"\xff\xd8\xff" and _simplejpeg_ok(data):
-        return data  # the full decode a reader will do succeeded: catches truncation
+    if data[:3] == b"\xff\xd8\xff" and _jpeg_ok(data):
+        return data  # every scan entropy-decoded without a warning: catches truncation
     img = preprocess.decode_image(data)  # Pillow's turn (or the reason it is bad)
     return preprocess.encode_jpeg(img, quality)
 
@@ -351,11 +353,30 @@ def _read_image_file(path: str) -> tuple[bytes | None, str | None]:
         os.close(fd)
 
 
-def _simplejpeg_ok(data: bytes) -> bool:
-    """Whether libjpeg-turbo decodes ``data`` to RGB at full size (the decode
-    :func:`trainers.preprocess.decode_image` tries first, so one decode both verifies
-    the bytes and shows that readers never need Pillow for them)."""
+def _jpeg_ok(data: bytes) -> bool:
+    """Whether the JPEG ``data`` can be stored as it is: libjpeg-turbo decodes it to RGB
+    at full size without a warning (a reader's decode succeeds: ``simplejpeg``, which
+    :func:`trainers.preprocess.decode_image` tries first, and the region decoder of
+    :func:`trainers.preprocess.decode_crop`), and it is a greyscale, YCbCr or RGB JPEG
+    (CMYK/YCCK, which only the whole-image decode turns into RGB, are converted by
+    :func:`packed_bytes` instead).
+
+    With ``trainers._jpegcrop`` built, ``_jpegcrop.check``: the header, the colour
+    space and subsampling, and every scan entropy-decoded to DCT coefficients with
+    libjpeg's corrupt-data warnings as errors, but no IDCT, upsampling or colour
+    conversion (which cannot fail); the same verdict as the full decode
+    (tests/test_jpeg_check.py) at a fraction of its CPU (bench/jpeg_check.py).
+    Without it, the simplejpeg full decode (its pixels thrown away)."""
+    check = getattr(preprocess._jpegcrop, "check", None)
+    if check is not None:
+        try:
+            check(data)
+            return True
+        except ValueError:
+            return False
     try:
+        if preprocess.simplejpeg.decode_jpeg_header(data)[2] in ("CMYK", "YCCK"):
+            return False
         preprocess.simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=True,
                                           fastupsample=True)
         return True
