@@ -365,7 +365,7 @@ def _jpeg_ok(data: bytes) -> bool:
     space and subsampling, and every scan entropy-decoded to DCT coefficients with
     libjpeg's corrupt-data warnings as errors, but no IDCT, upsampling or colour
     conversion (which cannot fail); the same verdict as the full decode
-    (tests/test_jpeg_check.py) at a fraction of its CPU (bench/jpeg_check.py).
+    (tests/test_jpeg_check.py) at 0.7-0.8x of its CPU (bench/jpeg_check.py).
     Without it, the simplejpeg full decode (its pixels thrown away)."""
     check = getattr(preprocess._jpegcrop, "check", None)
     if check is not None:
