@@ -31,9 +31,64 @@ def zpath(tmp_path):
 
 
 def _entries(path, names):
+    all_names, entries = sources.read_zip_directory(path)
+    return entries[[all_names.index(n) for n in names]]
+
+
+def _as_zipfile_reads_it(path):
     with zipfile.ZipFile(path) as zf:
-        infos = zf.NameToInfo
-    return sources.zip_directory(infos, names)
+        return [(z.filename, z.header_offset, z.compress_size, z.file_size, z.CRC,
+                 z.compress_type, z.flag_bits) for z in zf.infolist()]
+
+
+def _as_read_here(path):
+    names, entries = sources.read_zip_directory(path)
+    return [(n, *e) for n, e in zip(names, entries.tolist())]
+
+
+def test_the_central_directory_reads_as_zipfile_reads_it(zpath, tmp_path):
+    assert _as_read_here(zpath) == _as_zipfile_reads_it(zpath)
+    # names in UTF-8 (flag bit 11) and CP437, a folder entry, a comment, ZIP64 fields
+    other = tmp_path / "other.zip"
+    with zipfile.ZipFile(other, "w") as zf:
+        zf.writestr("n01440764/", b"")
+        zf.writestr("n01440764/caf\u00e9_\u65e5.JPEG", _jpeg(5), compress_type=zipfile.ZIP_DEFLATED)
+        info = zipfile.ZipInfo("n01440764/plain.JPEG")
+        info.flag_bits &= ~0x800
+        zf.writestr(info, _jpeg(6))
+        with zf.open("n01443537/zip64.JPEG", "w", force_zip64=True) as f:
+            f.write(_jpeg(7))
+        zf.comment = b"a comment of the archive" * 10
+    assert _as_read_here(other) == _as_zipfile_reads_it(other)
+    assert any(f & 0x800 for f in sources.read_zip_directory(other)[1]["flags"])
+
+
+def test_a_zip_of_more_than_65535_members_has_a_zip64_end_record(tmp_path, monkeypatch):
+    path = tmp_path / "many.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        for i in range(65_540):
+            zf.writestr(f"d/{i}", b"")
+    assert path.read_bytes().find(b"PK\x06\x06") > 0  # the ZIP64 end record is there
+    monkeypatch.setattr(sources, "_CD_CHUNK", 4096)  # entries cut by the chunk ends too
+    names, entries = sources.read_zip_directory(path)
+    assert len(names) == 65_540 and names[-1] == "d/65539"
+    assert _as_read_here(path) == _as_zipfile_reads_it(path)
+
+
+@pytest.mark.parametrize("damage", ["no end record", "directory cut", "entry signature"])
+def test_a_damaged_directory_is_a_bad_zip_file(zpath, damage):
+    raw = bytearray(zpath.read_bytes())
+    cd = int.from_bytes(raw[-6:-2], "little")  # the EOCD's directory offset (no comment)
+    if damage == "no end record":
+        raw = raw[:-22]
+    elif damage == "directory cut":
+        raw = raw[:cd + 60] + raw[-22:]
+    else:
+        raw[cd + 46 + 13 + 2] ^= 0xFF  # inside the first entry's name: then the second's signature
+        raw[cd:cd + 4] = b"PK\x09\x09"
+    zpath.write_bytes(bytes(raw))
+    with pytest.raises(zipfile.BadZipFile):
+        sources.read_zip_directory(zpath)
 
 
 def test_members_read_from_their_entries_equal_zipfiles_bytes(zpath):

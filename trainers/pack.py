@@ -1154,44 +1154,36 @@ def _read_zip_member(zip_path: str, key: str) -> tuple[bytes | None, str | None]
 
 #: ``zip path -> descriptor`` this process reads zip members through (:func:`_read_zip_entry`).
 _ZIP_FDS: dict[str, int] = {}
-_LOCAL_HEADER = struct.Struct("<4s22xHH")  # signature, ..., name length, extra length
-_ZIP_STORED, _ZIP_DEFLATED = 0, 8  # compression methods read here (APPNOTE 4.4.5)
 
 
 def _read_zip_entry(zip_path: str, key: str, entry) -> tuple[bytes | None, str | None]:
     """:func:`_read_zip_member` from the member's :data:`trainers.sources.ZIP_ENTRY`
     ``entry``, without ``zipfile`` (whose ``ZipInfo`` per member of the whole zip
     costs each worker process ~635 bytes a member: ~775 MiB for the 1.28 M member
-    Kaggle zip): two ``os.pread`` (the 30-byte local file header, then the data,
-    APPNOTE 4.3.7), inflated when deflated (``zlib``, raw stream) and checked
-    against the central directory's CRC-32 and size. Encrypted members and other
-    compression methods go to :func:`_read_zip_member` (``zipfile``'s read or its
-    error)."""
+    Kaggle zip): :func:`trainers.sources.zip_member_bytes` (two ``os.pread``, inflated
+    when deflated, checked against the central directory's CRC-32 and size) through
+    one descriptor per process. Encrypted members and other compression methods go to
+    :func:`_read_zip_member` (``zipfile``'s read or its error)."""
     reason = scan.not_an_image(os.path.basename(key))
     if reason is not None:
         return None, reason
-    offset, csize, size, crc, method, flags = (int(v) for v in entry.tolist())
+    size = int(entry["size"])
     if size > MAX_FILE_BYTES:
         return None, f"file too large ({size:,} bytes)"
-    if flags & 1 or method not in (_ZIP_STORED, _ZIP_DEFLATED):
-        return _read_zip_member(zip_path, key)
     try:
         fd = _ZIP_FDS.get(zip_path)
         if fd is None:
             fd = _ZIP_FDS[zip_path] = os.open(zip_path, _OPEN_FLAGS)
-        head = os.pread(fd, _LOCAL_HEADER.size, offset)
-        if len(head) < _LOCAL_HEADER.size or head[:4] != b"PK\x03\x04":
-            return None, f"cannot read: no local file header at byte {offset:,}"
-        _, n, e = _LOCAL_HEADER.unpack(head)
-        raw = os.pread(fd, csize, offset + _LOCAL_HEADER.size + n + e)
-        if len(raw) != csize:
-            return None, f"cannot read: {len(raw):,} of {csize:,} bytes (truncated zip?)"
-        data = raw if method == _ZIP_STORED else zlib.decompress(raw, -15)
+        return sources.zip_member_bytes(fd, entry), None
+    except NotImplementedError:
+        return _read_zip_member(zip_path, key)
+    except sources.zipfile.BadZipFile as exc:
+        msg = str(exc)
+        if msg.startswith("Bad CRC-32"):
+            msg = f"BadZipFile: Bad CRC-32 or size for {key[len(zip_path) + 1:]}"
+        return None, f"cannot read: {msg}"
     except (OSError, zlib.error) as exc:
         return None, f"cannot read: {type(exc).__name__}: {exc}"
-    if len(data) != size or zlib.crc32(data) != crc:
-        return None, f"cannot read: BadZipFile: Bad CRC-32 or size for {key[len(zip_path) + 1:]}"
-    return data, None
 
 
 def _prepare_data(data: bytes, resize_shorter: int | None,
