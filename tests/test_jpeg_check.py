@@ -32,19 +32,11 @@ from PIL import Image
 from trainers import pack as pack_mod
 from trainers import preprocess as P
 from trainers.options import AugmentConfig
+from test_roi_decode import textured  # the same test image
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-samples"
 HAS_CHECK = getattr(P._jpegcrop, "check", None) is not None
 needs_check = pytest.mark.skipif(not HAS_CHECK, reason="trainers._jpegcrop (with check) not built")
-
-
-def textured(h: int, w: int, seed: int = 0) -> np.ndarray:
-    """A ``uint8 [h, w, 3]`` image with edges and noise (every DCT block differs)."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:h, 0:w]
-    base = np.stack([(x * 255) // max(1, w - 1), (y * 255) // max(1, h - 1),
-                     ((x // 7 + y // 5) % 2) * 200], -1)
-    return np.clip(base + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
 
 
 def pillow_jpeg(img: Image.Image, **kw) -> bytes:
