@@ -88,6 +88,14 @@ static void on_message(j_common_ptr cinfo, int msg_level) {
     }
 }
 
+/* Errors and corrupt-data warnings of cinfo longjmp to err->jump with the message. */
+static void use_error_mgr(struct jpeg_decompress_struct *cinfo, error_mgr *err) {
+    cinfo->err = jpeg_std_error(&err->pub);
+    err->pub.error_exit = on_error;
+    err->pub.emit_message = on_message;
+    err->message[0] = '\0';
+}
+
 static PyObject *decode_crop(PyObject *self, PyObject *args) {
     Py_buffer src;
     int top, left, height, width, denom, exact = 0;
@@ -113,10 +121,7 @@ static PyObject *decode_crop(PyObject *self, PyObject *args) {
     const char *box_error = NULL;
     PyThreadState *volatile ts = PyEval_SaveThread();
 
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error;
-    err.pub.emit_message = on_message;
-    err.message[0] = '\0';
+    use_error_mgr(&cinfo, &err);
     if (setjmp(err.jump)) {
         if (stage) jpeg_destroy_decompress(&cinfo);
         if (ts != NULL) PyEval_RestoreThread(ts); /* libjpeg only runs without the GIL */
@@ -272,10 +277,7 @@ static PyObject *check(PyObject *self, PyObject *args) {
     const char *volatile prefix = "libjpeg: ";
     PyThreadState *ts = PyEval_SaveThread();
 
-    cinfo.err = jpeg_std_error(&err.pub);
-    err.pub.error_exit = on_error;
-    err.pub.emit_message = on_message;
-    err.message[0] = '\0';
+    use_error_mgr(&cinfo, &err);
     if (setjmp(err.jump)) {
         if (stage) jpeg_destroy_decompress(&cinfo);
         PyEval_RestoreThread(ts);
