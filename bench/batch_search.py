@@ -20,7 +20,11 @@ XLA's buffer analysis + the input prefetch term fit the usable budget,
 ``analysis(b) + prefetch_bytes_per_image * b <= floor(budget * (1 - margin))``. The
 brute force keeps ``b`` when real steps at ``b`` ran in a child process and
 ``measured_peak(b) + prefetch_bytes_per_image * b <= floor(budget * (1 - margin))``,
-with the same margin and prefetch term. The measured peak is
+with the same margin and prefetch term. A batch the verification already measured is
+not measured again (unless ``--fresh-truth``): both then answer on the same readings
+of the ruler, so the comparison is of the searches, not of two readings of a noisy
+ruler (the CPU ruler reads the same batch 1-4% apart in two children,
+``bench/results/batch_search_cpu_ruler_noise.json``). The measured peak is
 ``device.memory_stats()['peak_bytes_in_use']`` on GPU/TPU. On CPU, which has no
 memory statistics, it is the analogue for the steps themselves
 (``probes.step_child``): the train state and batch arrays' bytes plus the peak growth
@@ -128,6 +132,10 @@ def _args(argv=None) -> argparse.Namespace:
     ap.add_argument("--trial-steps", type=int, default=10,
                     help="real steps per trial (the CPU peak over 3 steps varies by up to 19%%)")
     ap.add_argument("--no-brute-force", action="store_true")
+    ap.add_argument("--fresh-truth", action="store_true",
+                    help="the brute force measures every batch in a new child, also those the "
+                         "verification measured (default: it reuses those measurements, so "
+                         "both answer on the same readings of the ruler)")
     ap.add_argument("--json", default=None, help="write every trial and the summary here")
     return ap.parse_args(argv)
 
@@ -204,8 +212,12 @@ def main(argv=None) -> None:
     # and the same test as the brute force), re-searched when they do not fit.
     runs: dict[int, object] = {}
 
+    run_s: dict[int, float] = {}  # seconds of each of those child runs
+
     def measured(b: int):
+        t = time.perf_counter()
         runs[b] = r = run_steps_in_child(config, b, steps=args.trial_steps)
+        run_s[b] = time.perf_counter() - t
         print(f"  verification trial: per-device batch {b}: "
               + (f"measured peak {gib(r.peak_bytes)} ({r.peak_source})" if r.ok and
                  r.peak_bytes is not None else f"did not run ({r.error})"), flush=True)
@@ -234,15 +246,16 @@ def main(argv=None) -> None:
 
         def trial(b: int) -> bool:
             t = time.perf_counter()
-            r = run_steps_in_child(config, b, steps=args.trial_steps)
+            reused = b in runs and not args.fresh_truth
+            r = runs[b] if reused else run_steps_in_child(config, b, steps=args.trial_steps)
             v = trial_verdict(b, ran=r.ok, peak_bytes=r.peak_bytes,
                               prefetch_bytes_per_image=prefetch_per_image, usable_bytes=usable)
-            secs = time.perf_counter() - t
+            secs = run_s[b] if reused else time.perf_counter() - t
             trials.append({"batch": b, "ran": r.ok, "oom": r.oom, "peak_bytes": r.peak_bytes,
                            "peak_source": r.peak_source, "prefetch_bytes": v["prefetch_bytes"],
                            "need_bytes": v["need_bytes"], "usable_budget_bytes": usable,
                            "fits": v["fits"], "step_s": r.step_s, "seconds": round(secs, 1),
-                           "error": r.error})
+                           "error": r.error, "reused": reused})
             if v["need_bytes"] is None:
                 detail = f"{v['why']} ({r.error or 'no peak'})"
             else:
@@ -251,7 +264,8 @@ def main(argv=None) -> None:
                           f"{gib(v['prefetch_bytes'])} prefetch = {gib(v['need_bytes'])} {rel} "
                           f"{gib(usable)} usable")
             print(f"  trial: per-device batch {b}: {detail}: "
-                  f"{'fits' if v['fits'] else 'does not fit'} ({secs:.0f} s)", flush=True)
+                  f"{'fits' if v['fits'] else 'does not fit'} "
+                  + ("(the verification's reading)" if reused else f"({secs:.0f} s)"), flush=True)
             return v["fits"]
 
         # margin=0.0 here: the margin is already in the bytes test of each trial (the
@@ -259,11 +273,15 @@ def main(argv=None) -> None:
         # the batch found, which the search does not make.
         truth = find_max_batch_by_trial(trial, start=args.start, multiple=8,
                                         max_batch=args.max_batch, margin=0.0)
-        t_brute = time.perf_counter() - t0
+        # What the brute force would have taken alone: its reused trials cost a child run.
+        t_brute = time.perf_counter() - t0 + sum(run_s[t["batch"]] for t in trials if t["reused"])
         cmp_analysis = compare_pick(found.per_device_batch, truth.per_device_batch)
         cmp = compare_pick(verified.per_device_batch, truth.per_device_batch)
+        shared = sum(t["reused"] for t in trials)
         print(f"brute force (doubling then bisection, real steps in child processes): "
               f"{truth.per_device_batch} in {t_brute:.1f} s, {truth.compilations} trials"
+              + (f", {shared} of them the verification's readings (--fresh-truth to measure "
+                 "those again)" if shared else "")
               + (" (capped at --max-batch: raise it for the truth)"
                  if truth.limited_by == "max_batch" else ""))
         for name, c, secs in (("analysis alone", cmp_analysis, t_search),
@@ -274,7 +292,9 @@ def main(argv=None) -> None:
                   f"{t_brute / secs:.1f}x faster than brute force")
         out["truth"] = {"per_device_batch": truth.per_device_batch,
                         "seconds": round(t_brute, 1), "trials": trials,
-                        "limited_by": truth.limited_by}
+                        "limited_by": truth.limited_by,
+                        "readings": ("fresh children" if args.fresh_truth else
+                                     "shared with the verification")}
         out["comparison_analysis_alone"] = dict(cmp_analysis,
                                                 speedup=round(t_brute / t_search, 2))
         out["comparison"] = dict(cmp, speedup=round(t_brute / t_tool, 2))
