@@ -147,7 +147,6 @@ class Source:
     labels_from: str | None = None
     note: str | None = None
     zip_dir: object = field(default=None, repr=False)
-    _zip: zipfile.ZipFile | None = field(default=None, repr=False)
 
     @property
     def streamed(self) -> bool:
@@ -157,23 +156,17 @@ class Source:
         """Every member in archive order (streamed kinds)."""
         return self.stream_fn(end)
 
-    def read(self, key: str, index: int | None = None) -> bytes | None:
-        """The bytes of listed item ``key`` when it lies in a zip (None for a file:
-        the reader opens ``key`` itself). With ``index``, its position in ``items``,
-        the member is read from :attr:`zip_dir` (no ``zipfile``, see
-        :func:`read_zip_directory`); else through a ``zipfile.ZipFile``.
+    def read(self, key: str, index: int) -> bytes | None:
+        """The bytes of listed item ``key``, at position ``index`` of ``items``, when it
+        lies in a zip (None for a file: the reader opens ``key`` itself), read from
+        :attr:`zip_dir` (:func:`read_zip_directory`; every zip source has it).
 
         Raises:
-          zipfile.BadZipFile, OSError, KeyError, zlib.error: the member cannot be read.
+          zipfile.BadZipFile, OSError, zlib.error: the member cannot be read.
         """
         if self.zip_path is None:
             return None
-        if index is not None and self.zip_dir is not None:
-            return _read_zip_at(self.zip_path, key[len(self.zip_path) + 1:],
-                                self.zip_dir[index])
-        if self._zip is None:
-            self._zip = zipfile.ZipFile(self.zip_path)
-        return self._zip.read(key[len(self.zip_path) + 1:])
+        return _read_zip_at(self.zip_path, key[len(self.zip_path) + 1:], self.zip_dir[index])
 
 
 def open_source(path: str | os.PathLike, *, role: str = "train",
