@@ -773,7 +773,7 @@ def check_goals(rows: list[dict]) -> list[dict]:
 
 def print_goals(goals: list[dict]) -> None:
     for g in goals:
-        unit = g.get("unit") or ("%" if g["goal"].endswith("ceiling") else "x")
+        unit = g["unit"]
         if g["wall"] is None:
             print(f"threads={g['threads']}: {g['goal']}: not measured")
             continue
