@@ -303,18 +303,17 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
     except (*ARCHIVE_ERRORS, NotImplementedError) as exc:
         raise error(f"{p}: a damaged zip archive: {exc}") from None
     base = prefix + KAGGLE_DIR + ("train/" if role == "train" else "val/")
-    # member positions, sorted by name (names are not copied)
+    # positions of the members under base, sorted by name (names are not copied)
     order = sorted((i for i, n in enumerate(names) if n.startswith(base) and not n.endswith("/")),
                    key=names.__getitem__)
-    files = [names[i] for i in order]
     stamp = _stamp(p)
 
     def key(name: str) -> str:
         return f"{p}!{name}"
 
     if role == "train":
-        keep = [k for k, n in enumerate(files) if "/" in n[len(base):]]
-        classed = [files[k] for k in keep]
+        keep = [i for i in order if "/" in names[i][len(base):]]
+        classed = [names[i] for i in keep]
         wnids = sorted({n[len(base):].split("/", 1)[0] for n in classed})
         if not wnids:
             raise error(f"{p}: no class folders under {base}")
@@ -325,10 +324,10 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
         return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(wnids),
                       class_words=tuple(words.get(w, "") for w in wnids) if words else (),
                       items=items, zip_path=str(p), stamp=stamp,
-                      zip_dir=entries[[order[k] for k in keep]])
-    keep = [k for k, n in enumerate(files)
-            if "/" not in n[len(base):] and scan.is_image_name(n[len(base):])]
-    images = [files[k] for k in keep]
+                      zip_dir=entries[keep])
+    keep = [i for i in order
+            if "/" not in names[i][len(base):] and scan.is_image_name(names[i][len(base):])]
+    images = [names[i] for i in keep]
     if not images:
         raise error(f"{p}: no validation images under {base}")
     if label_file is None and "LOC_val_solution.csv" not in extra:
@@ -340,7 +339,7 @@ def _kaggle_zip(p: Path, role, class_names, label_file, error) -> Source:
                               where=where)
     return Source(kind=KIND_KAGGLE_ZIP, path=str(p), class_names=tuple(class_names),
                   items=Listing.from_pairs((key(n), lab) for n, lab in zip(images, labels)),
-                  zip_path=str(p), zip_dir=entries[[order[k] for k in keep]],
+                  zip_path=str(p), zip_dir=entries[keep],
                   stamp=stamp + f"|{lname}", labels_from=lname)
 
 
