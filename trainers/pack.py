@@ -190,6 +190,22 @@ def _label_entry(label: int) -> bytes:
     return entry
 
 
+def _name_entry(file_name: str) -> bytes:
+    """The ``file_name`` map entry of a record, with its tag and length (the
+    ``0a L(e1) ...`` part of :func:`example_record`)."""
+    name = file_name.encode()
+    n = len(name)
+    if n < 124:  # every length of the name entry is one byte
+        head = _KEY_FILE_NAME + bytes((n + 4, 0x0A, n + 2, 0x0A, n)) + name
+    else:
+        v = _varint
+        a = v(n)
+        b = v(n + 1 + len(a))
+        c = v(n + 2 + len(a) + len(b))
+        head = _KEY_FILE_NAME + c + b"\x0a" + b + b"\x0a" + a + name
+    return b"\x0a" + _varint(len(head)) + head
+
+
 def example_record(image: bytes, label: int, file_name: str) -> bytes:
     """One record as the pack stores it: a serialized ``tf.train.Example`` with
     ``file_name`` (bytes), ``image`` (JPEG bytes) and ``label`` (int64 >= 0), written
@@ -211,16 +227,7 @@ def example_record(image: bytes, label: int, file_name: str) -> bytes:
     ``join`` of a few small parts per record (the file name entry, the image
     entry's head, the image, the label entry)."""
     v = _varint
-    name = file_name.encode()
-    n = len(name)
-    if n < 124:  # every length of the name entry is one byte
-        head = _KEY_FILE_NAME + bytes((n + 4, 0x0A, n + 2, 0x0A, n)) + name
-    else:
-        a = v(n)
-        b = v(n + 1 + len(a))
-        c = v(n + 2 + len(a) + len(b))
-        head = _KEY_FILE_NAME + c + b"\x0a" + b + b"\x0a" + a + name
-    name_entry = b"\x0a" + v(len(head)) + head
+    name_entry = _name_entry(file_name)
     size = len(image)
     vs = v(size)
     bytes_list = size + 1 + len(vs)              # BytesList: 0a L(image) image
@@ -1033,10 +1040,28 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
     zdir = task.zip_dir
     write, add, bad = sh.writer.write, tally.add, sh.bad
+    fast = None  # files stored as they are: read, check, serialize in one C call
+    if zip_path is None and resize is None:
+        fast = getattr(preprocess._jpegcrop, "pack_file", None)
+    named, max_pixels = scan.not_an_image, preprocess.MAX_PIXELS
     records = bytes_in = bytes_out = 0
     try:
         for k, (key, label) in enumerate(task.chunk):
             name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
+            if fast is not None and named(name) is None:
+                got = fast(key, _name_entry(name), _label_entry(label), MAX_FILE_BYTES,
+                           max_pixels)
+                if got is not None:  # else the general path below names the reason
+                    try:
+                        write(got[0])
+                    except (OSError, RuntimeError) as exc:
+                        raise _ShardWriteFailed(sh, exc) from exc
+                    records += 1
+                    bytes_in += got[1]
+                    bytes_out += got[1]
+                    if add(False):
+                        return True
+                    continue
             if zip_path is None:
                 data, reason, nbytes = _prepare(key, resize, quality)
             else:  # read here: the workers read a zip in parallel

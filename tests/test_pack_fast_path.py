@@ -1,0 +1,174 @@
+"""The pack's fast path for a file stored as it is (``trainers._jpegcrop.pack_file``):
+open, read, check and serialize in one C call. Its record must be
+``trainers.pack.example_record`` byte for byte, it must hand every other case to the
+general path (which names the reason or converts the file), and a pack must give the
+same shards and the same skipped list with it and without it."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from trainers import pack as pack_mod
+from trainers import preprocess as P
+from trainers.options import PackOptions
+from test_jpeg_check import damaged, good_jpegs, pillow_jpeg
+from test_roi_decode import textured
+
+HAS_FAST = getattr(P._jpegcrop, "pack_file", None) is not None
+pytestmark = pytest.mark.skipif(not HAS_FAST, reason="trainers._jpegcrop (with pack_file) not built")
+
+MAX_BYTES, MAX_PIXELS = pack_mod.MAX_FILE_BYTES, P.MAX_PIXELS
+
+
+def fast(path, name: str, label: int, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS):
+    return P._jpegcrop.pack_file(str(path), pack_mod._name_entry(name),
+                                 pack_mod._label_entry(label), max_bytes, max_pixels)
+
+
+@pytest.fixture(scope="module")
+def base() -> bytes:
+    return good_jpegs()["pillow baseline"]
+
+
+# Sizes on each side of the varint steps of the image's lengths (1, 2, 3 bytes), and
+# names on each side of example_record's one-byte shortcut (< 124 bytes) and of the
+# name's own varint step (128).
+SIZES = [None, 16_375, 16_380, 16_384, 16_390, 2_097_140, 2_097_152, 2_097_160]
+NAMES = ["a.JPEG", "n01440764_10026.JPEG", "x" * 118 + ".JPEG", "y" * 119 + ".JPEG",
+         "z" * 123 + ".JPEG", "w" * 200 + ".jpg", "é" * 70 + ".JPEG"]
+LABELS = [0, 1, 127, 128, 999, 16_384, 21_840]
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_the_record_is_example_record_byte_for_byte(size, base, tmp_path):
+    """Zeros after the EOI marker make every size (decoders stop at EOI, and the pack
+    keeps the bytes as they are)."""
+    data = base if size is None else base + bytes(size - len(base))
+    for i, name in enumerate(NAMES):
+        label = LABELS[i % len(LABELS)]
+        path = tmp_path / name
+        path.write_bytes(data)
+        got = fast(path, name, label)
+        assert got is not None, (size, name)
+        assert got[1] == len(data)
+        assert got[0] == pack_mod.example_record(data, label, name), (size, name, label)
+    for label in LABELS:
+        assert fast(path, name, label)[0] == pack_mod.example_record(data, label, name)
+
+
+def test_every_good_jpeg_is_taken(tmp_path):
+    for i, (kind, data) in enumerate(good_jpegs().items()):
+        path = tmp_path / f"{i}.JPEG"
+        path.write_bytes(data)
+        assert fast(path, path.name, i) == (pack_mod.example_record(data, i, path.name),
+                                            len(data)), kind
+
+
+def test_the_limits_are_inclusive(base, tmp_path):
+    path = tmp_path / "a.JPEG"
+    path.write_bytes(base)
+    h, w = P.image_header(base)
+    assert fast(path, "a.JPEG", 3, max_bytes=len(base), max_pixels=h * w) is not None
+    assert fast(path, "a.JPEG", 3, max_bytes=len(base) - 1) is None
+    assert fast(path, "a.JPEG", 3, max_pixels=h * w - 1) is None
+
+
+def test_everything_else_goes_to_the_general_path(base, tmp_path):
+    cases: dict[str, Path] = {}
+
+    def write(name: str, data: bytes) -> None:
+        cases[name] = tmp_path / f"{len(cases)}.JPEG"
+        cases[name].write_bytes(data)
+
+    write("empty", b"")
+    png = io.BytesIO()
+    Image.fromarray(textured(30, 20)).save(png, "PNG")
+    write("PNG named .JPEG", png.getvalue())
+    write("CMYK", pillow_jpeg(Image.fromarray(textured(40, 56)).convert("CMYK")))
+    write("not an image at all", b"\xff\xd8\xff" + b"hello" * 20)
+    for kind, data in damaged(base).items():
+        if kind.startswith(("truncated", "missing EOI", "EOI ")):  # refused by any check
+            write(kind, data)
+    (tmp_path / "folder.JPEG").mkdir()
+    cases["folder"] = tmp_path / "folder.JPEG"
+    os.mkfifo(tmp_path / "fifo.JPEG")
+    cases["FIFO (no block)"] = tmp_path / "fifo.JPEG"
+    os.symlink(tmp_path / "gone.JPEG", tmp_path / "dangling.JPEG")
+    cases["dangling link"] = tmp_path / "dangling.JPEG"
+    cases["missing"] = tmp_path / "missing.JPEG"
+    for kind, path in cases.items():
+        assert fast(path, path.name, 0) is None, kind
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(TypeError):
+        P._jpegcrop.pack_file(3, b"", b"x", 1, 1)
+    with pytest.raises(TypeError):
+        P._jpegcrop.pack_file("a", "not bytes", b"x", 1, 1)
+
+
+def _tree(root: Path, base: bytes) -> Path:
+    """Class folders with every kind of file: good JPEGs, damaged ones, a PNG and a
+    CMYK JPEG named .JPEG (converted), a text file and a system file (skipped)."""
+    jpegs = list(good_jpegs().values())
+    bad = list(damaged(base).values())
+    png = io.BytesIO()
+    Image.fromarray(textured(30, 20)).save(png, "PNG")
+    odd = [png.getvalue(), pillow_jpeg(Image.fromarray(textured(40, 56)).convert("CMYK")), b""]
+    for c in range(3):
+        d = root / f"n0000000{c}"
+        (d / "images").mkdir(parents=True)
+        for i, data in enumerate(jpegs):
+            (d / f"good_{i}.JPEG").write_bytes(data)
+        for i, data in enumerate(bad[c::3]):
+            (d / "images" / f"bad_{i}.JPEG").write_bytes(data)
+        (d / f"odd_{c}.JPEG").write_bytes(odd[c])
+        (d / "boxes.txt").write_text("0 0 1 1\n")
+        (d / ".DS_Store").write_bytes(b"\0\1")
+    return root
+
+
+def _pack(src: Path, out: Path) -> tuple[dict[str, bytes], dict]:
+    res = pack_mod.pack_folder(src, out, PackOptions(num_shards=3, val_fraction=0.2))
+    shards = {p.name: p.read_bytes() for p in sorted(out.rglob("*array_record*"))}
+    bad = json.loads((out / "bad_images.json").read_text()) if (out / "bad_images.json").exists() else None
+    return shards, {"bad": bad, "packed": res.packed, "skipped": res.skipped,
+                    "bytes": (res.bytes_in, res.bytes_out), "splits": res.splits}
+
+
+def test_a_pack_is_the_same_with_and_without_the_fast_path(base, tmp_path, monkeypatch):
+    src = _tree(tmp_path / "src", base)
+    with_fast = _pack(src, tmp_path / "fast")
+    ext = P._jpegcrop
+    monkeypatch.setattr(P, "_jpegcrop", types.SimpleNamespace(check=ext.check,
+                                                              decode_crop=ext.decode_crop))
+    without = _pack(src, tmp_path / "general")
+    assert with_fast[0] and with_fast[0] == without[0]
+    assert with_fast[1] == without[1]
+    assert with_fast[1]["packed"] > 0 and with_fast[1]["bad"]
+
+
+def test_the_fast_path_is_taken_for_plain_jpegs(base, tmp_path, monkeypatch):
+    """Good JPEGs never reach the general path's reader (so the fast path is what
+    packs them); the odd files still do."""
+    src = _tree(tmp_path / "src", base)
+    seen: list[str] = []
+    general = pack_mod._prepare
+
+    def spy(path, *args):
+        seen.append(Path(path).name)
+        return general(path, *args)
+
+    monkeypatch.setattr(pack_mod, "_prepare", spy)
+    pack_mod.pack_folder(src, tmp_path / "out", PackOptions(num_shards=2))
+    assert seen and not any(n.startswith("good_") for n in seen)
+    assert {f"odd_{c}.JPEG" for c in range(3)} <= set(seen)
+    assert np.all([not n.startswith("good_") for n in seen])
