@@ -4,6 +4,8 @@ listed with their reasons, and failures (a write error, a killed worker process)
 leave only complete shards."""
 
 import errno
+import hashlib
+import json
 import os
 import shutil
 
@@ -262,9 +264,10 @@ def test_a_background_import_imports_once_and_a_failing_one_stays_quiet(monkeypa
 
 def test_the_fingerprint_is_the_same_when_worker_processes_stat_the_files(folder, tmp_path,
                                                                           monkeypatch):
-    """With worker processes the listed files are stat'ed there, in chunks, and hashed
-    here in order (``_Workers.stat_files``): the same fingerprint as stat'ing them
-    here, a file that cannot be stat'ed included, and a changed file changes it."""
+    """With worker processes the listed files' lines are made there, in chunks, and
+    hashed here in order (``_Workers.stat_lines``): the same fingerprint as making
+    them here, a file that cannot be stat'ed included, and a changed file changes it.
+    Both are the digest of one line per file (what packs made before chunking hold)."""
     from trainers import sources
 
     monkeypatch.setattr(pack_mod._Workers, "STAT_CHUNK", 5)  # several chunks in flight
@@ -276,9 +279,20 @@ def test_the_fingerprint_is_the_same_when_worker_processes_stat_the_files(folder
     here = pack_mod._fingerprint(src, None, opts)
     with pack_mod._Workers(opts, start=True) as workers:
         there = pack_mod._fingerprint(src, None, opts, workers)
-        stats = list(workers.stat_files(src.items))
-    assert there == here and len(stats) == len(src.items) > 3 * 5
-    assert stats == [pack_mod._file_stat(path) for path, _ in src.items]
-    assert (-1, 0) in stats  # the dangling link: "missing"
+        chunks = list(workers.stat_lines(src.items))
+    assert there == here and len(chunks) == -(-len(src.items) // 5) > 3
+    lines = [(f"{p}\0{label}\0missing\n" if not os.path.exists(p) else
+              f"{p}\0{label}\0{os.stat(p).st_size}\0{os.stat(p).st_mtime_ns}\n").encode()
+             for p, label in src.items]
+    assert b"".join(chunks) == b"".join(lines)
+    assert any(line.endswith(b"\0missing\n") for line in lines)  # the dangling link
+    h = hashlib.sha256()
+    h.update(json.dumps([pack_mod.FORMAT_VERSION, src.path,
+                         {k: v for k, v in opts.to_dict().items()
+                          if k not in PackOptions.EXECUTION_ONLY}]).encode())
+    h.update(f"{src.kind}\0{src.stamp}\0{src.labels_from}\n".encode())
+    for line in lines:  # one file at a time, as before
+        h.update(line)
+    assert here == h.hexdigest()[:16]
     os.utime(tree / "n00000001" / "n00000001_0.JPEG", ns=(1, 1))
     assert pack_mod._fingerprint(src, None, opts) != here

@@ -465,9 +465,11 @@ def _fingerprint(src, val, options: PackOptions, workers: "_Workers | None" = No
     each listed file's path, label, size and mtime (a zip's members by name and
     label), streamed into the hash one member at a time (nothing kept); for an
     archive its path, size and mtime (and its label file's), so a 150 GB tar is never
-    read twice to fingerprint it. With worker processes (``workers``) the files are
-    stat'ed there, in parallel (:meth:`_Workers.stat_files`), and hashed here in
-    order: the same digest."""
+    read twice to fingerprint it. The listed files' lines are made in chunks of
+    :attr:`_Workers.STAT_CHUNK` (:func:`_stat_lines`); with worker processes
+    (``workers``) there, in parallel (:meth:`_Workers.stat_lines`), and hashed here
+    in order: the same digest (1M files: 3.1 s when the workers only stat'ed and
+    the lines were made here, 2 cores)."""
     h = hashlib.sha256()
     opts = {k: v for k, v in options.to_dict().items() if k not in PackOptions.EXECUTION_ONLY}
     h.update(json.dumps([FORMAT_VERSION, src.path, opts]).encode())
@@ -480,11 +482,13 @@ def _fingerprint(src, val, options: PackOptions, workers: "_Workers | None" = No
             for path, label in items:
                 h.update(f"{path}\0{label}\n".encode())
             continue
-        stats = (workers.stat_files(items) if workers is not None and workers.procs
-                 else map(_file_stat, (path for path, _ in items)))
-        for (path, label), (size, mtime_ns) in zip(items, stats):
-            h.update((f"{path}\0{label}\0missing\n" if size < 0 else
-                      f"{path}\0{label}\0{size}\0{mtime_ns}\n").encode())
+        if workers is not None and workers.procs:
+            lines = workers.stat_lines(items)
+        else:
+            n = _Workers.STAT_CHUNK
+            lines = (_stat_lines(items[lo:lo + n]) for lo in range(0, len(items), n))
+        for chunk in lines:
+            h.update(chunk)
     return h.hexdigest()[:16]
 
 
@@ -498,9 +502,17 @@ def _file_stat(path: str) -> tuple[int, int]:
     return st.st_size, st.st_mtime_ns
 
 
-def _stat_chunk(chunk: Listing) -> list[tuple[int, int]]:
-    """:func:`_file_stat` of each member of ``chunk``, in order (a worker's task)."""
-    return [_file_stat(path) for path, _ in chunk]
+def _stat_lines(chunk: Listing) -> bytes:
+    """The fingerprint's lines of the listed files ``chunk``, in order: ``path NUL
+    label NUL size NUL mtime_ns`` (:func:`_file_stat`), or ``path NUL label NUL
+    missing`` for a file that cannot be stat'ed, each ending in a newline, UTF-8 (a
+    worker's task)."""
+    out = []
+    for path, label in chunk:
+        size, mtime_ns = _file_stat(path)
+        out.append(f"{path}\0{label}\0missing\n" if size < 0 else
+                   f"{path}\0{label}\0{size}\0{mtime_ns}\n")
+    return "".join(out).encode()
 
 
 def is_packed(out_dir: str | os.PathLike) -> bool:
@@ -1318,17 +1330,17 @@ class _Workers:
             raise
         return out
 
-    #: Listed files per :func:`_stat_chunk` task of :meth:`stat_files`.
+    #: Listed files per :func:`_stat_lines` task of :meth:`stat_lines`.
     STAT_CHUNK = 4096
 
-    def stat_files(self, items: Listing) -> Iterable[tuple[int, int]]:
-        """``(size, mtime_ns)`` of each file of ``items`` in order (``(-1, 0)``: cannot
-        be stat'ed), stat'ed by the worker processes in chunks of
-        :attr:`STAT_CHUNK`, at most :attr:`window` chunks in flight."""
-        chunks = ((None, self._submit(_stat_chunk, items[lo:lo + self.STAT_CHUNK]))
+    def stat_lines(self, items: Listing) -> Iterable[bytes]:
+        """The fingerprint's lines of the files of ``items`` (:func:`_stat_lines`),
+        one ``bytes`` per chunk of :attr:`STAT_CHUNK` files, in order, made by the
+        worker processes with at most :attr:`window` chunks in flight."""
+        chunks = ((None, self._submit(_stat_lines, items[lo:lo + self.STAT_CHUNK]))
                   for lo in range(0, len(items), self.STAT_CHUNK))
-        for _, stats in self._in_order(chunks):
-            yield from stats
+        for _, lines in self._in_order(chunks):
+            yield lines
 
     def _stop(self, tally: _ThreadTally | None, pending: set) -> None:
         """Stop the running shards at their next member; cancel those not started."""
