@@ -6,6 +6,7 @@ images, the rate against what the hardware allows, and the time from ``autotune 
     python bench/pack_scale.py --sizes 10000 100000 --json bench/results/pack_scale.json
     python bench/pack_scale.py --sizes 2000 --no-samples --no-first-step   # a smoke run
     python bench/pack_scale.py --sizes --samples-x 10 100 --no-first-step  # full size at 100k
+    python bench/pack_scale.py --sizes --samples-x 100 --no-first-step --out-dir /dev/shm  # no disk writes
 
 Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
 ``~/.cache/autotune/bench/pack_scale``, never into the repository):
@@ -29,12 +30,15 @@ Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
 Before its packs every file of a set is read once (the page cache is warm for every
 pack of it alike; without this the first pack of a set paid disk reads the second was
 spared). Each pack is ``autotune pack --data D --out O --shards S`` in a child process (a fresh
-output folder; originals stored, no resize; the default workers: one process per
+output folder, on the cache's disk unless ``--out-dir`` says where, e.g. ``/dev/shm``; originals stored, no resize; the default workers: one process per
 usable core; with ``--compare-workers`` the sets of at most 100k images are packed a
 second time with threads only, ``--workers 0``), with:
 
 * pack images/s and MB/s: images and input bytes (``pack.json``) over the child's wall
   time (process start to exit: scan, fingerprint, verify, write, metadata);
+* the machine's CPU seconds in each state over the pack (``machine_cpu_s``: user,
+  system, idle, iowait, steal; all cores), so that time spent waiting on the disk is
+  seen apart from time spent computing;
 * peak RSS: the largest sum of the resident set sizes of the child and its
   descendants (worker processes), sampled every 50 ms with psutil (the figure the goal
   uses). The child's ``ru_maxrss`` from ``os.wait4`` is kept too, but it is no
@@ -235,10 +239,12 @@ def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None)
     cmd = [sys.executable, "-m", "autotune.cli", "pack", "--data", str(root), "--out", str(out),
            "--shards", str(shards), "--quiet"] + (
                [] if workers is None else ["--workers", str(workers)])
+    before = psutil.cpu_times()
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     rss_sum, maxrss = _watch(proc)
     wall = time.perf_counter() - t
+    after = psutil.cpu_times()
     text = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
     if proc.returncode != 0:
         raise SystemExit(f"pack of {root} failed ({proc.returncode}):\n{text[-2000:]}")
@@ -249,7 +255,16 @@ def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None)
             "packed": summary["packed"], "bytes_in": summary["bytes_in"],
             "images_per_s": summary["packed"] / wall, "mb_per_s": summary["bytes_in"] / 1e6 / wall,
             "peak_rss_sum_bytes": rss_sum, "child_ru_maxrss_bytes": maxrss,
-            "workers": (summary.get("options") or {}).get("pack_workers")}
+            "workers": (summary.get("options") or {}).get("pack_workers"),
+            "out": str(out), "machine_cpu_s": _cpu_deltas(before, after)}
+
+
+def _cpu_deltas(before, after) -> dict[str, float]:
+    """Seconds of the machine's CPU time (all cores) in each state between two
+    ``psutil.cpu_times()``: what the pack's wall time went to, its waits on the disk
+    (``iowait``) and the hypervisor's share (``steal``) included."""
+    return {k: round(getattr(after, k) - getattr(before, k), 2)
+            for k in ("user", "system", "idle", "iowait", "steal") if hasattr(after, k)}
 
 
 def first_step(root: Path, workdir: Path, timeout_s: float = 3600) -> dict:
@@ -332,6 +347,9 @@ def main(argv=None) -> int:
     ap.add_argument("--compare-workers", action="store_true",
                     help="also pack each set of at most 100k images with threads only "
                          "(--workers 0), to compare with the default worker processes")
+    ap.add_argument("--out-dir", help="write the packs under this folder (default: a "
+                    "temporary folder in the cache, on the data's disk); e.g. /dev/shm "
+                    "takes the disk's write path out of the figure")
     ap.add_argument("--json", help="write the raw figures here")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -342,7 +360,9 @@ def main(argv=None) -> int:
         for k in args.samples_x:
             sets.append((f"imagenet-samples-x{k}", make_samples_x(k), 1000 * k))
     rows: dict[str, dict] = {}
-    with tempfile.TemporaryDirectory(prefix="pack_scale-", dir=cache_root()) as tmp:
+    out_root = Path(args.out_dir) if args.out_dir else cache_root()
+    out_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="pack_scale-", dir=out_root) as tmp:
         work = Path(tmp)
         for name, root, n in sets:
             warm = warm_page_cache(root)
@@ -365,7 +385,8 @@ def main(argv=None) -> int:
                   f"{p['images_per_s']:8,.0f} images/s {p['mb_per_s']:6.1f} MB/s "
                   f"peak RSS {p['peak_rss_sum_bytes'] / 2**20:7.0f} MiB; bound "
                   f"{row['bound_images_per_s']:8,.0f} images/s (check {chk['images_per_s']:,.0f}"
-                  f" x {cores} cores, sequential {seq['images_per_s']:,.0f})"
+                  f" x {cores} cores, sequential {seq['images_per_s']:,.0f}); iowait "
+                  f"{p['machine_cpu_s'].get('iowait', 0):.1f} s"
                   + (f"; first step after {row['first_step']['first_step_s']:.0f} s"
                      if "first_step" in row else ""), flush=True)
     met = goals(rows)

@@ -37,3 +37,26 @@ def test_samples_times_k_links_every_sample_k_times_once(tmp_path, monkeypatch):
     assert len(list(bps.make_samples_x(3).glob("*/*"))) == 6
     with pytest.raises(SystemExit, match="at least 1"):
         bps.make_samples_x(0)
+
+
+def test_cpu_deltas_are_the_seconds_in_each_state():
+    from collections import namedtuple
+
+    T = namedtuple("T", "user system idle iowait steal nice")
+    got = bps._cpu_deltas(T(10, 2, 100, 1, 0.5, 9), T(25.5, 4, 101, 6, 1.5, 9))
+    assert got == {"user": 15.5, "system": 2, "idle": 1, "iowait": 5, "steal": 1}
+    Mac = namedtuple("Mac", "user system idle")  # no iowait/steal where psutil has none
+    assert bps._cpu_deltas(Mac(1, 1, 1), Mac(2, 3, 4)) == {"user": 1, "system": 2, "idle": 3}
+
+
+def test_run_pack_packs_into_the_work_folder_and_reports_the_machine_time(tmp_path):
+    from conftest import write_jpeg_folder
+
+    data = write_jpeg_folder(tmp_path / "data", classes=2, per_class=4)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    row = bps.run_pack(data, 2, work, workers=0)
+    assert row["packed"] == 8 and row["out"] == str(work / "packed-data")
+    assert not (work / "packed-data").exists()  # deleted after reading its pack.json
+    assert set(row["machine_cpu_s"]) >= {"user", "system", "idle"}
+    assert all(v >= 0 for v in row["machine_cpu_s"].values())
