@@ -19,6 +19,13 @@ import os
 import sys
 from pathlib import Path
 
+# NumPy's OpenBLAS starts a thread per core at import, which spins on the CPU for a
+# while although nothing here multiplies matrices on the host (JAX has its own
+# threads): ~0.1 s of CPU per process, in this one and in each pack worker process
+# (spawned with this environment). One thread unless the user says otherwise; set
+# before anything imports NumPy.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from autotune import results
 from autotune.progress import progress_bar
 from trainers.options import PackOptions as _PackOptions

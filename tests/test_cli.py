@@ -88,3 +88,22 @@ def test_rerunning_the_same_command_continues_an_unfinished_run(images, tmp_path
     # A completed run is not continued: the same command starts a new one.
     assert cli.main(argv) == 0
     assert len([p for p in tmp_path.iterdir() if (p / "run.json").exists()]) == 2
+
+
+def test_the_cli_gives_openblas_one_thread_unless_the_user_set_it():
+    """Set before NumPy loads (the CLI's imports do not load it), so the spawned pack
+    workers inherit it too; a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; import autotune.cli; "
+            "print(os.environ['OPENBLAS_NUM_THREADS'], 'numpy' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["1", "False"]
+    env["OPENBLAS_NUM_THREADS"] = "3"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                         text=True, check=True).stdout.split()
+    assert out == ["3", "False"]
