@@ -61,8 +61,9 @@ step-down (:func:`step_down`). The rules:
   bytes so that the seek on opening a shard costs under 5% of reading it; near
   256 MiB between those bounds.
 * **Prefetch** (:func:`choose_prefetch`): ``threads + 2`` host batches (each thread
-  builds a whole batch, so fewer would idle threads), within 5% of RAM; 2 batches on
-  the device (double buffering).
+  builds a whole batch, so fewer would idle threads), within 5% of RAM less each
+  thread's read buffer (host batch x mean stored record x 1.25); 2 batches on the
+  device (double buffering).
 * **Pack threads** (:func:`choose_pack_threads`): the probe's usable cores.
 * **Pack worker processes** (:func:`choose_pack_workers`): one per usable core on two
   or more cores (the pack's file reads, serialisation and writes hold the GIL between
@@ -86,7 +87,8 @@ from autotune.batch_search import NoBatchFits, next_smaller_batch
 from autotune.lr_rules import LrDecision, rescale_after_batch_change, scale_learning_rate
 from autotune.presets import Preset
 from autotune.probe_report import ProbeReport
-from trainers.options import LoopOptions, PackOptions, TrainConfig, pack_resize_side
+from trainers.options import (READ_BUFFER_GROWTH, LoopOptions, PackOptions, TrainConfig,
+                              pack_resize_side, read_buffer_bytes)
 from trainers.records import Record
 from autotune.fmt import fmt_bytes
 
@@ -882,20 +884,31 @@ def choose_num_shards(dataset_bytes: int, *, num_images: int, hosts: int, thread
 
 
 def choose_prefetch(*, threads: int, per_device_batch: int, local_devices: int,
-                    image_size: int, ram_available: float) -> tuple[int, Decision]:
+                    image_size: int, ram_available: float,
+                    record_bytes: float = 0.0) -> tuple[int, Decision]:
     """Host batches in flight: ``threads + 2`` (each thread builds a whole batch),
-    at most :data:`PREFETCH_RAM_FRACTION` of the available RAM (at least 2), with
-    batches of ``per_device_batch x local_devices x image_size^2 x 3`` bytes;
-    :data:`DEVICE_PREFETCH` more on the device."""
-    batch_bytes = per_device_batch * local_devices * image_size ** 2 * 3
+    with batches of ``per_device_batch x local_devices x image_size^2 x 3`` bytes, in
+    what is left of :data:`PREFETCH_RAM_FRACTION` of the available RAM (bytes) once
+    each thread's read buffer is counted (:func:`trainers.options.read_buffer_bytes`
+    of the host batch at ``record_bytes``, the mean stored record; 0: not counted), at
+    least 2; :data:`DEVICE_PREFETCH` more on the device."""
+    host_batch = per_device_batch * local_devices
+    batch_bytes = host_batch * image_size ** 2 * 3
+    buffers = threads * read_buffer_bytes(host_batch, record_bytes)
+    budget = PREFETCH_RAM_FRACTION * ram_available
     want = threads + 2
-    cap = max(2, int(PREFETCH_RAM_FRACTION * ram_available // max(1, batch_bytes)))
+    cap = max(2, int(max(0.0, budget - buffers) // max(1, batch_bytes)))
     n = min(want, cap)
+    held = (f"; each thread also keeps a read buffer of "
+            f"{fmt_bytes(buffers / threads, unit='MiB')} ({host_batch} records x "
+            f"{record_bytes / 1e3:,.0f} KB x {READ_BUFFER_GROWTH})" if buffers > 0 else "")
     return n, Decision(
         "prefetch", f"{n} host batches, {DEVICE_PREFETCH} on device",
         f"{threads} threads + 2 = {want} batches of {fmt_bytes(batch_bytes, unit='MiB')} in flight (each thread "
-        f"builds a whole batch)"
-        + (f", capped at {cap} by 5% of RAM ({cap} threads busy at most)" if cap < want else "")
+        f"builds a whole batch){held}"
+        + (f", capped at {cap} by 5% of RAM ({fmt_bytes(budget, unit='MiB')}"
+           + (f" less the buffers' {fmt_bytes(buffers, unit='MiB')}" if buffers > 0 else "")
+           + f"; {cap} threads busy at most)" if cap < want else "")
         + f"; {DEVICE_PREFETCH} on the device for double buffering")
 
 
@@ -989,6 +1002,7 @@ class _Decode(NamedTuple):
 
 
 class _Storage(NamedTuple):
+    record_bytes: float
     mode: str
     window: int
     shards: int
@@ -1054,7 +1068,7 @@ def _storage_plan(report: ProbeReport, request: PlanRequest, p: _Decode,
                                     requested=request.num_shards)
     dec.append(why)
     disk_ips = None if disk is None or in_cache else (rand_ips if mode == "random" else seq_ips)
-    return _Storage(mode=mode, window=window, shards=shards,
+    return _Storage(record_bytes=record_bytes, mode=mode, window=window, shards=shards,
                     shard_bytes=dataset_bytes // shards, rand_ips=rand_ips, seq_ips=seq_ips,
                     disk_ips=disk_ips)
 
@@ -1089,7 +1103,8 @@ def make_plan(report: ProbeReport, preset: Preset, request: PlanRequest = PlanRe
     s = _storage_plan(report, request, p, dec)
     prefetch, why = choose_prefetch(threads=p.threads, per_device_batch=batch,
                                     local_devices=devices, image_size=preset.image_size,
-                                    ram_available=report.host.ram_available_bytes)
+                                    ram_available=report.host.ram_available_bytes,
+                                    record_bytes=s.record_bytes)
     dec.append(why)
     pack_threads, why = choose_pack_threads(report.decode.usable_cores)
     dec.append(why)

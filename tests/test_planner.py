@@ -58,8 +58,9 @@ def test_gpu_ssd_imagenet():
     # 1,281,167 = 65.68e9 B -> ceil(65.68e9 / 268,435,456) = 245; max(245, 256) = 256.
     assert plan.num_shards == 256
     # Prefetch: 64 + 2 = 66 batches of 256 x 8 x 224^2 x 3 = 308,281,344 B (294 MiB);
-    # cap 5% x 480 GiB / 308,281,344 = 83 -> 66.
-    assert plan.prefetch_batches == 66
+    # 5% x 480 GiB = 25,769,803,776 B less 64 read buffers of 2,048 x 51,263.7 x 1.25
+    # = 131,235,072 B (8,399,044,608 B) leaves 17,370,759,168 B = 56 batches -> 56.
+    assert plan.prefetch_batches == 56
     # Data set 61 GiB fits half of 512 GiB RAM -> disk not a limit; compute 24,000 <
     # decode 30,040 -> compute-bound, predicted 24,000 img/s.
     assert plan.bottleneck == "compute"
@@ -389,6 +390,18 @@ def test_shuffle_window_shards_prefetch_and_pack_threads():
     # 5% of 16 GiB = 858,993,459 B -> 2 batches.
     n, d = choose_prefetch(**kw, ram_available=16 * GiB)
     assert n == 2 and "capped at 2" in d.reason
+    # Each thread's read buffer: 2,048 records x 110 KB x 1.25 = 281,600,000 B, x 64
+    # threads = 18,022,400,000 B; 5% of 480 GiB = 25,769,803,776 B leaves
+    # 7,747,403,776 B = 25 batches of 308,281,344 B.
+    n, d = choose_prefetch(**kw, ram_available=480 * GiB, record_bytes=110e3)
+    assert n == 25 and "capped at 25" in d.reason and "read buffer of 268.6 MiB" in d.reason
+    # Buffers alone past 5% of RAM: still 2 batches, and the plan says why.
+    n, d = choose_prefetch(**kw, ram_available=64 * GiB, record_bytes=110e3)
+    assert n == 2 and "less the buffers'" in d.reason
+    # 4 threads x 128 x 110 KB x 1.25 = 70,400,000 B of 858,993,459 B: the 6 wanted fit.
+    n, d = choose_prefetch(threads=4, per_device_batch=128, local_devices=1, image_size=224,
+                           ram_available=16 * GiB, record_bytes=110e3)
+    assert n == 6 and "capped" not in d.reason and "128 records x 110 KB x 1.25" in d.reason
     assert choose_pack_threads(32)[0] == 32 and choose_pack_threads(0)[0] == 1
 
 
@@ -508,7 +521,7 @@ def test_train_config_from_plan_and_preset():
 def test_loop_and_pack_options_are_renames():
     plan = make_plan(gpu_ssd_report(), get_preset("resnet50"))
     opts = loop_options(plan, max_steps=7, checkpoint_every_s=60.0)
-    assert (opts.decode_threads, opts.prefetch_batches, opts.device_prefetch) == (64, 66, 2)
+    assert (opts.decode_threads, opts.prefetch_batches, opts.device_prefetch) == (64, 56, 2)
     assert (opts.read_mode, opts.shuffle_window, opts.cache_decoded,
             opts.decode_workers) == ("random", 4096, False, 0)
     assert (opts.max_steps, opts.checkpoint_every_s) == (7, 60.0)

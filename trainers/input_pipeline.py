@@ -56,7 +56,7 @@ from tensorflow_datasets.proto import tf_example_pb2
 from trainers import preprocess
 from trainers.example_wire import WireError, image_and_label
 from trainers.preprocess import BadImageError
-from trainers.options import AugmentConfig
+from trainers.options import READ_BUFFER_GROWTH, AugmentConfig
 from trainers.shard_reader import ShardReader
 
 
@@ -355,7 +355,7 @@ class _Records:
                 need += self.direct[s].length(index - int(self.starts[s])) or 0
         buf = getattr(_SCRATCH, "buf", None)
         if buf is None or len(buf) < need:
-            buf = _SCRATCH.buf = np.empty(need + need // 4, np.uint8)  # not zeroed
+            buf = _SCRATCH.buf = np.empty(int(need * READ_BUFFER_GROWTH), np.uint8)  # not zeroed
         return memoryview(buf)
 
     def _library_read(self, index: int) -> bytes | Exception:

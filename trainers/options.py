@@ -311,6 +311,21 @@ class AugmentConfig:
                              f"({self.max_scale}) <= 1")
 
 
+#: The training pipeline reads a batch's records into one buffer per thread, kept
+#: across batches and grown to this multiple of the largest batch's record bytes
+#: (``trainers.input_pipeline._Records``); the planner counts it in the RAM it keeps
+#: for prefetching (``autotune.planner.choose_prefetch``).
+READ_BUFFER_GROWTH = 1.25
+
+
+def read_buffer_bytes(host_batch: int, record_bytes: float) -> float:
+    """Bytes of one pipeline thread's read buffer for ``host_batch`` records of
+    ``record_bytes`` bytes on average: ``host_batch x record_bytes x``
+    :data:`READ_BUFFER_GROWTH` (a batch of larger records than the mean needs more; the
+    mean is what a plan knows)."""
+    return host_batch * record_bytes * READ_BUFFER_GROWTH
+
+
 def pack_resize_side(image_size: int) -> int:
     """Shorter side (pixels) a pack-time resize stores for training at ``image_size``
     pixels: ``ceil8(1.5 x S)`` for S <= 64 px, else ``ceil8(S x 256 / 224)`` (256 for
