@@ -1,0 +1,100 @@
+"""The pack's per-member loop alone (issue 13): CPU microseconds per image of
+``trainers.pack._write_members`` (read, check, serialize, write one shard) with the
+one-call fast path of the C extension (``_jpegcrop.pack_file``) and without it (the
+general path: ``_read_image_file``, ``packed_bytes``, ``example_record``), on the same
+files, one thread, in this process, best of ``--repeats``.
+
+    python bench/pack_loop.py                        # imagenet-samples + 6,000 small files
+    python bench/pack_loop.py --json bench/results/pack_loop.json
+
+Sets: the 1,000 full-size ``imagenet-samples`` of ``../shared/data`` and the first
+``--small`` files of bench/pack_scale.py's ``synthetic-100000`` set (made there once
+if missing). Both paths write the same shard (checked here, byte for byte). The shard
+goes to a temporary folder on the cache's disk; the page cache is warm (every file is
+read once first). CPU time is ``time.process_time`` (user + system of this process).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import types
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+import pack_scale  # noqa: E402
+from trainers import pack, preprocess  # noqa: E402
+
+
+def loop_us(files: list[str], path: Path, fast: bool) -> tuple[float, bytes]:
+    """CPU us per image of one ``_write_members`` pass over ``files`` into ``path``,
+    and the shard's bytes."""
+    ext = preprocess._jpegcrop
+    if not fast:
+        preprocess._jpegcrop = types.SimpleNamespace(check=ext.check, decode_crop=ext.decode_crop)
+    try:
+        task = pack._ShardTask(path, [(f, i % 1000) for i, f in enumerate(files)], None,
+                               None, 90, path.parent, "bench")
+        sh = pack._Shard(path, eager=True)
+        t = time.process_time()
+        pack._write_members(sh, task, pack._ThreadTally(None, None, 0, 0))
+        sh.finish()
+        return (time.process_time() - t) / len(files) * 1e6, path.read_bytes()
+    finally:
+        preprocess._jpegcrop = ext
+
+
+def measure(name: str, files: list[str], repeats: int, work: Path) -> dict:
+    for f in files:
+        Path(f).read_bytes()
+    best = {"fast": float("inf"), "general": float("inf")}
+    shards = {}
+    for _ in range(repeats):
+        for mode in best:
+            us, shards[mode] = loop_us(files, work / f"{name}-{mode}.array_record", mode == "fast")
+            best[mode] = min(best[mode], us)
+    if shards["fast"] != shards["general"]:
+        raise SystemExit(f"{name}: the two paths wrote different shards")
+    row = {"images": len(files), "mean_bytes": sum(os.path.getsize(f) for f in files) / len(files),
+           "fast_us": best["fast"], "general_us": best["general"],
+           "fast_over_general": best["fast"] / best["general"]}
+    print(f"{name:>24}: {len(files):6,} files of {row['mean_bytes'] / 1e3:6.1f} KB: fast "
+          f"{row['fast_us']:8.1f} us, general {row['general_us']:8.1f} us per image "
+          f"({row['fast_over_general']:.2f}x)", flush=True)
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--small", type=int, default=6000, help="small synthetic files")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", help="write the raw figures here")
+    args = ap.parse_args(argv)
+    if getattr(preprocess._jpegcrop, "pack_file", None) is None:
+        raise SystemExit("trainers._jpegcrop (with pack_file) is not built")
+    sets = {"imagenet-samples": sorted(str(p) for p in pack_scale.SAMPLES.glob("*/*"))}
+    if args.small:
+        root = pack_scale.make_synthetic(100_000, 80)
+        sets["synthetic-100000-80px"] = sorted(str(p) for p in root.glob("*/*"))[:args.small]
+    rows = {}
+    with tempfile.TemporaryDirectory(prefix="pack_loop-", dir=pack_scale.cache_root()) as tmp:
+        for name, files in sets.items():
+            rows[name] = measure(name, files, args.repeats, Path(tmp))
+    if args.json:
+        Path(args.json).write_text(json.dumps({
+            "date": _dt.date.today().isoformat(), "machine": platform.platform(),
+            "argv": sys.argv[1:], "rows": rows}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
