@@ -92,3 +92,96 @@ def test_missing_feature_is_an_error():
         example_wire.image_and_label(rec)
     with pytest.raises(ValueError, match="no image/label"):
         ip.parse_example(rec)
+
+
+# ------------------------------------------------ the walk in C against the Python walk
+
+needs_c = pytest.mark.skipif(example_wire._walk is None,
+                             reason="trainers._jpegcrop (with example_image_label) not built")
+
+
+def _python_walk(rec: bytes, monkeypatch) -> tuple:
+    with monkeypatch.context() as m:
+        m.setattr(example_wire, "_walk", None)
+        try:
+            view, label = example_wire.image_and_label(rec)
+        except example_wire.WireError as exc:
+            return ("error", str(exc))
+    return ("ok", bytes(view), label)
+
+
+def _records() -> list[bytes]:
+    from trainers.pack import example_record
+
+    image = bytes(range(256)) * 300
+    recs = [example_record(b"\xff\xd8\xff" + bytes(n), label, name)
+            for n, label, name in [(0, 0, "a.JPEG"), (200, 127, "x" * 130 + ".JPEG"),
+                                   (20_000, 128, "n01440764_1.JPEG"), (70_000, 21_840, "é.JPEG")]]
+    recs += [_example(image, label) for label in (0, 1, 999, -3, 2**40)]
+    recs += [_example(b"\xff\xd8\xffjpeg", 417, extra=False, order=o)
+             for o in (("image", "label"), ("label", "image"))]
+    recs += [_unpacked_example(b"\xff\xd8\xffjpeg", label) for label in (5, 300, -1)]
+    # fixed64 / fixed32 fields beside the features and inside a map entry: skipped
+    fixed = _varint(2 << 3 | 1) + bytes(8) + _varint(3 << 3 | 5) + bytes(4)
+    entry_img = _field(1, _field(1, b"image") + fixed + _field(2, _field(1, _field(1, b"IMG"))))
+    entry_lab = _field(1, _field(1, b"label") + _field(2, _field(3, _field(1, _varint(9)))))
+    recs.append(fixed + _field(1, entry_img + entry_lab) + fixed)
+    # two image entries (the last one counts) and a varint field between entries
+    entry_img2 = _field(1, _field(1, b"image") + _field(2, _field(1, _field(1, b"SECOND"))))
+    recs.append(_field(1, entry_img + _varint(7 << 3) + _varint(300) + entry_lab + entry_img2))
+    return recs
+
+
+@needs_c
+def test_the_c_walk_gives_the_python_walks_result_on_valid_records(monkeypatch):
+    for rec in _records():
+        got = example_wire._walk(rec)
+        assert got is not None, rec[:40]
+        assert _python_walk(rec, monkeypatch) == ("ok", rec[got[0]:got[1]], got[2])
+        view, label = example_wire.image_and_label(rec)
+        assert view.obj is rec and (bytes(view), label) == (rec[got[0]:got[1]], got[2])
+
+
+@needs_c
+def test_the_c_walk_never_accepts_what_the_python_walk_refuses(monkeypatch):
+    """Every truncation of small records and random byte changes of all of them: where
+    the C walk gives a result it is the Python walk's; where it gives None, the
+    Python walk decides (and names the error)."""
+    import random
+
+    rng = random.Random(0)
+    cases = []
+    for rec in _records():
+        if len(rec) < 400:
+            cases += [rec[:n] for n in range(len(rec))]
+        head = min(len(rec), 120)  # the structure is at the front (and at the end)
+        for _ in range(150):
+            b = bytearray(rec)
+            pos = rng.randrange(head) if rng.random() < 0.8 else rng.randrange(len(rec))
+            b[pos] = rng.randrange(256)
+            cases.append(bytes(b))
+        cases.append(rec + b"\x08\x01")  # a varint field after the example
+        cases.append(rec + b"\x0b")  # wire type 3: unsupported
+    accepted = refused = 0
+    for rec in cases:
+        got = example_wire._walk(rec)
+        py = _python_walk(rec, monkeypatch)
+        if got is None:
+            refused += 1
+        else:
+            accepted += 1
+            assert py == ("ok", rec[got[0]:got[1]], got[2])
+        assert example_wire.image_and_label(rec)[1] == py[2] if py[0] == "ok" else True
+    assert accepted > 500 and refused > 500
+
+
+@needs_c
+def test_the_c_walk_leaves_varints_over_64_bits_to_python(monkeypatch):
+    """A label varint of 10 bytes whose last byte carries bits past 64: Python's
+    arbitrary-precision walk gives its value; the C walk steps aside."""
+    big = b"\xff" * 9 + b"\x7f"  # 2**70 - 1
+    label_feat = _field(3, _varint(1 << 3 | 0)[:1] + big)
+    rec = _field(1, _field(1, _field(1, b"label") + _field(2, label_feat))
+                 + _field(1, _field(1, b"image") + _field(2, _field(1, _field(1, b"I")))))
+    assert example_wire._walk(rec) is None
+    assert _python_walk(rec, monkeypatch) == ("ok", b"I", 2**70 - 1 - 2**64)

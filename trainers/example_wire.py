@@ -15,10 +15,17 @@ Parsing it with the protobuf classes (``Example.FromString``, then
 60 us per 110 KB record of CPU time on the 2-core development machine, 6% of the
 decode. :func:`image_and_label` walks the wire format instead and returns the JPEG as
 a ``memoryview`` into the record, which the decoders (simplejpeg, ``_jpegcrop``,
-Pillow) read in place.
+Pillow) read in place. With the C extension built, the walk itself runs in C
+(``_jpegcrop.example_image_label``: about 1 us instead of 21 us of Python per record;
+any record it does not accept is walked here again, which names the error).
 """
 
 from __future__ import annotations
+
+try:  # the same walk in C (trainers/_jpegcrop.c), when the extension is built
+    from trainers._jpegcrop import example_image_label as _walk
+except ImportError:  # not built, or built before it had the walk
+    _walk = None
 
 _LEN = 2  # wire type of length-delimited fields
 _VARINT = 0
@@ -95,6 +102,10 @@ def image_and_label(record: bytes) -> tuple[memoryview, int]:
       WireError (a ValueError): the record is not such an example.
     """
     buf = memoryview(record)
+    if _walk is not None:
+        got = _walk(buf)
+        if got is not None:
+            return buf[got[0]:got[1]], got[2]
     fs, fe = _first(buf, 0, len(buf), 1)  # Example.features
     image = label = None
     for field, wire, s, e in _fields(buf, fs, fe):  # Features.feature map entries
