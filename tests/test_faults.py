@@ -139,6 +139,22 @@ def _records(out: Path, split: str = "train") -> dict[str, tuple[bytes, int]]:
     return got
 
 
+def _fast_path_fails_on(monkeypatch, path: str) -> None:
+    """The pack's one-call C path (``_jpegcrop.pack_file``, when built) opens and
+    reads the file itself, past the Python functions the tests fault: make it fail on
+    ``path`` as it does on a failed open or read (it returns None, raising nothing), so
+    the general path meets the fault and names it."""
+    from trainers import preprocess
+    real = getattr(preprocess._jpegcrop, "pack_file", None)
+    if real is None:
+        return
+
+    def pack_file(p, *a):
+        return None if p == path else real(p, *a)
+
+    monkeypatch.setattr(preprocess._jpegcrop, "pack_file", pack_file)
+
+
 def test_bad_images_are_listed_odd_ones_converted_and_counts_add_up(tmp_path, monkeypatch):
     folder = write_jpeg_folder(tmp_path / "imgs", classes=2, per_class=6)
     skipped, converted = _odd_files(folder)
@@ -153,6 +169,7 @@ def test_bad_images_are_listed_odd_ones_converted_and_counts_add_up(tmp_path, mo
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(pack_mod.os, "open", fake_open)
+    _fast_path_fails_on(monkeypatch, str(unreadable))
     skipped["n00000001_3.JPEG"] = "Permission denied"
     entries = sum(1 for d in folder.iterdir() for _ in d.iterdir())
 
@@ -193,6 +210,7 @@ def test_an_unexpected_error_on_one_file_lists_it_and_packs_the_rest(tmp_path, m
         return real(path)
 
     monkeypatch.setattr(pack_mod, "_read_image_file", read)
+    _fast_path_fails_on(monkeypatch, odd)
     res = pack_folder(folder, tmp_path / "packed", PackOptions(num_shards=1))
     assert (res.input_images, res.packed, res.skipped) == (8, 7, 1)
     assert res.bad_images[0].path == odd
