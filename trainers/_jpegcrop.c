@@ -519,16 +519,17 @@ static int wire_field(const unsigned char *buf, Py_ssize_t *i, Py_ssize_t end,
     return 0;
 }
 
-/* The first field `number` of wire type 2 in buf[start:end] (trainers/example_wire.py
- * _first); 0 when none or a field before it is malformed. */
+/* The first field `number` of wire type `want` (-1: a varint or a length-delimited
+ * one) in buf[start:end] (trainers/example_wire.py _first); 0 when none or a field
+ * before it is malformed. */
 static int wire_first(const unsigned char *buf, Py_ssize_t start, Py_ssize_t end,
-                      unsigned long long number, Py_ssize_t *s, Py_ssize_t *e) {
+                      unsigned long long number, int want, Py_ssize_t *s, Py_ssize_t *e) {
     Py_ssize_t i = start;
     while (i < end) {
         unsigned long long field;
         int wire;
         if (!wire_field(buf, &i, end, &field, &wire, s, e)) return 0;
-        if (*s >= 0 && field == number && wire == 2) return 1;
+        if (*s >= 0 && field == number && (want < 0 || wire == want)) return 1;
     }
     return 0;
 }
@@ -542,32 +543,26 @@ static PyObject *example_image_label(PyObject *self, PyObject *args) {
     Py_ssize_t len = src.len, fs, fe, i, s, e, ks, ke, vs, ve, ls, le, image_s = -1, image_e = -1;
     long long label = 0;
     int have_label = 0, ok = 0;
-    if (!wire_first(buf, 0, len, 1, &fs, &fe)) goto done; /* Example.features */
+    if (!wire_first(buf, 0, len, 1, 2, &fs, &fe)) goto done; /* Example.features */
     i = fs;
     while (i < fe) { /* Features.feature map entries, every one walked */
         unsigned long long field;
         int wire;
         if (!wire_field(buf, &i, fe, &field, &wire, &s, &e)) goto done;
         if (s < 0 || field != 1 || wire != 2) continue;
-        if (!wire_first(buf, s, e, 1, &ks, &ke)) goto done;
+        if (!wire_first(buf, s, e, 1, 2, &ks, &ke)) goto done;
         if (ke - ks == 5 && memcmp(buf + ks, "image", 5) == 0) {
-            if (!wire_first(buf, s, e, 2, &vs, &ve) || !wire_first(buf, vs, ve, 1, &ls, &le) ||
-                !wire_first(buf, ls, le, 1, &image_s, &image_e)) goto done;
+            if (!wire_first(buf, s, e, 2, 2, &vs, &ve) ||
+                !wire_first(buf, vs, ve, 1, 2, &ls, &le) ||
+                !wire_first(buf, ls, le, 1, 2, &image_s, &image_e)) goto done;
         } else if (ke - ks == 5 && memcmp(buf + ks, "label", 5) == 0) {
-            if (!wire_first(buf, s, e, 2, &vs, &ve) || !wire_first(buf, vs, ve, 3, &ls, &le))
-                goto done;
             /* Int64List: the first field 1, packed (its first varint) or not. */
-            Py_ssize_t j = ls, a = -1, b = -1;
-            unsigned long long f, v;
-            int w, found = 0;
-            while (j < le) {
-                if (!wire_field(buf, &j, le, &f, &w, &a, &b)) goto done;
-                if (a >= 0 && f == 1) {
-                    found = 1;
-                    break;
-                }
-            }
-            if (!found || !wire_varint(buf, &a, b, &v)) goto done;
+            Py_ssize_t a, b;
+            unsigned long long v;
+            if (!wire_first(buf, s, e, 2, 2, &vs, &ve) ||
+                !wire_first(buf, vs, ve, 3, 2, &ls, &le) ||
+                !wire_first(buf, ls, le, 1, -1, &a, &b) || !wire_varint(buf, &a, b, &v))
+                goto done;
             label = (long long)v; /* two's complement: the int64 */
             have_label = 1;
         }
