@@ -1057,6 +1057,8 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
         fast = getattr(preprocess._jpegcrop, "pack_file", None)
     named, max_pixels = scan.not_an_image, preprocess.MAX_PIXELS
     records = bytes_in = bytes_out = 0
+    behind, step = sh.behind.poll, _WriteBehind.WINDOW // 2
+    look = step  # bytes_out at the next look of the write-behind
     try:
         for k, (key, label) in enumerate(task.chunk):
             name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
@@ -1071,6 +1073,9 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
                     records += 1
                     bytes_in += got[1]
                     bytes_out += got[1]
+                    if bytes_out >= look:
+                        behind()
+                        look = bytes_out + step
                     if add(False):
                         return True
                     continue
@@ -1090,6 +1095,9 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
                 records += 1
                 bytes_in += nbytes
                 bytes_out += len(data)
+                if bytes_out >= look:
+                    behind()
+                    look = bytes_out + step
             if add(data is None):
                 return True
         return False
@@ -1444,7 +1452,7 @@ class _Shard:
 
     def __init__(self, path: Path, eager: bool):
         self.path, self.tmp = path, path.with_name(path.name + ".tmp")
-        self.writer = None
+        self.writer = self.behind = None
         self.records = self.bytes_in = self.bytes_out = self.num_bytes = 0
         self.bad: list[BadImage] = []
         if eager:
@@ -1454,6 +1462,7 @@ class _Shard:
         from array_record.python.array_record_module import ArrayRecordWriter
 
         self.writer = ArrayRecordWriter(str(self.tmp), "group_size:1,uncompressed")
+        self.behind = _WriteBehind(self.tmp)
 
     def add(self, key: str, result) -> BadImage | None:
         """Write one prepared member (:func:`_prepare_batch`), or list it as skipped
@@ -1467,6 +1476,9 @@ class _Shard:
         self.writer.write(record)
         self.records += 1
         self.bytes_in += nbytes_in
+        step = _WriteBehind.WINDOW // 2
+        if (self.bytes_out + nbytes_out) // step > self.bytes_out // step:
+            self.behind.poll()
         self.bytes_out += nbytes_out
         return None
 
@@ -1476,6 +1488,7 @@ class _Shard:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+            self.behind.close()
             self.num_bytes = self.tmp.stat().st_size
             os.replace(self.tmp, self.path)
 
@@ -1492,6 +1505,91 @@ class _Shard:
     def discard(self) -> None:
         _discard(self.writer, self.tmp)
         self.writer = None
+        if self.behind is not None:
+            self.behind.close()
+
+
+def _load_sync_file_range():
+    """libc's ``sync_file_range(fd, offset, nbytes, flags) -> int`` through ctypes
+    (Python's ``os`` does not have it), or None where there is none (not Linux)."""
+    try:
+        import ctypes
+
+        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError, ImportError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class _WriteBehind:
+    """Keeps a shard being written out of the page cache: every :attr:`WINDOW` bytes
+    that reach the file, their writeback is started, and the window before them is
+    waited for and dropped from the page cache (``sync_file_range`` then
+    ``posix_fadvise(POSIX_FADV_DONTNEED)``, the streaming-write pattern Linus Torvalds
+    described on LKML, "Re: Linux 2.6.29", 2009-03-26).
+
+    Why: a pack writes about as many bytes as it reads (150 GB for ImageNet-1k), once.
+    Left in the page cache, those pages push out what the pack still needs (directory
+    blocks, input pages) and have to be reclaimed later; on a VM each never-used page
+    also costs a host fault. Measured here (2-core VM, 4 GB in 16 MiB writes to the
+    disk): 1.2 s of system CPU this way, 2.5-4.8 s without. The first epoch after a
+    pack then reads its shards from the disk, as every epoch does once a data set is
+    larger than memory.
+
+    Works on its own descriptor of the file (``path``, opened read-only): the writer's
+    own buffering is untouched; only the bytes the writer has handed to the kernel
+    (the file's size) are flushed. Does nothing where ``sync_file_range`` is missing
+    (not Linux); errors of either call are ignored (it is only advice: the writer's
+    own ``close`` reports a failed write)."""
+
+    #: Bytes written between two looks (bytes).
+    WINDOW = 32 << 20
+    _SYNC = None  # libc's sync_file_range, loaded at the first shard
+    _WRITE, _WAIT_ALL = 2, 7  # SYNC_FILE_RANGE_WRITE; WAIT_BEFORE | WRITE | WAIT_AFTER
+
+    def __init__(self, path: Path):
+        if _WriteBehind._SYNC is None:
+            _WriteBehind._SYNC = _load_sync_file_range() or False
+        self.fd = -1
+        if _WriteBehind._SYNC:
+            with contextlib.suppress(OSError):
+                self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.started = self.dropped = 0  # file bytes whose writeback was started / dropped
+
+    def poll(self) -> None:
+        """Start the writeback of the bytes written since the last look, if a window
+        of them; wait for and drop the bytes started at the look before."""
+        if self.fd < 0:
+            return
+        try:
+            size = os.fstat(self.fd).st_size
+        except OSError:
+            return
+        if size - self.started < self.WINDOW:
+            return
+        sync = _WriteBehind._SYNC
+        sync(self.fd, self.started, size - self.started, self._WRITE)
+        if self.started > self.dropped:
+            n = self.started - self.dropped
+            if sync(self.fd, self.dropped, n, self._WAIT_ALL) == 0:
+                with contextlib.suppress(OSError):
+                    os.posix_fadvise(self.fd, self.dropped, n, os.POSIX_FADV_DONTNEED)
+            self.dropped = self.started
+        self.started = size
+
+    def close(self) -> None:
+        """Start the writeback of the rest (not waited for) and close the descriptor."""
+        if self.fd >= 0:
+            with contextlib.suppress(OSError):
+                size = os.fstat(self.fd).st_size
+                if size > self.started:
+                    _WriteBehind._SYNC(self.fd, self.started, size - self.started,
+                                       self._WRITE)
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = -1
 
 
 class _ShardWriteFailed(Exception):

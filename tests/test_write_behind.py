@@ -1,0 +1,131 @@
+"""The pack's write-behind (``trainers.pack._WriteBehind``): which byte ranges of a
+shard it hands to ``sync_file_range`` and drops from the page cache, and that a pack
+is the same byte for byte whether it drops every few records or never."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from trainers import pack as pack_mod
+from trainers.options import PackOptions
+from test_pack_fast_path import _tree
+from test_jpeg_check import good_jpegs
+
+WB = pack_mod._WriteBehind
+
+
+class _Calls:
+    """A stand-in for libc's sync_file_range and os.posix_fadvise that records calls."""
+
+    def __init__(self):
+        self.log: list[tuple] = []
+
+    def sync(self, fd, offset, nbytes, flags):
+        self.log.append(("sync", offset, nbytes, flags))
+        return 0
+
+    def fadvise(self, fd, offset, nbytes, advice):
+        self.log.append(("drop", offset, nbytes, advice))
+
+
+@pytest.fixture
+def calls(monkeypatch):
+    c = _Calls()
+    monkeypatch.setattr(WB, "_SYNC", c.sync)
+    monkeypatch.setattr(WB, "WINDOW", 1000)
+    monkeypatch.setattr(pack_mod.os, "posix_fadvise", c.fadvise)
+    return c
+
+
+def _grow(path, n: int) -> None:
+    with open(path, "ab") as f:
+        f.write(b"x" * n)
+
+
+def test_each_window_is_started_then_waited_for_and_dropped(tmp_path, calls):
+    path = tmp_path / "shard.tmp"
+    path.write_bytes(b"")
+    wb = WB(path)
+    wb.poll()
+    assert calls.log == []  # nothing written yet
+    _grow(path, 999)
+    wb.poll()
+    assert calls.log == []  # less than a window
+    _grow(path, 1)
+    wb.poll()  # 1000 bytes: started, nothing to drop yet
+    assert calls.log == [("sync", 0, 1000, WB._WRITE)]
+    _grow(path, 2500)
+    wb.poll()  # 3500: start 1000..3500, then wait for and drop 0..1000
+    assert calls.log[1:] == [("sync", 1000, 2500, WB._WRITE), ("sync", 0, 1000, WB._WAIT_ALL),
+                             ("drop", 0, 1000, os.POSIX_FADV_DONTNEED)]
+    _grow(path, 1000)
+    wb.poll()
+    assert calls.log[4:] == [("sync", 3500, 1000, WB._WRITE), ("sync", 1000, 2500, WB._WAIT_ALL),
+                             ("drop", 1000, 2500, os.POSIX_FADV_DONTNEED)]
+    _grow(path, 10)
+    wb.close()  # the rest is started, not waited for
+    assert calls.log[7:] == [("sync", 4500, 10, WB._WRITE)]
+    assert path.stat().st_size == 4510
+    wb.poll()  # closed: nothing more
+    assert len(calls.log) == 8
+
+
+def test_a_failed_wait_drops_nothing(tmp_path, calls, monkeypatch):
+    """Pages whose writeback could not be waited for (an I/O error) are not dropped."""
+    path = tmp_path / "shard.tmp"
+    path.write_bytes(b"")
+    wb = WB(path)
+    _grow(path, 1000)
+    wb.poll()
+    monkeypatch.setattr(WB, "_SYNC", lambda fd, o, n, f: (calls.sync(fd, o, n, f), -1)[1])
+    _grow(path, 1000)
+    wb.poll()
+    assert [c[0] for c in calls.log] == ["sync", "sync", "sync"]
+    wb.close()
+
+
+def test_without_sync_file_range_it_does_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(WB, "_SYNC", False)
+    path = tmp_path / "shard.tmp"
+    path.write_bytes(b"y" * 5000)
+    wb = WB(path)
+    assert wb.fd == -1
+    wb.poll()
+    wb.close()
+    assert path.read_bytes() == b"y" * 5000
+
+
+@pytest.mark.skipif(pack_mod._load_sync_file_range() is None, reason="no sync_file_range")
+def test_the_real_calls_leave_the_file_as_written(tmp_path, monkeypatch):
+    monkeypatch.setattr(WB, "WINDOW", 8192)
+    path = tmp_path / "shard.tmp"
+    data = os.urandom(100_000)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    wb = WB(path)
+    assert wb.fd >= 0
+    for i in range(0, len(data), 3000):
+        os.write(fd, data[i:i + 3000])
+        wb.poll()
+    os.close(fd)
+    assert wb.dropped > 0 and wb.started > wb.dropped
+    wb.close()
+    assert path.read_bytes() == data
+
+
+def test_a_pack_is_the_same_dropping_every_few_records_or_never(tmp_path, monkeypatch):
+    src = _tree(tmp_path / "src", good_jpegs()["pillow baseline"])
+
+    def shards(out, window):
+        monkeypatch.setattr(WB, "WINDOW", window)
+        pack_mod.pack_folder(src, out, PackOptions(num_shards=2, val_fraction=0.2))
+        return {p.name: p.read_bytes() for p in sorted(out.rglob("*array_record*"))}
+
+    polls = []
+    real = WB.poll
+    monkeypatch.setattr(WB, "poll", lambda self: (polls.append(1), real(self))[1])
+    often = shards(tmp_path / "often", 4096)
+    assert len(polls) > 4  # the write-behind looked within each shard
+    never = shards(tmp_path / "never", 1 << 40)
+    assert often and often == never
