@@ -178,7 +178,10 @@ def test_a_listed_shard_holds_tfds_records_of_its_members_in_order(shared_data, 
     members = [(str(p), i) for i, p in enumerate(full + small)]
     members[2:2] = [(str(bad), 7), (str(odd), 300), (str(tmp_path / "boxes.txt"), 1)]
     task = pack_mod._ShardTask(tmp_path / "shard", members, None, None, 90, tmp_path, "fp")
-    info = pack_mod._write_listed_shard(task, pack_mod._ThreadTally(None, None, 0, 0))["info"]
+    closed = pack_mod._write_listed_shard(task, pack_mod._ThreadTally(None, None, 0, 0))["closed"]
+    assert not (tmp_path / "shard").exists()  # closed, not yet sealed
+    info = pack_mod._seal_shard(closed)["info"]
+    assert info == json.loads((tmp_path / "shard.json").read_text())
 
     serialize = pack_mod._example_serializer(pack_mod._features([f"c{i}" for i in range(301)]))
     ref = ArrayRecordWriter(str(tmp_path / "ref"), "group_size:1,uncompressed")

@@ -129,3 +129,51 @@ def test_a_pack_is_the_same_dropping_every_few_records_or_never(tmp_path, monkey
     assert len(polls) > 4  # the write-behind looked within each shard
     never = shards(tmp_path / "never", 1 << 40)
     assert often and often == never
+
+
+def test_a_shard_is_on_the_disk_before_its_name_and_sidecar(tmp_path, monkeypatch):
+    """Each shard is fsynced under its temporary name: the final name and the sidecar
+    that vouches for it come after (so a power loss never leaves a kept shard whose
+    records did not reach the disk)."""
+    src = _tree(tmp_path / "src", good_jpegs()["pillow baseline"])
+    out = tmp_path / "out"
+    seen = []
+    real = pack_mod._fsync_file
+
+    def spy(path):
+        final = path.with_name(path.name[:-len(".tmp")])
+        seen.append((path.name, final.exists(), pack_mod._sidecar(final).exists()))
+        real(path)
+
+    monkeypatch.setattr(pack_mod, "_fsync_file", spy)
+    res = pack_mod.pack_folder(src, out, PackOptions(num_shards=2, val_fraction=0.2))
+    shards = sorted(p.name for p in out.glob("*array_record-*") if not p.name.endswith(".json"))
+    assert res.packed > 0 and len(shards) == 3  # 2 train shards, 1 validation shard
+    assert sorted(name[:-len(".tmp")] for name, _, _ in seen) == shards
+    assert all(name.endswith(".tmp") and not final and not side for name, final, side in seen)
+
+
+def test_a_failed_sync_is_a_failed_write_of_that_shard(tmp_path, monkeypatch):
+    """A shard whose sync fails (EIO from the disk) is not kept: the pack ends in the
+    one-line write error naming it, leaves no partial file, and a rerun completes."""
+    import errno
+
+    src = _tree(tmp_path / "src", good_jpegs()["pillow baseline"])
+    out = tmp_path / "out"
+    real = pack_mod._fsync_file
+
+    def failing(path):
+        if "train.array_record-00001" in path.name:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(path)
+
+    monkeypatch.setattr(pack_mod, "_fsync_file", failing)
+    opts = PackOptions(num_shards=2, val_fraction=0.2)
+    with pytest.raises(OSError, match=r"writing .*train\.array_record-00001-of-00002\.tmp failed: "
+                                      r"Input/output error"):
+        pack_mod.pack_folder(src, out, opts)
+    assert list(out.glob("*.tmp")) == [] and not pack_mod.is_packed(out)
+    assert not (out / "autotune_images-train.array_record-00001-of-00002").exists()
+    monkeypatch.setattr(pack_mod, "_fsync_file", real)
+    res = pack_mod.pack_folder(src, out, opts)
+    assert res.complete and res.packed > 0
