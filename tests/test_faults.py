@@ -243,12 +243,12 @@ _PACK_CHILD = textwrap.dedent("""
                 hold()
     elif kind == "sidecar":  # shard K renamed into place, its sidecar not yet written
         real_write, seen = pk.write_text_atomic, []
-        def write_text_atomic(path, text):  # every later sidecar waits too (threads)
+        def write_text_atomic(path, text, **kw):  # every later sidecar waits too (threads)
             if ".array_record-" in Path(path).name:
                 seen.append(path)
                 if len(seen) > int(arg):
                     hold()
-            return real_write(path, text)
+            return real_write(path, text, **kw)
         pk.write_text_atomic = write_text_atomic
     elif kind == "metadata":  # every shard done, no dataset_info.json yet
         pk._write_tfds_metadata = lambda *a, **k: hold()

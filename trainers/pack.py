@@ -1071,9 +1071,14 @@ def _seal_shard(closed: dict) -> dict:
 
 
 def _write_sidecar(path: Path, out: Path, info: dict) -> None:
-    """Write the sidecar of the complete shard ``path`` (a file of ``out``)."""
+    """Write the sidecar of the complete shard ``path`` (a file of ``out``), not
+    fsynced: after a power loss a sidecar may be missing, empty or cut short, and
+    each of those reads as "not complete" (:func:`_read_sidecar`), so the shard is
+    only written again. What must reach the disk first, the shard's records, was
+    synced before its rename (:func:`_fsync_file`). One disk flush per shard instead
+    of two (each about 0.1 s on the development VM)."""
     with _writing(_sidecar(path), out):
-        write_text_atomic(_sidecar(path), json.dumps(info))
+        write_text_atomic(_sidecar(path), json.dumps(info), durable=False)
 
 
 def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
@@ -1592,11 +1597,14 @@ class _WriteBehind:
 
     Why: a pack writes about as many bytes as it reads (150 GB for ImageNet-1k), once.
     Left in the page cache, those pages push out what the pack still needs (directory
-    blocks, input pages) and have to be reclaimed later; on a VM each never-used page
-    also costs a host fault. Measured here (2-core VM, 4 GB in 16 MiB writes to the
-    disk): 1.2 s of system CPU this way, 2.5-4.8 s without. The first epoch after a
-    pack then reads its shards from the disk, as every epoch does once a data set is
-    larger than memory.
+    blocks, input pages) and have to be reclaimed later, and on the development VM
+    writing into page-cache memory never used before costs 2-4x the system CPU of
+    writing into memory just freed. Measured there (2-core VM): 4 GB in 16 MiB writes
+    to the disk, 1.2 s of system CPU this way against 2.5-4.8 s without; a pack of
+    100,000 full-size files (11 GB), 7.9 s of system CPU against 17.3 s and 61.5 s
+    against 65-66 s of wall time (``bench/results/pack_write_behind_paired.json``).
+    The cost: the first epoch after a pack reads its shards from the disk, as every
+    epoch does once a data set is larger than memory.
 
     Works on its own descriptor of the file (``path``, opened read-only): the writer's
     own buffering is untouched; only the bytes the writer has handed to the kernel

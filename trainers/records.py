@@ -198,9 +198,13 @@ class Record:
             raise RecordError(f"{path}: {exc}") from exc
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+def write_text_atomic(path: str | os.PathLike, text: str, durable: bool = True) -> Path:
     """Write ``text`` to ``path`` through a temporary file in the same folder and an
     atomic rename; the previous file stays intact if writing fails (disk full).
+    ``durable``: the temporary file is fsynced before the rename, so after a power
+    loss ``path`` holds the old text or the new one; without it (one disk flush
+    fewer) it may also be empty or cut short, for files whose readers treat that as
+    missing.
 
     Raises:
       OSError: the write failed; the message names the path.
@@ -212,7 +216,8 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         try:
