@@ -202,3 +202,20 @@ def test_a_sidecar_cut_short_by_a_power_loss_means_the_shard_is_redone(tmp_path)
             assert json.loads(got) == json.loads(p.read_bytes())
         else:
             assert got == p.read_bytes()
+
+
+def test_the_write_behind_benchmark_runs_and_keeps_its_points(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "write_behind.py"
+    out = tmp_path / "points.json"
+    proc = subprocess.run([sys.executable, str(bench), "--dir", str(tmp_path), "--gb", "0.04",
+                           "--repeats", "1", "--json", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["write_behind"] for r in runs] == [False, True]
+    assert all(r["bytes"] == 2 * (16 << 20) and r["wall_s"] > 0 for r in runs)
+    assert not (tmp_path / "write_behind_bench.bin").exists()

@@ -1014,8 +1014,7 @@ def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -
     (``tally``: the threads' shared counts) or a spawned worker process (the counts
     set up by :func:`_init_worker`). The shard is only closed here: the caller seals it
     (:func:`_seal_shard`: sync, rename, sidecar) while this worker goes on with the
-    next one, so the disk's flushes (about 0.1 s each on the development VM) do not
-    stop a core.
+    next one, so the disk's flushes do not stop a core.
 
     Returns ``{"closed": {"tmp", "path", "out", "info": sidecar}}``;
     ``{"stopped": True}`` when the pack stops (another shard failed, or an
@@ -1076,7 +1075,7 @@ def _write_sidecar(path: Path, out: Path, info: dict) -> None:
     each of those reads as "not complete" (:func:`_read_sidecar`), so the shard is
     only written again. What must reach the disk first, the shard's records, was
     synced before its rename (:func:`_fsync_file`). One disk flush per shard instead
-    of two (each about 0.1 s on the development VM)."""
+    of two."""
     with _writing(_sidecar(path), out):
         write_text_atomic(_sidecar(path), json.dumps(info), durable=False)
 
@@ -1598,11 +1597,12 @@ class _WriteBehind:
     Why: a pack writes about as many bytes as it reads (150 GB for ImageNet-1k), once.
     Left in the page cache, those pages push out what the pack still needs (directory
     blocks, input pages) and have to be reclaimed later, and on the development VM
-    writing into page-cache memory never used before costs 2-4x the system CPU of
-    writing into memory just freed. Measured there (2-core VM): 4 GB in 16 MiB writes
-    to the disk, 1.2 s of system CPU this way against 2.5-4.8 s without; a pack of
-    100,000 full-size files (11 GB), 7.9 s of system CPU against 17.3 s and 61.5 s
-    against 65-66 s of wall time (``bench/results/pack_write_behind_paired.json``).
+    writing into page-cache memory never used before costs about twice the system CPU
+    of writing into memory just freed. Measured there (2-core VM): 4 GB in 16 MiB
+    writes to the disk, 1.0 s of system CPU this way against 2.7-4.8 s without
+    (``bench/write_behind.py``); a pack of 100,000 full-size files (11 GB), 7.9 s of
+    system CPU against 17.3-18.0 s and 61.4-61.5 s against 65.0-66.2 s of wall time
+    (``bench/results/pack_write_behind_paired.json``).
     The cost: the first epoch after a pack reads its shards from the disk, as every
     epoch does once a data set is larger than memory.
 
