@@ -36,10 +36,12 @@ Several processes (``process_index`` of ``process_count``) write disjoint shards
 (listed) or groups (streamed) of one shared folder; the assignment above does not
 depend on their number, so the union is byte-identical to a one-process pack.
 
-Crash safety: each shard is written to a temporary name and renamed when complete,
-with a sidecar JSON that lists what went into it; the data set's metadata and the
-``pack.json`` summary are written last (by the process that finds every shard
-complete). A rerun after an interruption keeps the complete shards (same inputs and
+Crash safety: each shard is written to a temporary name, synced to the disk, renamed
+when complete and only then given a sidecar JSON that lists what went into it
+(:func:`_seal_shard`; a sidecar lost or cut short by a power loss only means that
+shard is written again); the data set's metadata and the ``pack.json`` summary are
+written last (by the process that finds every shard complete). A shard's bytes go to
+the disk while it is written and leave the page cache behind it (:class:`_WriteBehind`). A rerun after an interruption keeps the complete shards (same inputs and
 options give the same assignment) and redoes the rest, so the result is identical to
 an uninterrupted run. An archive is re-read from its start on a rerun (streams cannot
 seek), but only the incomplete groups are decoded and written; its fingerprint is its
