@@ -508,7 +508,13 @@ def _stat_lines(chunk: Listing) -> bytes:
     """The fingerprint's lines of the listed files ``chunk``, in order: ``path NUL
     label NUL size NUL mtime_ns`` (:func:`_file_stat`), or ``path NUL label NUL
     missing`` for a file that cannot be stat'ed, each ending in a newline, UTF-8 (a
-    worker's task)."""
+    worker's task). In C when the extension is built (``_jpegcrop.stat_lines``: the
+    same bytes, 1M files in fewer seconds); anything it declines is done here."""
+    fast = getattr(preprocess._jpegcrop, "stat_lines", None)
+    if fast is not None:
+        got = fast(chunk)
+        if got is not None:
+            return got
     out = []
     for path, label in chunk:
         size, mtime_ns = _file_stat(path)
