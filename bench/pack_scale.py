@@ -29,7 +29,9 @@ Data sets (generated once into ``$AUTOTUNE_CACHE/bench/pack_scale`` or
 
 Before its packs every file of a set is read once (the page cache is warm for every
 pack of it alike; without this the first pack of a set paid disk reads the second was
-spared). Each pack is ``autotune pack --data D --out O --shards S`` in a child process (a fresh
+spared). With ``--cold`` the page cache is dropped before each pack instead (``sync``
+and ``/proc/sys/vm/drop_caches``; Linux, as root): every file is read from the disk,
+as in a first pack of a downloaded data set. Each pack is ``autotune pack --data D --out O --shards S`` in a child process (a fresh
 output folder, on the cache's disk unless ``--out-dir`` says where, e.g. ``/dev/shm``; originals stored, no resize; the default workers: one process per
 usable core; with ``--compare-workers`` the sets of at most 100k images are packed a
 second time with threads only, ``--workers 0``), with:
@@ -231,11 +233,31 @@ def _watch(proc: subprocess.Popen, every: float = 0.05) -> tuple[int, int]:
     return top, maxrss
 
 
-def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None) -> dict:
+def drop_page_cache() -> None:
+    """Write back what is dirty and empty the page cache (``sync``; ``3`` to
+    ``/proc/sys/vm/drop_caches``), so that the next pack reads its files from the
+    disk. Linux, as root.
+
+    Raises:
+      SystemExit: the page cache cannot be dropped here (one line saying why).
+    """
+    os.sync()
+    try:
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+    except OSError as exc:
+        raise SystemExit(f"--cold: cannot drop the page cache ({exc.strerror or exc}); "
+                         f"it needs Linux and root") from None
+
+
+def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None,
+             cold: bool = False) -> dict:
     """``autotune pack`` of ``root`` in a child process (``--workers workers`` when
-    given, else the default); figures from its ``pack.json``."""
+    given, else the default; ``cold``: the page cache dropped first); figures from its
+    ``pack.json``."""
     out = workdir / f"packed-{root.name}"
     shutil.rmtree(out, ignore_errors=True)
+    if cold:
+        drop_page_cache()
     cmd = [sys.executable, "-m", "autotune.cli", "pack", "--data", str(root), "--out", str(out),
            "--shards", str(shards), "--quiet"] + (
                [] if workers is None else ["--workers", str(workers)])
@@ -256,7 +278,7 @@ def run_pack(root: Path, shards: int, workdir: Path, workers: int | None = None)
             "images_per_s": summary["packed"] / wall, "mb_per_s": summary["bytes_in"] / 1e6 / wall,
             "peak_rss_sum_bytes": rss_sum, "child_ru_maxrss_bytes": maxrss,
             "workers": (summary.get("options") or {}).get("pack_workers"),
-            "out": str(out), "machine_cpu_s": _cpu_deltas(before, after)}
+            "out": str(out), "cold": cold, "machine_cpu_s": _cpu_deltas(before, after)}
 
 
 def _cpu_deltas(before, after) -> dict[str, float]:
@@ -350,6 +372,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out-dir", help="write the packs under this folder (default: a "
                     "temporary folder in the cache, on the data's disk); e.g. /dev/shm "
                     "takes the disk's write path out of the figure")
+    ap.add_argument("--cold", action="store_true",
+                    help="drop the page cache before each pack (Linux, root) instead of "
+                         "reading the set into it first: packs of files read from the disk")
     ap.add_argument("--json", help="write the raw figures here")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -365,17 +390,18 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="pack_scale-", dir=out_root) as tmp:
         work = Path(tmp)
         for name, root, n in sets:
-            warm = warm_page_cache(root)
+            warm = None if args.cold else warm_page_cache(root)
             chk = check_rate(root)
             seq = sequential_read(root, chk["mean_bytes"])
             row = {"warm_up": warm, "check": chk, "sequential": seq, "cores": cores,
                    "bound_images_per_s": min(chk["images_per_s"] * cores, seq["images_per_s"]),
-                   "pack": run_pack(root, max(16, n // 20_000), work)}
+                   "pack": run_pack(root, max(16, n // 20_000), work, cold=args.cold)}
             if (not args.no_first_step and name.startswith("synthetic-")
                     and n in args.first_step_sizes):
                 row["first_step"] = first_step(root, work)
             if args.compare_workers and n <= 100_000:
-                row["pack_threads"] = run_pack(root, max(16, n // 20_000), work, workers=0)
+                row["pack_threads"] = run_pack(root, max(16, n // 20_000), work, workers=0,
+                                               cold=args.cold)
                 t = row["pack_threads"]
                 print(f"{name:>22}: threads only (--workers 0): {t['wall_s']:.1f} s, "
                       f"{t['images_per_s']:,.0f} images/s", flush=True)

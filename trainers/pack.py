@@ -1088,6 +1088,13 @@ def _write_sidecar(path: Path, out: Path, info: dict) -> None:
         write_text_atomic(_sidecar(path), json.dumps(info), durable=False)
 
 
+#: Members ahead of the one being checked whose file the shard loop asks the kernel to
+#: read (``_jpegcrop.prefetch``): a file not in the page cache is then read while the
+#: ones before it are checked (about 2 ms of checks for small files at 32, longer
+#: than a read from an SSD or a virtual disk), instead of stopping the worker.
+PREFETCH_AHEAD = 32
+
+
 def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     """The per-member loop of :func:`_write_listed_shard`: each member of
     ``task.chunk`` read (a file: :func:`_prepare`; a zip member:
@@ -1106,8 +1113,18 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     records = bytes_in = bytes_out = 0
     behind, step = sh.behind.poll, _WriteBehind.WINDOW // 2
     look = step  # bytes_out at the next look of the write-behind
+    members, ahead = task.chunk, None
+    if zip_path is None:  # files: ask for the file PREFETCH_AHEAD members on
+        ahead = getattr(preprocess._jpegcrop, "prefetch", None)
+    if ahead is not None:
+        members = list(members)
+        for key, _ in members[:PREFETCH_AHEAD]:
+            ahead(key)
+    last = len(members) - PREFETCH_AHEAD
     try:
-        for k, (key, label) in enumerate(task.chunk):
+        for k, (key, label) in enumerate(members):
+            if ahead is not None and k < last:
+                ahead(members[k + PREFETCH_AHEAD][0])
             name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
             if fast is not None and named(name) is None:
                 got = fast(key, _name_entry(name), _label_entry(label), MAX_FILE_BYTES,
