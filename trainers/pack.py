@@ -1101,8 +1101,10 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     :func:`_read_zip_entry`), verified, serialized (:func:`example_record`) and
     written to ``sh`` (open), or listed as skipped, in order, with the same records
     and counts as :meth:`_Shard.add`. The hot loop of a pack: the name is cut once,
-    the writer's method is bound once. Returns True when the pack is stopping
-    (``tally``). Raises :class:`_ShardWriteFailed` when a write fails."""
+    the writer's method is bound once; files are asked for :data:`PREFETCH_AHEAD`
+    members ahead, and the write-behind looks at the shard every half window.
+    Returns True when the pack is stopping (``tally``). Raises
+    :class:`_ShardWriteFailed` when a write fails."""
     zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
     zdir = task.zip_dir
     write, add, bad = sh.writer.write, tally.add, sh.bad
