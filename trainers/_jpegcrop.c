@@ -645,7 +645,7 @@ static PyObject *stat_lines(PyObject *self, PyObject *args) {
     if (it == NULL) return NULL;
     sbuf b = {NULL, 0, 0};
     int dirfd = -1, fallback = 0, failed = 0;
-    char *dir = NULL; /* the folder dirfd is open on ("" for none) */
+    char *dir = NULL; /* the folder dirfd was opened on (dirfd -1: none, or it failed) */
     size_t dirlen = 0, dircap = 0;
     PyObject *item;
     while ((item = PyIter_Next(it)) != NULL) {
@@ -704,7 +704,7 @@ static PyObject *stat_lines(PyObject *self, PyObject *args) {
         char tail[96];
         int tn = ok ? snprintf(tail, sizeof tail, "%c%lld%c%lld%c%lld\n", 0, lab, 0,
                                (long long)st.st_size, 0,
-                               (long long)ST_MTIME_NS(st))
+                               ST_MTIME_NS(st))
                     : snprintf(tail, sizeof tail, "%c%lld%cmissing\n", 0, lab, 0);
         int put = sbuf_put(&b, cpath, (size_t)plen) < 0 || sbuf_put(&b, tail, (size_t)tn) < 0;
         Py_DECREF(item); /* cpath lives in item's str: copied above, not used after */

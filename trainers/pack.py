@@ -41,9 +41,10 @@ when complete and only then given a sidecar JSON that lists what went into it
 (:func:`_seal_shard`; a sidecar lost or cut short by a power loss only means that
 shard is written again); the data set's metadata and the ``pack.json`` summary are
 written last (by the process that finds every shard complete). A shard's bytes go to
-the disk while it is written and leave the page cache behind it (:class:`_WriteBehind`). A rerun after an interruption keeps the complete shards (same inputs and
-options give the same assignment) and redoes the rest, so the result is identical to
-an uninterrupted run. An archive is re-read from its start on a rerun (streams cannot
+the disk while it is written and leave the page cache behind it
+(:class:`_WriteBehind`). A rerun after an interruption keeps the complete shards (same
+inputs and options give the same assignment) and redoes the rest, so the result is
+identical to an uninterrupted run. An archive is re-read from its start on a rerun (streams cannot
 seek), but only the incomplete groups are decoded and written; its fingerprint is its
 path, size and mtime, so resuming never reads a 150 GB tar an extra time.
 """
@@ -1364,9 +1365,9 @@ class _Workers:
         worker closes it (:func:`_seal_shard`, on 2 threads of this process, while the
         worker writes its next shard), and return their summaries in task order
         (``{"info": sidecar}`` for a complete shard): None for a shard never started
-        because another failed. ``progress(done, total, bad)`` counts on from ``done`` / ``bad``: from
-        the worker threads after each member, or here from the worker processes'
-        shared counts every :attr:`POLL_S` seconds and at each shard's end.
+        because another failed. ``progress(done, total, bad)`` counts on from ``done``
+        / ``bad``: from the worker threads after each member, or here from the worker
+        processes' shared counts every :attr:`POLL_S` seconds and at each shard's end.
 
         A failed write stops the others (each deletes its partial file); an
         exception (a worker process that died: :class:`PackError`) is raised after
