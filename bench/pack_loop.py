@@ -1,6 +1,6 @@
 """The pack's per-member loop alone (issue 13): CPU microseconds per image of
 ``trainers.pack._write_members`` (read, check, serialize, write one shard) with the
-one-call fast path of the C extension (``_jpegcrop.pack_file``) and without it (the
+C loop of the extension (``_jpegcrop.pack_files``, a batch of files per call) and without it (the
 general path: ``_read_image_file``, ``packed_bytes``, ``example_record``), on the same
 files, one thread, in this process, best of ``--repeats``.
 
@@ -79,8 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", help="write the raw figures here")
     args = ap.parse_args(argv)
-    if getattr(preprocess._jpegcrop, "pack_file", None) is None:
-        raise SystemExit("trainers._jpegcrop (with pack_file) is not built")
+    if getattr(preprocess._jpegcrop, "pack_files", None) is None:
+        raise SystemExit("trainers._jpegcrop (with pack_files) is not built")
     sets = {"imagenet-samples": sorted(str(p) for p in pack_scale.SAMPLES.glob("*/*"))}
     if args.small:
         root = pack_scale.make_synthetic(100_000, 80)

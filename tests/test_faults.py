@@ -140,19 +140,25 @@ def _records(out: Path, split: str = "train") -> dict[str, tuple[bytes, int]]:
 
 
 def _fast_path_fails_on(monkeypatch, path: str) -> None:
-    """The pack's one-call C path (``_jpegcrop.pack_file``, when built) opens and
-    reads the file itself, past the Python functions the tests fault: make it fail on
-    ``path`` as it does on a failed open or read (it returns None, raising nothing), so
+    """The pack's C path (``_jpegcrop.pack_files``, when built) opens and reads the
+    files itself, past the Python functions the tests fault: make it fail on ``path``
+    as it does on a failed open or read (None for that member, raising nothing), so
     the general path meets the fault and names it."""
     from trainers import preprocess
-    real = getattr(preprocess._jpegcrop, "pack_file", None)
+    real = getattr(preprocess._jpegcrop, "pack_files", None)
     if real is None:
         return
 
-    def pack_file(p, *a):
-        return None if p == path else real(p, *a)
+    def pack_files(members, start, *a):
+        records, image_bytes = real(members, start, *a)
+        records = list(records)
+        for i, record in enumerate(records):
+            if record is not None and members[start + i][0] == path:
+                records[i] = None
+                image_bytes -= os.path.getsize(path)
+        return records, image_bytes
 
-    monkeypatch.setattr(preprocess._jpegcrop, "pack_file", pack_file)
+    monkeypatch.setattr(preprocess._jpegcrop, "pack_files", pack_files)
 
 
 def test_bad_images_are_listed_odd_ones_converted_and_counts_add_up(tmp_path, monkeypatch):
@@ -237,9 +243,9 @@ _PACK_CHILD = textwrap.dedent("""
         threading.Event().wait()
 
     progress = None
-    if kind == "progress":  # after image N: the shard being written is partial
+    if kind == "progress":  # at the first count of N images: the shard is partial
         def progress(done, total, bad):
-            if done == int(arg):
+            if done >= int(arg):
                 hold()
     elif kind == "sidecar":  # shard K renamed into place, its sidecar not yet written
         real_write, seen = pk.write_text_atomic, []

@@ -1,8 +1,9 @@
-"""The pack's fast path for a file stored as it is (``trainers._jpegcrop.pack_file``):
-open, read, check and serialize in one C call. Its record must be
-``trainers.pack.example_record`` byte for byte, it must hand every other case to the
-general path (which names the reason or converts the file), and a pack must give the
-same shards and the same skipped list with it and without it."""
+"""The pack's fast path for files stored as they are (``trainers._jpegcrop.pack_files``):
+open ahead, read, check and serialize in C, a batch of members per call. Its records
+must be ``trainers.pack.example_record`` byte for byte, it must hand every other case
+to the general path (which names the reason or converts the file), its batches must
+not change the result nor leave a descriptor open, and a pack must give the same
+shards and the same skipped list with it and without it."""
 
 from __future__ import annotations
 
@@ -18,19 +19,28 @@ from PIL import Image
 
 from trainers import pack as pack_mod
 from trainers import preprocess as P
+from trainers import scan
 from trainers.options import PackOptions
 from test_jpeg_check import damaged, good_jpegs, pillow_jpeg
 from test_roi_decode import textured
 
-HAS_FAST = getattr(P._jpegcrop, "pack_file", None) is not None
-pytestmark = pytest.mark.skipif(not HAS_FAST, reason="trainers._jpegcrop (with pack_file) not built")
+HAS_FAST = getattr(P._jpegcrop, "pack_files", None) is not None
+pytestmark = pytest.mark.skipif(not HAS_FAST, reason="trainers._jpegcrop (with pack_files) not built")
 
 MAX_BYTES, MAX_PIXELS = pack_mod.MAX_FILE_BYTES, P.MAX_PIXELS
 
 
+def batch(members, start=0, max_count=1 << 20, ahead=32, max_batch_bytes=1 << 62,
+          max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS):
+    return P._jpegcrop.pack_files(members, start, max_count, ahead, max_batch_bytes,
+                                  scan.IMAGE_SUFFIXES, max_bytes, max_pixels)
+
+
 def fast(path, name: str, label: int, max_bytes=MAX_BYTES, max_pixels=MAX_PIXELS):
-    return P._jpegcrop.pack_file(str(path), pack_mod._name_entry(name),
-                                 pack_mod._label_entry(label), max_bytes, max_pixels)
+    """``(record, size)`` of one file (named ``name``) by the fast path, or None."""
+    assert Path(path).name == name
+    (record,), size = batch([(str(path), label)], max_bytes=max_bytes, max_pixels=max_pixels)
+    return None if record is None else (record, size)
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +120,88 @@ def test_everything_else_goes_to_the_general_path(base, tmp_path):
 
 def test_bad_arguments_raise():
     with pytest.raises(TypeError):
-        P._jpegcrop.pack_file(3, b"", b"x", 1, 1)
+        batch(("not", "a list"))
     with pytest.raises(TypeError):
-        P._jpegcrop.pack_file("a", "not bytes", b"x", 1, 1)
+        P._jpegcrop.pack_files([], 0, 1, 0, 1, [".jpeg"], 1, 1)  # suffixes: a tuple
+    for start, count in [(-1, 1), (1, 1), (0, 0)]:
+        with pytest.raises(ValueError, match="start"):
+            batch([], start, count)
+
+
+def test_members_it_cannot_vouch_for_go_to_the_general_path(base, tmp_path):
+    """Every member that is not a plain (str path, int label >= 0) pair of an image
+    name is None (the general path names the reason), the rest are taken."""
+    good = tmp_path / "good.JPEG"
+    good.write_bytes(base)
+    odd_name = tmp_path / "bad\udcff.JPEG"  # not UTF-8 on the disk (surrogateescape)
+    os.symlink(good, os.fsencode(str(odd_name)))
+    cases = [(str(good), 0), [str(good), 0], (str(good), 0, 1), (str(good), -1),
+             (str(good), 2 ** 63), (str(good), 1.0), (good, 0), (str(good) + "\0", 0),
+             (str(odd_name), 0), (str(good), 5)]
+    records, size = batch(cases)
+    assert [r is not None for r in records] == [True] + [False] * 8 + [True]
+    assert records[9] == pack_mod.example_record(base, 5, "good.JPEG")
+    assert size == 2 * len(base)
+
+
+NAMES_BY_SUFFIX = ["a.JPEG", "a.jpg", "a.JpE", "a.jfif", "a.png", "a.txt", "a", ".a.jpg",
+                   ".jpg", "..jpg", "a.", "a.b.JPEG", "a.JPEG.txt", "Thumbs.db", "desktop.ini",
+                   ".DS_Store", "a.jpeg ", "a.\u212apg", "a.jpégé", "x" * 200 + ".jpeg"]
+
+
+@pytest.mark.parametrize("name", NAMES_BY_SUFFIX)
+def test_a_name_is_taken_only_when_it_is_an_image_s(name, base, tmp_path):
+    """The name test in C takes a name only when trainers/scan.py not_an_image
+    finds no reason (a JPEG file under any image suffix is kept as it is)."""
+    path = tmp_path / name
+    path.write_bytes(base)
+    taken = fast(path, name, 1) is not None
+    if scan.not_an_image(name) is not None:
+        assert not taken
+    elif name.isascii():
+        assert taken
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="no /proc/self/fd")
+def test_batches_and_look_ahead_change_nothing_and_leave_no_descriptor(base, tmp_path):
+    """The same records and sizes whatever the batch size, byte cap and look-ahead
+    (0, within, past the end, over the 63 of its ring); a byte cap stops a batch
+    after the member that reaches it; no descriptor stays open, also where the
+    batch stops with files opened ahead and where members are refused."""
+    jpegs = list(good_jpegs().values())
+    members = []
+    for i in range(150):
+        path = tmp_path / (f"{i}.JPEG" if i % 17 else f"{i}.txt")
+        path.write_bytes(jpegs[i % len(jpegs)] if i % 23 else b"\xff\xd8\xff broken")
+        members.append((str(path), i % 7))
+    members.append((str(tmp_path / "missing.JPEG"), 0))
+    members.insert(40, (str(tmp_path), 3))  # a folder
+    want = [None if (not p.endswith(".JPEG") or os.path.isdir(p) or not os.path.exists(p)
+                     or open(p, "rb").read(4) == b"\xff\xd8\xff ") else
+            pack_mod.example_record(open(p, "rb").read(), label, os.path.basename(p))
+            for p, label in members]
+    assert sum(w is None for w in want) > 10 and sum(w is not None for w in want) > 100
+    before = _open_fds()
+    for count, cap, ahead in [(10 ** 6, 1 << 62, 32), (1, 1 << 62, 32), (7, 1 << 62, 0),
+                              (13, 1 << 62, 200), (1000, 3000, 63), (64, 1, 5)]:
+        got, start, total = [], 0, 0
+        while start < len(members):
+            records, size = batch(members, start, count, ahead, cap)
+            assert 1 <= len(records) <= count
+            assert size == sum(len(open(members[start + i][0], "rb").read())
+                               for i, r in enumerate(records) if r is not None)
+            if start + len(records) < len(members) and len(records) < count:
+                assert size >= cap  # stopped by the byte cap
+            got += records
+            start += len(records)
+            total += size
+        assert got == want, (count, cap, ahead)
+        assert _open_fds() == before
+    assert batch(members, len(members)) == ([], 0)
 
 
 def _tree(root: Path, base: bytes) -> Path:

@@ -58,8 +58,8 @@ def test_shards_written_by_workers_equal_one_threads(folder, one_thread, tmp_pat
     # Progress counts up to every member, with the skipped ones.
     done = [c[0] for c in calls]
     assert done == sorted(done) and calls[-1] == (res.input_images, res.input_images, 3)
-    if "pack_threads" in workers:  # threads report after each member
-        assert done == list(range(1, res.input_images + 1))
+    if "pack_threads" in workers:  # threads report after each batch: a shard here
+        assert len(done) == len(set(done)) == 4 + 1
 
 
 class _FailOneShard:

@@ -125,6 +125,7 @@ def test_a_pack_is_the_same_dropping_every_few_records_or_never(tmp_path, monkey
     polls = []
     real = WB.poll
     monkeypatch.setattr(WB, "poll", lambda self: (polls.append(1), real(self))[1])
+    monkeypatch.setattr(pack_mod, "FAST_BATCH", 2)  # it looks after each batch
     often = shards(tmp_path / "often", 4096)
     assert len(polls) > 4  # the write-behind looked within each shard
     never = shards(tmp_path / "never", 1 << 40)
@@ -224,32 +225,35 @@ def test_the_write_behind_benchmark_runs_and_keeps_its_points(tmp_path):
 @pytest.mark.skipif(getattr(pack_mod.preprocess._jpegcrop, "prefetch", None) is None,
                     reason="trainers._jpegcrop (with prefetch) not built")
 def test_each_file_is_prefetched_once_ahead_of_its_check(tmp_path, monkeypatch):
-    """The shard loop asks for every member's file once, PREFETCH_AHEAD members ahead
-    of reading it (the first ones before the loop), and the shard is the same."""
+    """The general path of the shard loop (files the C loop does not take) asks for
+    every member's file once, PREFETCH_AHEAD members ahead of reading it (the first
+    ones before the loop), and the shard is the one the C loop writes."""
     import types
 
     src = _tree(tmp_path / "src", good_jpegs()["pillow baseline"])
     ext = pack_mod.preprocess._jpegcrop
     events: list[tuple[str, str]] = []
-    real_pack_file = ext.pack_file
-    fake = types.SimpleNamespace(
+    real_prepare = pack_mod._prepare
+    fake = types.SimpleNamespace(  # no pack_files: every member takes the general path
         check=ext.check, decode_crop=ext.decode_crop, stat_lines=ext.stat_lines,
-        prefetch=lambda p: (events.append(("ahead", p)), ext.prefetch(p))[1],
-        pack_file=lambda p, *a: (events.append(("read", p)), real_pack_file(p, *a))[1])
+        prefetch=lambda p: (events.append(("ahead", p)), ext.prefetch(p))[1])
+    monkeypatch.setattr(pack_mod, "_prepare",
+                        lambda p, *a: (events.append(("read", p)), real_prepare(p, *a))[1])
     monkeypatch.setattr(pack_mod, "PREFETCH_AHEAD", 3)
     monkeypatch.setattr(pack_mod.preprocess, "_jpegcrop", fake)
     with_ahead = pack_mod.pack_folder(src, tmp_path / "a", PackOptions(num_shards=1))
     ahead = [p for e, p in events if e == "ahead"]
     reads = [p for e, p in events if e == "read"]
-    assert len(ahead) == len(set(ahead)) == with_ahead.input_images
+    assert len(ahead) == len(set(ahead)) == len(reads) == with_ahead.input_images
     for p in reads:  # each file read was asked for 3 members (or more, at the start) before
         assert events.index(("ahead", p)) < events.index(("read", p))
     assert [e for e, _ in events[:3]] == ["ahead"] * 3  # the first 3, before the loop
     for i, p in enumerate(reads):  # never more than 3 + 1 asked for ahead of a read
         asked = sum(1 for e, _ in events[:events.index(("read", p))] if e == "ahead")
         assert asked <= ahead.index(p) + 4
-    monkeypatch.setattr(pack_mod.preprocess, "_jpegcrop", ext)
-    monkeypatch.setattr(pack_mod, "PREFETCH_AHEAD", 10**6)  # all asked for at the start
+    monkeypatch.setattr(pack_mod.preprocess, "_jpegcrop", ext)  # the C loop
+    monkeypatch.setattr(pack_mod, "_prepare", real_prepare)
+    monkeypatch.setattr(pack_mod, "PREFETCH_AHEAD", 10**6)  # as far as it goes
     pack_mod.pack_folder(src, tmp_path / "b", PackOptions(num_shards=1))
     shard = "autotune_images-train.array_record-00000-of-00001"
     assert (tmp_path / "a" / shard).read_bytes() == (tmp_path / "b" / shard).read_bytes()

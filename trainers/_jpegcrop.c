@@ -58,19 +58,30 @@
  *   pixels; components 1 or 3. Raises ValueError with the reason ("libjpeg: ..." for
  *   libjpeg's own message). The GIL is released while libjpeg runs.
  *
- *   pack_file(path, head, tail, max_bytes, max_pixels) -> (record, size) or None
- *   The pack's fast path for one image file that is stored as it is (trainers/pack.py
- *   _write_members): open, fstat, read, check and serialize in one call, without the
- *   GIL around the system calls and libjpeg. The file is read straight into its place
- *   in the record, so its bytes are copied once (by the kernel). record is the
- *   serialized tf.train.Example of trainers/pack.py example_record, byte for byte
- *   (tested), from head (the file-name map entry, with its tag and length), the
- *   image map entry built here around the file's bytes, and tail (the label map
- *   entry); size is the file's size in bytes. None, having raised nothing, for
- *   anything but a regular file of 1..max_bytes bytes, read whole, starting with a JPEG
- *   marker (FF D8 FF), of at most max_pixels pixels (0: no limit) and passing the check
- *   above: the caller then takes its general path, which names the reason or converts
- *   the file. Raises only MemoryError (and TypeError for bad arguments).
+ *   pack_files(members, start, max_count, ahead, max_batch_bytes, suffixes, max_bytes,
+ *              max_pixels) -> (records, image_bytes)
+ *   The pack's loop over files stored as they are (trainers/pack.py _write_members),
+ *   one call per batch: for members[start:], a list of (path: str, label: int) pairs,
+ *   until max_count members or until the images so far reach max_batch_bytes, each
+ *   file is opened, fstat'ed, read and checked (check above) and its record
+ *   serialized, without the GIL around the system calls and libjpeg. Each file is
+ *   opened `ahead` members (at most 63) before its turn, with the kernel asked to read
+ *   it in the background (posix_fadvise WILLNEED), so that reads of files not in the
+ *   page cache overlap the checks; the descriptor is the one then read. The file is
+ *   read straight into its place in the record, so its bytes are copied once (by the
+ *   kernel). A record is the serialized tf.train.Example of trainers/pack.py
+ *   example_record(data, label, file name), byte for byte (tested); records[i] is
+ *   members[start + i]'s, or None, having raised nothing, for anything but: a valid
+ *   UTF-8 path without NUL whose file name is an image's by its name (suffixes: the
+ *   lower-case suffixes of trainers/scan.py IMAGE_SUFFIXES; not starting with '.'),
+ *   a label 0 <= label < 2**63, a regular file of 1..max_bytes bytes, read whole,
+ *   starting with a JPEG marker (FF D8 FF), of at most max_pixels pixels (0: no
+ *   limit) and passing the check. The caller then takes its general path for that
+ *   member, which names the reason or converts the file. image_bytes: the sum of the
+ *   sizes of the files whose record was made (bytes). At least one member is taken
+ *   when start < len(members); no descriptor stays open after the call. Raises
+ *   MemoryError, TypeError for bad arguments, ValueError for start outside
+ *   0..len(members) or max_count < 1.
  *
  *   example_image_label(record) -> (image_start, image_end, label) or None
  *   trainers/example_wire.py image_and_label's walk of a serialized tf.train.Example
@@ -411,88 +422,6 @@ static Py_ssize_t read_all(int fd, unsigned char *buf, Py_ssize_t cap) {
     return got;
 }
 
-static PyObject *pack_file(PyObject *self, PyObject *args) {
-    PyObject *path = NULL;
-    Py_buffer head, tail;
-    long long max_bytes;
-    unsigned long long max_pixels;
-    if (!PyArg_ParseTuple(args, "O&y*y*LK", PyUnicode_FSConverter, &path, &head, &tail,
-                          &max_bytes, &max_pixels)) {
-        return NULL;
-    }
-    PyObject *out = NULL;
-    int fd = -1;
-    struct stat st;
-    int stat_ok = 0;
-    const char *cpath = PyBytes_AS_STRING(path);
-
-    Py_BEGIN_ALLOW_THREADS
-    fd = open(cpath, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
-    stat_ok = fd >= 0 && fstat(fd, &st) == 0;
-    Py_END_ALLOW_THREADS
-    if (!stat_ok || !S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > max_bytes ||
-        tail.len < 1) {
-        goto slow; /* the Python path names the reason */
-    }
-
-    /* The layout of trainers/pack.py example_record:
-     *   0a L(total) | head | 0a L(entry) key_image L(feature) 0a L(list) 0a L(size) image | tail */
-    unsigned long long size = (unsigned long long)st.st_size;
-    unsigned long long list = size + 1 + varint_len(size);
-    unsigned long long feature = list + 1 + varint_len(list);
-    unsigned long long entry = sizeof key_image + varint_len(feature) + feature;
-    unsigned long long total = (unsigned long long)head.len + 1 + varint_len(entry) + entry +
-                               (unsigned long long)tail.len;
-    out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(1 + varint_len(total) + total));
-    if (out == NULL) {
-        close(fd);
-        PyBuffer_Release(&head);
-        PyBuffer_Release(&tail);
-        Py_DECREF(path);
-        return NULL;
-    }
-    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
-    *p++ = 0x0a;
-    p += put_varint(p, total);
-    memcpy(p, head.buf, (size_t)head.len);
-    p += head.len;
-    *p++ = 0x0a;
-    p += put_varint(p, entry);
-    memcpy(p, key_image, sizeof key_image);
-    p += sizeof key_image;
-    p += put_varint(p, feature);
-    *p++ = 0x0a;
-    p += put_varint(p, list);
-    *p++ = 0x0a;
-    p += put_varint(p, size);
-
-    int ok;
-    check_result r;
-    Py_BEGIN_ALLOW_THREADS
-    /* One byte more than the size (it lands where the tail goes): a file that grew
-     * since fstat reads more and takes the Python path, as a short read does. */
-    ok = read_all(fd, p, (Py_ssize_t)size + 1) == (Py_ssize_t)size &&
-         p[0] == 0xFF && p[1] == 0xD8 && p[2] == 0xFF &&
-         check_jpeg(p, (unsigned long)size, max_pixels, &r) == 0;
-    if (ok) memcpy(p + size, tail.buf, (size_t)tail.len);
-    Py_END_ALLOW_THREADS
-    if (ok) {
-        close(fd);
-        PyBuffer_Release(&head);
-        PyBuffer_Release(&tail);
-        Py_DECREF(path);
-        PyObject *result = Py_BuildValue("(NK)", out, size);
-        return result;
-    }
-    Py_CLEAR(out);
-slow:
-    if (fd >= 0) close(fd);
-    PyBuffer_Release(&head);
-    PyBuffer_Release(&tail);
-    Py_DECREF(path);
-    Py_RETURN_NONE;
-}
-
 /* The protobuf varint at buf[*i:end] into *value; 0 when it runs past end or does not
  * fit 64 bits (the caller then leaves the record to the Python walker). */
 static int wire_varint(const unsigned char *buf, Py_ssize_t *i, Py_ssize_t end,
@@ -610,6 +539,271 @@ static PyObject *prefetch(PyObject *self, PyObject *args) {
     Py_END_ALLOW_THREADS
     Py_DECREF(path);
     Py_RETURN_NONE;
+}
+
+/* --- pack_files: the pack's per-member loop for files kept as they are ------------ */
+
+/* Members opened ahead of the one being read, at most (pack_files' ring of fds). */
+#define AHEAD_MAX 64
+
+/* The part of a file-name map entry or a label map entry before its payload; see
+ * trainers/pack.py _name_entry and _label_entry, which these follow byte for byte. */
+static const unsigned char key_file_name[] = {0x0a, 0x09, 'f', 'i', 'l', 'e', '_', 'n',
+                                              'a', 'm', 'e', 0x12};
+static const unsigned char key_label[] = {0x0a, 0x05, 'l', 'a', 'b', 'e', 'l'};
+
+/* trainers/pack.py _name_entry(name) at out (room: 32 + n); returns its length. */
+static size_t put_name_entry(unsigned char *out, const char *name, size_t n) {
+    unsigned char a[10], b[10], c[10];
+    size_t la = put_varint(a, n);
+    size_t lb = put_varint(b, n + 1 + la);
+    size_t lc = put_varint(c, n + 2 + la + lb);
+    size_t head = sizeof key_file_name + lc + 1 + lb + 1 + la + n;
+    size_t i = 0;
+    out[i++] = 0x0a;
+    i += put_varint(out + i, head);
+    memcpy(out + i, key_file_name, sizeof key_file_name);
+    i += sizeof key_file_name;
+    memcpy(out + i, c, lc);
+    i += lc;
+    out[i++] = 0x0a;
+    memcpy(out + i, b, lb);
+    i += lb;
+    out[i++] = 0x0a;
+    memcpy(out + i, a, la);
+    i += la;
+    memcpy(out + i, name, n);
+    return i + n;
+}
+
+/* trainers/pack.py _label_entry(label) (label >= 0) at out (room: 32); its length. */
+static size_t put_label_entry(unsigned char *out, unsigned long long label) {
+    unsigned char v[10];
+    size_t lv = put_varint(v, label), i = 0;
+    /* 0a L | 0a 05 "label" | 12 L | 1a L | 0a L | varint: every length under 128 */
+    out[i++] = 0x0a;
+    out[i++] = (unsigned char)(sizeof key_label + 6 + lv);
+    memcpy(out + i, key_label, sizeof key_label);
+    i += sizeof key_label;
+    out[i++] = 0x12;
+    out[i++] = (unsigned char)(4 + lv);
+    out[i++] = 0x1a;
+    out[i++] = (unsigned char)(2 + lv);
+    out[i++] = 0x0a;
+    out[i++] = (unsigned char)lv;
+    memcpy(out + i, v, lv);
+    return i + lv;
+}
+
+/* Whether name (UTF-8, n bytes, no '/') is an image file by its name for
+ * trainers/scan.py not_an_image: not starting with '.', and its suffix
+ * (os.path.splitext) in suffixes (a tuple of lower-case str) once ASCII letters are
+ * lowered. 0 for a suffix with other bytes than ASCII: left to that function. */
+static int image_name(const char *name, size_t n, PyObject *suffixes) {
+    if (n == 0 || name[0] == '.') return 0;
+    const char *dot = memrchr(name, '.', n);
+    if (dot == NULL) return 0;
+    size_t m = n - (size_t)(dot - name);
+    char low[16];
+    if (m >= sizeof low) return 0;
+    for (size_t i = 0; i < m; i++) {
+        unsigned char ch = (unsigned char)dot[i];
+        if (ch >= 0x80) return 0;
+        low[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+    }
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(suffixes); j++) {
+        Py_ssize_t ls;
+        const char *s = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(suffixes, j), &ls);
+        if (s != NULL && (size_t)ls == m && memcmp(s, low, m) == 0) return 1;
+        PyErr_Clear();
+    }
+    return 0;
+}
+
+/* A member of pack_files' list: its path as UTF-8 (borrowed from the str), its
+ * file name's offset in it, its label; 0 when the member is left to the caller's
+ * general path (not a (str, int) pair, a path that is not valid UTF-8 or holds a
+ * NUL, not an image by its name, a negative or huge label). */
+typedef struct {
+    const char *path;
+    Py_ssize_t len, name;
+    unsigned long long label;
+} member;
+
+static int get_member(PyObject *members, Py_ssize_t k, PyObject *suffixes, member *m) {
+    PyObject *item = PyList_GET_ITEM(members, k);
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) return 0;
+    PyObject *key = PyTuple_GET_ITEM(item, 0), *label = PyTuple_GET_ITEM(item, 1);
+    if (!PyUnicode_Check(key) || !PyLong_Check(label)) return 0;
+    m->path = PyUnicode_AsUTF8AndSize(key, &m->len);
+    if (m->path == NULL || (Py_ssize_t)strlen(m->path) != m->len) {
+        PyErr_Clear();
+        return 0;
+    }
+    const char *slash = memrchr(m->path, '/', (size_t)m->len);
+    m->name = slash == NULL ? 0 : slash - m->path + 1;
+    if (!image_name(m->path + m->name, (size_t)(m->len - m->name), suffixes)) return 0;
+    int overflow = 0;
+    long long v = PyLong_AsLongLongAndOverflow(label, &overflow);
+    if (overflow || v < 0) {
+        PyErr_Clear();
+        return 0;
+    }
+    m->label = (unsigned long long)v;
+    return 1;
+}
+
+/* open() of a member's file, with the kernel asked to read it all in the background
+ * (posix_fadvise WILLNEED), without the GIL; -1 when it cannot be opened. */
+static int open_ahead(const char *path) {
+    int fd;
+    Py_BEGIN_ALLOW_THREADS
+    fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+    if (fd >= 0) (void)posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    Py_END_ALLOW_THREADS
+    return fd;
+}
+
+/* One member's record from its open file fd (closed here), or NULL with no error
+ * set when it is left to the general path, or NULL with MemoryError. *size: the
+ * file's size. */
+static PyObject *pack_member(int fd, const member *m, long long max_bytes,
+                             unsigned long long max_pixels, unsigned long long *size) {
+    struct stat st;
+    int stat_ok;
+    Py_BEGIN_ALLOW_THREADS
+    stat_ok = fstat(fd, &st) == 0;
+    Py_END_ALLOW_THREADS
+    if (!stat_ok || !S_ISREG(st.st_mode) || st.st_size <= 0 || st.st_size > max_bytes) {
+        close(fd);
+        return NULL;
+    }
+    unsigned char head[64 + 10], tail[32];
+    size_t n = (size_t)(m->len - m->name);
+    unsigned char *name_entry = n + 32 <= 64 ? head : PyMem_Malloc(n + 32);
+    if (name_entry == NULL) {
+        close(fd);
+        return PyErr_NoMemory();
+    }
+    size_t lh = put_name_entry(name_entry, m->path + m->name, n);
+    size_t lt = put_label_entry(tail, m->label);
+    /* The layout of trainers/pack.py example_record:
+     *   0a L(total) | name entry | 0a L(entry) key_image L(feature) 0a L(list) 0a L(size) image
+     *   | label entry */
+    unsigned long long sz = (unsigned long long)st.st_size;
+    unsigned long long list = sz + 1 + varint_len(sz);
+    unsigned long long feature = list + 1 + varint_len(list);
+    unsigned long long entry = sizeof key_image + varint_len(feature) + feature;
+    unsigned long long total = lh + 1 + varint_len(entry) + entry + lt;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)(1 + varint_len(total) + total));
+    if (out == NULL) {
+        if (name_entry != head) PyMem_Free(name_entry);
+        close(fd);
+        return NULL;
+    }
+    unsigned char *p = (unsigned char *)PyBytes_AS_STRING(out);
+    *p++ = 0x0a;
+    p += put_varint(p, total);
+    memcpy(p, name_entry, lh);
+    p += lh;
+    if (name_entry != head) PyMem_Free(name_entry);
+    *p++ = 0x0a;
+    p += put_varint(p, entry);
+    memcpy(p, key_image, sizeof key_image);
+    p += sizeof key_image;
+    p += put_varint(p, feature);
+    *p++ = 0x0a;
+    p += put_varint(p, list);
+    *p++ = 0x0a;
+    p += put_varint(p, sz);
+    int ok;
+    check_result r;
+    Py_BEGIN_ALLOW_THREADS
+    /* One byte more than the size (it lands where the tail goes): a file that grew
+     * since fstat reads more and takes the general path, as a short read does. */
+    ok = read_all(fd, p, (Py_ssize_t)sz + 1) == (Py_ssize_t)sz && p[0] == 0xFF &&
+         p[1] == 0xD8 && p[2] == 0xFF && check_jpeg(p, (unsigned long)sz, max_pixels, &r) == 0;
+    if (ok) memcpy(p + sz, tail, lt);
+    close(fd);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    *size = sz;
+    return out;
+}
+
+static PyObject *pack_files(PyObject *self, PyObject *args) {
+    PyObject *members, *suffixes;
+    Py_ssize_t start, max_count;
+    int ahead;
+    long long max_batch_bytes, max_bytes;
+    unsigned long long max_pixels;
+    if (!PyArg_ParseTuple(args, "O!nniLO!LK", &PyList_Type, &members, &start, &max_count,
+                          &ahead, &max_batch_bytes, &PyTuple_Type, &suffixes, &max_bytes,
+                          &max_pixels)) {
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(members);
+    if (start < 0 || start > n || max_count < 1) {
+        return PyErr_Format(PyExc_ValueError, "pack_files: start %zd of %zd members, "
+                            "max_count %zd (need 0 <= start <= members, max_count >= 1)",
+                            start, n, max_count);
+    }
+    if (ahead < 0) ahead = 0;
+    if (ahead > AHEAD_MAX - 1) ahead = AHEAD_MAX - 1;
+    Py_ssize_t stop = n - start < max_count ? n : start + max_count;
+    int fds[AHEAD_MAX];
+    member ms[AHEAD_MAX];
+    Py_ssize_t owner[AHEAD_MAX]; /* the member whose file fds[i] is; -1: none */
+    for (int i = 0; i < AHEAD_MAX; i++) owner[i] = -1;
+    PyObject *results = PyList_New(0);
+    if (results == NULL) return NULL;
+    unsigned long long bytes = 0;
+    Py_ssize_t opened = start; /* members below this were opened ahead (or skipped) */
+    Py_ssize_t k = start;
+    for (; k < stop; k++) {
+        /* Open the members up to ahead past this one, in order. */
+        for (; opened < stop && opened <= k + ahead; opened++) {
+            member a;
+            if (!get_member(members, opened, suffixes, &a)) continue;
+            int fd = open_ahead(a.path);
+            if (fd < 0) continue;
+            int slot = (int)(opened % AHEAD_MAX);
+            fds[slot] = fd;
+            ms[slot] = a;
+            owner[slot] = opened;
+        }
+        PyObject *rec = NULL;
+        int slot = (int)(k % AHEAD_MAX);
+        if (owner[slot] == k) { /* else left to the general path */
+            owner[slot] = -1;
+            unsigned long long sz = 0;
+            rec = pack_member(fds[slot], &ms[slot], max_bytes, max_pixels, &sz);
+            if (rec == NULL && PyErr_Occurred()) goto fail;
+            bytes += sz;
+        }
+        if (PyList_Append(results, rec == NULL ? Py_None : rec) < 0) {
+            Py_XDECREF(rec);
+            goto fail;
+        }
+        Py_XDECREF(rec);
+        if (bytes >= (unsigned long long)max_batch_bytes) {
+            k++;
+            break;
+        }
+    }
+    for (int i = 0; i < AHEAD_MAX; i++) {
+        if (owner[i] >= 0) close(fds[i]);
+    }
+    return Py_BuildValue("(NK)", results, bytes);
+fail:
+    for (int i = 0; i < AHEAD_MAX; i++) {
+        if (owner[i] >= 0) close(fds[i]);
+    }
+    Py_DECREF(results);
+    return NULL;
 }
 
 #ifdef __APPLE__
@@ -738,9 +932,10 @@ static PyMethodDef methods[] = {
     {"example_image_label", example_image_label, METH_VARARGS,
      "example_image_label(record) -> (image_start, image_end, label) or None; the walk of "
      "trainers/example_wire.py image_and_label in C (None: leave it to that walker)."},
-    {"pack_file", pack_file, METH_VARARGS,
-     "pack_file(path, head, tail, max_bytes, max_pixels) -> (record, size) or None; the "
-     "pack's fast path for one file kept as it is; see trainers/_jpegcrop.c."},
+    {"pack_files", pack_files, METH_VARARGS,
+     "pack_files(members, start, max_count, ahead, max_batch_bytes, suffixes, max_bytes, "
+     "max_pixels) -> (records, image_bytes); the pack's loop over files kept as they "
+     "are; see trainers/_jpegcrop.c."},
     {"prefetch", prefetch, METH_VARARGS,
      "prefetch(path) -> None; asks the kernel to read the file into the page cache in "
      "the background (posix_fadvise WILLNEED); errors are ignored. See "

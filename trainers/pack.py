@@ -1089,83 +1089,89 @@ def _write_sidecar(path: Path, out: Path, info: dict) -> None:
         write_text_atomic(_sidecar(path), json.dumps(info), durable=False)
 
 
-#: Members ahead of the one being checked whose file the shard loop asks the kernel to
-#: read (``_jpegcrop.prefetch``): a file not in the page cache is then read while the
-#: ones before it are checked (about 2 ms of checks for small files at 32, longer
-#: than a read from an SSD or a virtual disk), instead of stopping the worker.
+#: Members ahead of the one being checked whose file the shard loop opens and asks the
+#: kernel to read (``posix_fadvise`` WILLNEED: ``_jpegcrop.pack_files``, or
+#: ``_jpegcrop.prefetch`` on the general path): a file not in the page cache is then
+#: read while the ones before it are checked (about 2 ms of checks for small files at
+#: 32, longer than a read from an SSD or a virtual disk), instead of stopping the worker.
 PREFETCH_AHEAD = 32
+
+#: Members, and image bytes, at most per call of ``_jpegcrop.pack_files`` (one batch of
+#: the shard loop): the pack looks at its stop flag and its counts once a batch (every
+#: 1,024 small files, about 60 ms; or every 8 MiB of images, about 75 full-size ones).
+FAST_BATCH, FAST_BATCH_BYTES = 1024, 8 << 20
 
 
 def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     """The per-member loop of :func:`_write_listed_shard`: each member of
-    ``task.chunk`` read (a file: :func:`_prepare`; a zip member:
-    :func:`_read_zip_entry`), verified, serialized (:func:`example_record`) and
-    written to ``sh`` (open), or listed as skipped, in order, with the same records
-    and counts as :meth:`_Shard.add`. The hot loop of a pack: the name is cut once,
-    the writer's method is bound once; files are asked for :data:`PREFETCH_AHEAD`
-    members ahead, and the write-behind looks at the shard every half window.
+    ``task.chunk`` read, verified, serialized (:func:`example_record`) and written to
+    ``sh`` (open), or listed as skipped, in order, with the same records and counts as
+    :meth:`_Shard.add`. The hot loop of a pack. Files stored as they are go in
+    batches through ``_jpegcrop.pack_files`` (open :data:`PREFETCH_AHEAD` members
+    ahead, read, check and serialize in C: one Python call per :data:`FAST_BATCH`
+    members); a member it leaves (None) takes the general path here (a file:
+    :func:`_prepare`; a zip member: :func:`_read_zip_entry`), which names the reason
+    or converts it. The write-behind looks at the shard every half window.
     Returns True when the pack is stopping (``tally``). Raises
     :class:`_ShardWriteFailed` when a write fails."""
     zip_path, resize, quality = task.zip_path, task.resize_shorter, task.quality
     zdir = task.zip_dir
-    write, add, bad = sh.writer.write, tally.add, sh.bad
-    fast = None  # files stored as they are: read, check, serialize in one C call
+    write, bad = sh.writer.write, sh.bad
+    ext = preprocess._jpegcrop
+    fast = None  # files stored as they are: read, check, serialize in C, in batches
     if zip_path is None and resize is None:
-        fast = getattr(preprocess._jpegcrop, "pack_file", None)
-    named, max_pixels = scan.not_an_image, preprocess.MAX_PIXELS
+        fast = getattr(ext, "pack_files", None)
+    max_pixels, suffixes = preprocess.MAX_PIXELS, scan.IMAGE_SUFFIXES
     records = bytes_in = bytes_out = 0
     behind, step = sh.behind.poll, _WriteBehind.WINDOW // 2
     look = step  # bytes_out at the next look of the write-behind
-    members, ahead = task.chunk, None
-    if zip_path is None:  # files: ask for the file PREFETCH_AHEAD members on
-        ahead = getattr(preprocess._jpegcrop, "prefetch", None)
-    if ahead is not None:
-        members = list(members)
-        for key, _ in members[:PREFETCH_AHEAD]:
-            ahead(key)
+    members = list(task.chunk)
+    ahead = None  # the general path's files: asked for PREFETCH_AHEAD members on
+    if zip_path is None and fast is None:
+        ahead = getattr(ext, "prefetch", None)
+        if ahead is not None:
+            for key, _ in members[:PREFETCH_AHEAD]:
+                ahead(key)
     last = len(members) - PREFETCH_AHEAD
+    k, n = 0, len(members)
     try:
-        for k, (key, label) in enumerate(members):
-            if ahead is not None and k < last:
-                ahead(members[k + PREFETCH_AHEAD][0])
-            name = key[key.rfind("/") + 1:]  # os.path.basename, for a str on POSIX
-            if fast is not None and named(name) is None:
-                got = fast(key, _name_entry(name), _label_entry(label), MAX_FILE_BYTES,
-                           max_pixels)
-                if got is not None:  # else the general path below names the reason
-                    try:
-                        write(got[0])
-                    except (OSError, RuntimeError) as exc:
-                        raise _ShardWriteFailed(sh, exc) from exc
-                    records += 1
-                    bytes_in += got[1]
-                    bytes_out += got[1]
-                    if bytes_out >= look:
-                        behind()
-                        look = bytes_out + step
-                    if add(False):
-                        return True
-                    continue
-            if zip_path is None:
-                data, reason, nbytes = _prepare(key, resize, quality)
-            else:  # read here: the workers read a zip in parallel
-                raw, reason = _read_zip_entry(zip_path, key, zdir[k])
-                data, reason, nbytes = ((None, reason, 0) if raw is None else
-                                        _prepare_data(raw, resize, quality))
-            if data is None:
-                bad.append(BadImage(path=key, reason=reason or "unknown"))
+        while k < n:
+            if fast is not None:
+                got, image_bytes = fast(members, k, FAST_BATCH, PREFETCH_AHEAD,
+                                        FAST_BATCH_BYTES, suffixes, MAX_FILE_BYTES, max_pixels)
             else:
+                got, image_bytes = (None,), 0
+                if ahead is not None and k < last:
+                    ahead(members[k + PREFETCH_AHEAD][0])
+            skipped = 0
+            for i, record in enumerate(got):
+                if record is None:  # the general path: converts it or names the reason
+                    key, label = members[k + i]
+                    if zip_path is None:
+                        data, reason, nbytes = _prepare(key, resize, quality)
+                    else:  # read here: the workers read a zip in parallel
+                        raw, reason = _read_zip_entry(zip_path, key, zdir[k + i])
+                        data, reason, nbytes = ((None, reason, 0) if raw is None else
+                                                _prepare_data(raw, resize, quality))
+                    if data is None:
+                        bad.append(BadImage(path=key, reason=reason or "unknown"))
+                        skipped += 1
+                        continue
+                    record = example_record(data, label, key[key.rfind("/") + 1:])
+                    bytes_in += nbytes
+                    bytes_out += len(data)
                 try:
-                    write(example_record(data, label, name))
+                    write(record)
                 except (OSError, RuntimeError) as exc:
                     raise _ShardWriteFailed(sh, exc) from exc
                 records += 1
-                bytes_in += nbytes
-                bytes_out += len(data)
-                if bytes_out >= look:
-                    behind()
-                    look = bytes_out + step
-            if add(data is None):
+            bytes_in += image_bytes
+            bytes_out += image_bytes
+            k += len(got)
+            if bytes_out >= look:
+                behind()
+                look = bytes_out + step
+            if tally.add_many(len(got), skipped):
                 return True
         return False
     finally:
@@ -1176,17 +1182,19 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
 
 class _ThreadTally:
     """Members done and skipped by the pack's worker threads, and whether to stop:
-    ``progress(done, total, bad)`` is called after each member from the thread that
-    did it, one call at a time (under a lock), so the counts it sees go up by one."""
+    ``progress(done, total, bad)`` is called after each batch of members from the
+    thread that did it, one call at a time (under a lock), so the counts it sees only
+    go up."""
 
     def __init__(self, progress, total: int | None, done: int, bad: int):
         self.progress, self.total, self.done, self.bad = progress, total, done, bad
         self.lock, self.stop = threading.Lock(), False
 
-    def add(self, bad: bool) -> bool:
-        """Count one member (``bad``: skipped); True when the pack is stopping."""
+    def add_many(self, done: int, bad: int) -> bool:
+        """Count ``done`` members, ``bad`` of them skipped; True when the pack is
+        stopping."""
         with self.lock:
-            self.done += 1
+            self.done += done
             self.bad += bad
             if self.progress is not None:
                 self.progress(self.done, self.total, self.bad)
@@ -1211,8 +1219,10 @@ class _ProcessTally:
         self.n = self.b = 0
         self.stop = False
 
-    def add(self, bad: bool) -> bool:
-        self.n += 1
+    def add_many(self, done: int, bad: int) -> bool:
+        """Count ``done`` members, ``bad`` of them skipped; True when the pack is
+        stopping (looked at when the counts are added to the shared ones)."""
+        self.n += done
         self.b += bad
         if self.n >= _FLUSH_EVERY:
             self.flush()
