@@ -145,6 +145,93 @@ def test_scan_builds_the_listing_of_its_entries_added_one_by_one(tmp_path, monke
         ref.extend((e.path, label) for e in scan.files_below(tmp_path / c))
     assert _arrays(items) == _arrays(ref.build())
 
+def test_the_common_suffix_is_the_reversed_common_prefix():
+    """listing._common_suffix against its definition, on names that share prefixes,
+    suffixes, both or neither, overlap, or are shorter than the prefix cut."""
+    import os
+    import random
+
+    from trainers.listing import _common_suffix
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        names = ["".join(rng.choice("ab.") for _ in range(rng.randrange(0, 7)))
+                 for _ in range(rng.randrange(1, 5))]
+        if rng.random() < 0.5:
+            names = [n + ".JPEG" for n in names]
+        start = len(os.path.commonprefix(names))
+        want = os.path.commonprefix([n[start:][::-1] for n in names])[::-1]
+        assert _common_suffix(names, start) == want, names
+
+
+def test_names_of_several_bytes_a_character_round_trip():
+    pairs = [(f"/d/{n}", 1) for n in ["éa.JPEG", "éb.JPEG", "xéé.JPEG",
+                                      "\udcff.JPEG", "漢.JPEG", "a.JPEG"]]
+    for cut in range(len(pairs)):
+        listing = ListingBuilder().extend(pairs[cut:]).build()
+        assert list(listing) == pairs[cut:]
+
+
+def _odd_tree(root) -> None:
+    """A class folder with every kind of entry the listing must keep or drop."""
+    import os
+
+    c = root / "n01"
+    for f in ["b.JPEG", "a.JPEG", "A.JPEG", "é.JPEG", "zé.JPEG", "zz.JPEG", "sub/y.JPEG",
+              "sub/deep/deeper/w.JPEG", "sub/deep/v.txt", ".hidden/h.JPEG", "-x.JPEG",
+              "Sub/u.JPEG", "sub.JPEG"]:
+        (c / f).parent.mkdir(parents=True, exist_ok=True)
+        (c / f).write_bytes(b"x")
+    (c / "empty").mkdir()
+    (c / "sub" / "empty2").mkdir()
+    os.symlink(c / "sub", c / "link_to_dir")  # followed, as os.DirEntry.is_dir() does
+    os.symlink(c / "a.JPEG", c / "link_to_file.JPEG")
+    os.symlink(c / "gone", c / "dangling.JPEG")
+    os.mkfifo(c / "fifo.JPEG")
+
+
+@pytest.mark.parametrize("in_c", [True, False], ids=["list_folder", "scandir"])
+def test_runs_below_are_files_below(tmp_path, monkeypatch, in_c):
+    """``runs_below`` lists the entries of ``files_below`` in the same order, in runs
+    of one folder: sub-folders (links to them too) depth first, empty ones listed
+    themselves, hidden ones and those past MAX_DEPTH left out; in C and without it."""
+    _odd_tree(tmp_path)
+    if not in_c:
+        monkeypatch.setattr(scan, "_jpegcrop", None)
+    elif getattr(scan._jpegcrop, "list_folder", None) is None:
+        pytest.skip("trainers._jpegcrop (with list_folder) not built")
+    for depth in (32, 1, 0):
+        monkeypatch.setattr(scan, "MAX_DEPTH", depth)
+        folder = str(tmp_path / "n01")
+        runs = scan.runs_below(folder)
+        assert [head + n for head, names in runs for n in names] == [
+            e.path for e in scan.files_below(folder)]
+        assert all(names for _, names in runs)
+        assert all(a[0] != b[0] for a, b in zip(runs, runs[1:]))  # runs are maximal
+    with pytest.raises(FileNotFoundError):
+        scan.runs_below(str(tmp_path / "missing"))
+
+
+@pytest.mark.skipif(getattr(scan._jpegcrop, "list_folder", None) is None,
+                    reason="trainers._jpegcrop (with list_folder) not built")
+def test_a_name_that_is_not_utf8_is_listed_by_scandir(tmp_path):
+    """Byte order is not str order for such names (surrogateescape): list_folder
+    declines (None) and runs_below lists the folder with os.scandir."""
+    import os
+
+    d = tmp_path / "n01"
+    d.mkdir()
+    for name in [b"\xff.JPEG", b"\xc3\xa9.JPEG", b"a.JPEG", b"\xed\xb3\xbf.JPEG"]:
+        (d / os.fsdecode(name)).write_bytes(b"x")
+    assert scan._jpegcrop.list_folder(str(d)) is None
+    assert [h + n for h, names in scan.runs_below(str(d)) for n in names] == [
+        e.path for e in scan.files_below(d)]
+    (d / os.fsdecode(b"\xff.JPEG")).unlink()
+    (d / os.fsdecode(b"\xed\xb3\xbf.JPEG")).unlink()
+    names, dirs = scan._jpegcrop.list_folder(str(d))
+    assert names == ["a.JPEG", "é.JPEG"] and dirs == b"\0\0"
+
+
 SIZES = [7, 13, 20, 1, 2, 40, 3]  # members per class
 
 

@@ -98,6 +98,16 @@
  *   checks instead of stopping the worker. Raises only TypeError / ValueError for a
  *   path that is not one (an embedded NUL).
  *
+ *   list_folder(path) -> (names: list[str], dirs: bytes) or None
+ *   One folder's entries for trainers/scan.py runs_below, without an os.DirEntry each:
+ *   their names ("." and ".." left out) sorted by their bytes, which for valid UTF-8 is
+ *   Python's str order, and dirs[i] 1 when names[i] is a folder as os.DirEntry.is_dir()
+ *   says (links followed: the entry's type from readdir, else a stat; 0 when the stat
+ *   fails). None, having raised nothing, when a name is not valid UTF-8 (the caller
+ *   then lists the folder with os.scandir, whose str order differs for such names).
+ *   Raises OSError (errno and path) when the folder cannot be opened or read,
+ *   MemoryError.
+ *
  *   stat_lines(pairs) -> bytes or None
  *   trainers/pack.py _stat_lines in C: for each (path: str, label: int) of the
  *   iterable pairs, "path NUL label NUL size NUL mtime_ns\n" (stat, links followed) or
@@ -114,6 +124,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
@@ -921,6 +932,119 @@ static PyObject *stat_lines(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* --- list_folder: one folder's entries for trainers/scan.py -------------------------- */
+
+/* One entry of list_folder: its name (in the arena) and whether it is a folder. */
+typedef struct {
+    size_t off, len;
+    int dir;
+} dentry;
+
+static const char *arena_base; /* for qsort's comparison (the GIL is held: one caller) */
+
+static int dentry_cmp(const void *a, const void *b) {
+    const dentry *x = a, *y = b;
+    size_t n = x->len < y->len ? x->len : y->len;
+    int c = memcmp(arena_base + x->off, arena_base + y->off, n);
+    return c ? c : (x->len > y->len) - (x->len < y->len);
+}
+
+static PyObject *list_folder(PyObject *self, PyObject *args) {
+    PyObject *path = NULL;
+    if (!PyArg_ParseTuple(args, "O&", PyUnicode_FSConverter, &path)) return NULL;
+    const char *cpath = PyBytes_AS_STRING(path);
+    DIR *d;
+    Py_BEGIN_ALLOW_THREADS
+    d = opendir(cpath);
+    Py_END_ALLOW_THREADS
+    if (d == NULL) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, cpath);
+        Py_DECREF(path);
+        return NULL;
+    }
+    sbuf names = {NULL, 0, 0};
+    dentry *ents = NULL;
+    size_t n = 0, cap = 0;
+    int err = 0, oom = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        errno = 0;
+        struct dirent *e = readdir(d);
+        if (e == NULL) {
+            err = errno;
+            break;
+        }
+        const char *nm = e->d_name;
+        if (nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0'))) continue;
+        int dir = e->d_type == DT_DIR;
+        if (e->d_type == DT_LNK || e->d_type == DT_UNKNOWN) { /* os.DirEntry.is_dir() */
+            struct stat st;
+            dir = fstatat(dirfd(d), nm, &st, 0) == 0 && S_ISDIR(st.st_mode);
+        }
+        if (n == cap) {
+            size_t c = cap ? 2 * cap : 1024;
+            dentry *q = realloc(ents, c * sizeof *ents);
+            if (q == NULL) {
+                oom = 1;
+                break;
+            }
+            ents = q;
+            cap = c;
+        }
+        size_t len = strlen(nm);
+        ents[n].off = names.n;
+        ents[n].len = len;
+        ents[n].dir = dir;
+        if (sbuf_put(&names, nm, len) < 0) {
+            oom = 1;
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    Py_END_ALLOW_THREADS
+    PyObject *result = NULL, *list = NULL, *dirs = NULL;
+    if (oom) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (err) {
+        PyErr_SetFromErrnoWithFilename(PyExc_OSError, cpath);
+        goto done;
+    }
+    arena_base = names.p;
+    if (n > 1) qsort(ents, n, sizeof *ents, dentry_cmp);
+    list = PyList_New((Py_ssize_t)n);
+    dirs = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)n);
+    if (list == NULL || dirs == NULL) goto done;
+    char *flags = PyBytes_AS_STRING(dirs);
+    for (size_t i = 0; i < n; i++) {
+        /* Byte order is str order for valid UTF-8 only: anything else is left to
+         * os.scandir (None). */
+        PyObject *s = PyUnicode_DecodeUTF8(names.p + ents[i].off, (Py_ssize_t)ents[i].len,
+                                           "strict");
+        if (s == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_UnicodeDecodeError)) goto done;
+            PyErr_Clear();
+            Py_CLEAR(list);
+            Py_CLEAR(dirs);
+            result = Py_None;
+            Py_INCREF(result);
+            goto done;
+        }
+        PyList_SET_ITEM(list, (Py_ssize_t)i, s);
+        flags[i] = (char)ents[i].dir;
+    }
+    result = PyTuple_Pack(2, list, dirs);
+done:
+    Py_XDECREF(list);
+    Py_XDECREF(dirs);
+    free(names.p);
+    free(ents);
+    Py_DECREF(path);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"decode_crop", decode_crop, METH_VARARGS,
      "decode_crop(data, top, left, height, width, scale_denom, exact=0) -> "
@@ -940,6 +1064,9 @@ static PyMethodDef methods[] = {
      "prefetch(path) -> None; asks the kernel to read the file into the page cache in "
      "the background (posix_fadvise WILLNEED); errors are ignored. See "
      "trainers/_jpegcrop.c."},
+    {"list_folder", list_folder, METH_VARARGS,
+     "list_folder(path) -> (names, dirs) or None; a folder's entries sorted by name, with "
+     "whether each is a folder (links followed); see trainers/_jpegcrop.c."},
     {"stat_lines", stat_lines, METH_VARARGS,
      "stat_lines(pairs) -> bytes or None; trainers/pack.py _stat_lines (the pack "
      "fingerprint's lines) in C; see trainers/_jpegcrop.c."},

@@ -28,6 +28,11 @@ from typing import Sequence
 
 from trainers.listing import Listing, ListingBuilder
 
+try:  # built from trainers/_jpegcrop.c (list_folder: a folder's sorted entries in C)
+    from trainers import _jpegcrop
+except ImportError:  # pragma: no cover - depends on the build
+    _jpegcrop = None
+
 #: File-name endings of image files (compared lower-case): JPEG, and the formats the
 #: pack converts to JPEG once (Pillow reads them).
 IMAGE_SUFFIXES = (".jpeg", ".jpg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp",
@@ -97,6 +102,46 @@ def files_below(folder: str | os.PathLike, depth: int = 0) -> list[os.DirEntry]:
     return out
 
 
+def runs_below(folder: str, depth: int = 0) -> list[tuple[str, list[str]]]:
+    """:func:`files_below` as runs of names: ``(parent + "/", names)`` for each run of
+    consecutive entries in one folder, the same entries in the same order (so
+    ``[parent + name for each run, each name]`` is ``[e.path for e in
+    files_below(folder)]``, tested). A class folder without sub-folders is one run.
+    Read with ``_jpegcrop.list_folder`` when the extension is built (the entries'
+    names and kinds in C: no ``os.DirEntry`` per file); a folder with a name that is
+    not valid UTF-8 is listed by :func:`files_below`.
+
+    Raises:
+      OSError: ``folder`` (or a sub-folder) cannot be listed.
+    """
+    listed = None if _jpegcrop is None else _jpegcrop.list_folder(folder)
+    if listed is None:
+        entries = files_below(folder, depth)
+        return [(parent, [e.name for e in run]) for parent, run in
+                itertools.groupby(entries, lambda e: e.path[:len(e.path) - len(e.name)])]
+    names, dirs = listed
+    head = folder + "/"
+    if not any(dirs):
+        return [(head, names)] if names else []
+    out: list[tuple[str, list[str]]] = []
+    run: list[str] = []
+    for name, is_dir in zip(names, dirs):
+        if not is_dir:
+            run.append(name)
+        elif not name.startswith(".") and depth < MAX_DEPTH:
+            below = runs_below(head + name, depth + 1)
+            if not below:  # an empty sub-folder is listed itself
+                run.append(name)
+                continue
+            if run:
+                out.append((head, run))
+                run = []
+            out.extend(below)
+    if run:
+        out.append((head, run))
+    return out
+
+
 def list_class_folders(root: str | os.PathLike) -> list[str]:
     """Sorted names of the class folders of ``root`` (sub-folders not starting with
     ``.``); empty when there are none.
@@ -156,19 +201,19 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
     for name in found:
         if name not in index:
             raise error(f"class folder {root / name} is not a train class")
-        entries = files_below(root / name)
-        if not entries:
-            raise error(f"class folder {root / name} is empty (no file at any depth)")
         if images_only:
+            entries = files_below(root / name)
+            if not entries:
+                raise error(f"class folder {root / name} is empty (no file at any depth)")
             entries = [e for e in entries if is_image_name(e.name) and e.is_file()]
-        # One bulk add per folder of entries (e.path is that folder + "/" + e.name);
-        # usually all are directly in the class folder: a parent as long as it is it.
-        folder = f"{root / name}/"
-        if all(len(e.path) - len(e.name) == len(folder) for e in entries):
-            items.add_names(folder, [e.name for e in entries], index[name])
+            for folder, run in itertools.groupby(entries, lambda e: e.path[:-len(e.name)]):
+                items.add_names(folder, [e.name for e in run], index[name])
             continue
-        for folder, run in itertools.groupby(entries, lambda e: e.path[:-len(e.name)]):
-            items.add_names(folder, [e.name for e in run], index[name])
+        runs = runs_below(str(root / name))  # one bulk add per run of one folder
+        if not runs:
+            raise error(f"class folder {root / name} is empty (no file at any depth)")
+        for folder, run in runs:
+            items.add_names(folder, run, index[name])
     return names, items.build()
 
 
