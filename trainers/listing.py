@@ -44,6 +44,23 @@ def _encode(name: str) -> bytes:
     return name.encode("utf-8", "surrogateescape")
 
 
+def _common_suffix(names: Sequence[str], start: int) -> str:
+    """The longest common suffix of ``[n[start:] for n in names]`` (``names``: not
+    empty), with one ``endswith`` a name instead of a reversed copy of each."""
+    s = names[0][start:]
+    for n in names:
+        if len(n) - start < len(s):  # never into a name's first ``start`` characters
+            s = s[len(s) - (len(n) - start):] if len(n) > start else ""
+        if not n.endswith(s):
+            k = len(s) - 1
+            while k and not n.endswith(s[len(s) - k:]):
+                k -= 1
+            s = s[len(s) - k:] if k else ""
+        if not s:
+            break
+    return s
+
+
 def _smallest(values: np.ndarray, signed: bool) -> np.ndarray:
     """``values`` as the smallest of 16/32/64-bit integers that holds them."""
     kinds = (np.int16, np.int32, np.int64) if signed else (np.uint16, np.uint32, np.uint64)
@@ -112,14 +129,22 @@ class ListingBuilder:
         if not names:
             return
         prefix = os.path.commonprefix(names)
-        rests = [n[len(prefix):] for n in names]
-        suffix = os.path.commonprefix([r[::-1] for r in rests])[::-1]
-        cut = len(suffix)
+        start = len(prefix)
+        suffix = _common_suffix(names, start)
         self._heads.append(self._dir + prefix)
         self._tails.append(suffix)
-        encoded = [_encode(r[:len(r) - cut] if cut else r) for r in rests]
-        lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
-        self._blob += b"".join(encoded)
+        if start or suffix:
+            stop = -len(suffix) or None
+            names = [n[start:stop] for n in names]
+        joined = "".join(names)
+        blob = _encode(joined)
+        if len(blob) == len(joined):  # one byte a character: a name's bytes are its length
+            lens = np.fromiter(map(len, names), dtype=np.int64, count=len(names))
+        else:
+            encoded = [_encode(r) for r in names]
+            lens = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+            blob = b"".join(encoded)
+        self._blob += blob
         self._lens.append(_smallest(lens, signed=False))
         self._labels.append(_smallest(np.array(self._run_labels, dtype=np.int64), signed=True))
         self._sizes.append(len(names))
