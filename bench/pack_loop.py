@@ -1,8 +1,9 @@
 """The pack's per-member loop alone (issue 13): CPU microseconds per image of
-``trainers.pack._write_members`` (read, check, serialize, write one shard) with the
-C loop of the extension (``_jpegcrop.pack_files``, a batch of files per call) and without it (the
-general path: ``_read_image_file``, ``packed_bytes``, ``example_record``), on the same
-files, one thread, in this process, best of ``--repeats``.
+``trainers.pack._write_members`` (read, check, serialize, write one shard) with the C
+loop of the extension (``_jpegcrop.pack_files``, a batch of files per call) and
+without it (the general path: ``_read_image_file``, ``packed_bytes``,
+``example_record``), on the same files, one thread, in this process, best of
+``--repeats``.
 
     python bench/pack_loop.py                        # imagenet-samples + 6,000 small files
     python bench/pack_loop.py --json bench/results/pack_loop.json

@@ -93,9 +93,10 @@
  *   prefetch(path) -> None
  *   Opens path and asks the kernel to read the whole file into the page cache in the
  *   background (posix_fadvise POSIX_FADV_WILLNEED), without the GIL; any error (a
- *   missing file, a folder) is ignored. The pack calls it a few members ahead of the
- *   one it checks, so that the reads of files not in the page cache overlap the
- *   checks instead of stopping the worker. Raises only TypeError / ValueError for a
+ *   missing file, a folder) is ignored. The pack's general path (files pack_files
+ *   does not take: resized ones) calls it a few members ahead of the one it checks,
+ *   so that the reads of files not in the page cache overlap the checks instead of
+ *   stopping the worker. Raises only TypeError / ValueError for a
  *   path that is not one (an embedded NUL).
  *
  *   list_folder(path) -> (names: list[str], dirs: bytes) or None
