@@ -261,3 +261,30 @@ def test_the_fast_path_is_taken_for_plain_jpegs(base, tmp_path, monkeypatch):
     assert seen and not any(n.startswith("good_") for n in seen)
     assert {f"odd_{c}.JPEG" for c in range(3)} <= set(seen)
     assert np.all([not n.startswith("good_") for n in seen])
+
+
+def test_many_threads_hold_at_most_a_quarter_of_the_descriptor_limit(base, tmp_path, monkeypatch):
+    """With threads, each shard loop opens fewer files ahead so that together they
+    hold at most a quarter of RLIMIT_NOFILE (at least 1 each); processes keep
+    PREFETCH_AHEAD. A pack with a tight limit gives the same shards."""
+    import resource
+
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (256, 4096))
+    assert pack_mod._files_ahead(1) == pack_mod.PREFETCH_AHEAD  # 64 >= 32
+    assert pack_mod._files_ahead(4) == 16 and pack_mod._files_ahead(16) == 4
+    assert pack_mod._files_ahead(1000) == 1
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (resource.RLIM_INFINITY,) * 2)
+    assert pack_mod._files_ahead(1000) == pack_mod.PREFETCH_AHEAD
+    src = _tree(tmp_path / "src", base)
+    seen = []
+    real = P._jpegcrop.pack_files
+    monkeypatch.setattr(P._jpegcrop, "pack_files",
+                        lambda m, s, c, ahead, *a: (seen.append(ahead), real(m, s, c, ahead, *a))[1])
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (64, 4096))
+    res = pack_mod.pack_folder(src, tmp_path / "tight", PackOptions(num_shards=3, val_fraction=0.2,
+                                                                     pack_threads=4))
+    assert seen and set(seen) == {4}  # 64 // (4 x 4)
+    monkeypatch.undo()
+    ref = pack_mod.pack_folder(src, tmp_path / "ref", PackOptions(num_shards=3, val_fraction=0.2))
+    shards = lambda out: {p.name: p.read_bytes() for p in sorted(out.glob("*array_record*"))}
+    assert shards(tmp_path / "tight") == shards(tmp_path / "ref") and res.packed == ref.packed

@@ -1004,8 +1004,9 @@ class _ShardTask(NamedTuple):
     """One listed shard for a worker (thread or process): its file, its members
     (``chunk``: ``(key, label)`` pairs in shard order; any iterable that pickles),
     the zip they are read from (None: files), the options that change the bytes,
-    the output folder, the pack's fingerprint (for the sidecar) and, for a zip, where
-    each member of the chunk lies in it (:data:`trainers.sources.ZIP_ENTRY`)."""
+    the output folder, the pack's fingerprint (for the sidecar), for a zip where
+    each member of the chunk lies in it (:data:`trainers.sources.ZIP_ENTRY`), and how
+    many members ahead files are opened (:func:`_files_ahead`)."""
 
     path: Path
     chunk: Sequence
@@ -1015,6 +1016,7 @@ class _ShardTask(NamedTuple):
     out: Path
     fp: str
     zip_dir: object = None  # with a zip: the chunk's sources.ZIP_ENTRY array
+    ahead: int | None = None  # files opened ahead (None: PREFETCH_AHEAD)
 
 
 def _write_listed_shard(task: _ShardTask, tally: "_ThreadTally | None" = None) -> dict:
@@ -1104,6 +1106,23 @@ PREFETCH_AHEAD = 32
 FAST_BATCH, FAST_BATCH_BYTES = 1024, 2 << 20
 
 
+def _files_ahead(threads: int) -> int:
+    """Members ahead of the one being checked whose file each of ``threads`` shard
+    loops of one process holds open (``_jpegcrop.pack_files``): :data:`PREFETCH_AHEAD`,
+    or fewer so that all of them hold at most a quarter of the process's descriptor
+    limit (``RLIMIT_NOFILE``, soft; often 1,024): a file the Python path must open
+    then never meets "too many open files" and is listed as skipped. At least 1."""
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):
+        return PREFETCH_AHEAD
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return PREFETCH_AHEAD
+    return max(1, min(PREFETCH_AHEAD, soft // (4 * max(1, threads))))
+
+
 def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     """The per-member loop of :func:`_write_listed_shard`: each member of
     ``task.chunk`` read, verified, serialized (:func:`example_record`) and written to
@@ -1111,7 +1130,8 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     :meth:`_Shard.add`. The hot loop of a pack. Files stored as they are go in
     batches through ``_jpegcrop.pack_files`` (open :data:`PREFETCH_AHEAD` members
     ahead, read, check and serialize in C: one Python call per :data:`FAST_BATCH`
-    members); a member it leaves (None) takes the general path here (a file:
+    members; ``task.ahead`` instead of :data:`PREFETCH_AHEAD` for threads); a member
+    it leaves (None) takes the general path here (a file:
     :func:`_prepare`; a zip member: :func:`_read_zip_entry`), which names the reason
     or converts it. The write-behind looks at the shard every half window.
     Returns True when the pack is stopping (``tally``). Raises
@@ -1124,6 +1144,7 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     if zip_path is None and resize is None:
         fast = getattr(ext, "pack_files", None)
     max_pixels, suffixes = preprocess.MAX_PIXELS, scan.IMAGE_SUFFIXES
+    files_ahead = PREFETCH_AHEAD if task.ahead is None else task.ahead
     records = bytes_in = bytes_out = 0
     behind, step = sh.behind.poll, _WriteBehind.WINDOW // 2
     look = step  # bytes_out at the next look of the write-behind
@@ -1139,8 +1160,8 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
     try:
         while k < n:
             if fast is not None:
-                got, image_bytes = fast(members, k, FAST_BATCH, PREFETCH_AHEAD,
-                                        FAST_BATCH_BYTES, suffixes, MAX_FILE_BYTES, max_pixels)
+                got, image_bytes = fast(members, k, FAST_BATCH, files_ahead, FAST_BATCH_BYTES,
+                                        suffixes, MAX_FILE_BYTES, max_pixels)
             else:
                 got, image_bytes = (None,), 0
                 if ahead is not None and k < last:
@@ -1361,6 +1382,8 @@ class _Workers:
             self.pool = cf.ThreadPoolExecutor(max(1, options.pack_threads))
             self.batch, n = 4, options.pack_threads
         self.window = 4 * max(1, n)
+        # Files held open ahead by each shard loop: its own descriptors in a process.
+        self.files_ahead = PREFETCH_AHEAD if self.procs else _files_ahead(n)
 
     def _submit(self, fn, *args) -> cf.Future:
         """``pool.submit``; a pool whose worker process died (while starting, too) is
@@ -1771,7 +1794,8 @@ class _ShardWriter:
                     zdir = plan.source.zip_dir
                     tasks.append(_ShardTask(path, chunk, plan.source.zip_path,
                                             opts.resize_shorter, opts.quality, self.out, self.fp,
-                                            None if zdir is None else zdir[chunk.positions()]))
+                                            None if zdir is None else zdir[chunk.positions()],
+                                            workers.files_ahead))
                     continue
                 self.bad.extend(BadImage(**b) for b in info["bad"])
                 self.records += info["records"]
