@@ -123,6 +123,10 @@ def test_bad_arguments_raise():
         batch(("not", "a list"))
     with pytest.raises(TypeError):
         P._jpegcrop.pack_files([], 0, 1, 0, 1, [".jpeg"], 1, 1)  # suffixes: a tuple
+    with pytest.raises(ValueError, match="suffix 1 is not a UTF-8 str"):
+        P._jpegcrop.pack_files([], 0, 1, 0, 1, (".jpeg", b".jpg"), 1, 1)
+    with pytest.raises(ValueError, match="33 suffixes, at most 32"):
+        P._jpegcrop.pack_files([], 0, 1, 0, 1, (".jpeg",) * 33, 1, 1)
     for start, count in [(-1, 1), (1, 1), (0, 0)]:
         with pytest.raises(ValueError, match="start"):
             batch([], start, count)

@@ -81,7 +81,7 @@
  *   sizes of the files whose record was made (bytes). At least one member is taken
  *   when start < len(members); no descriptor stays open after the call. Raises
  *   MemoryError, TypeError for bad arguments, ValueError for start outside
- *   0..len(members) or max_count < 1.
+ *   0..len(members), max_count < 1, or suffixes that are more than 32 or not all str.
  *
  *   example_image_label(record) -> (image_start, image_end, label) or None
  *   trainers/example_wire.py image_and_label's walk of a serialized tf.train.Example
@@ -607,11 +607,43 @@ static size_t put_label_entry(unsigned char *out, unsigned long long label) {
     return i + lv;
 }
 
+/* The image suffixes of one pack_files call, resolved to UTF-8 once. */
+#define SUFFIX_MAX 32
+typedef struct {
+    int n;
+    const char *s[SUFFIX_MAX];
+    size_t len[SUFFIX_MAX];
+} suffix_set;
+
+/* suffixes (a tuple of lower-case str) into *out; -1 with ValueError for more than
+ * SUFFIX_MAX of them or one that is not a str (or not encodable). */
+static int get_suffixes(PyObject *suffixes, suffix_set *out) {
+    Py_ssize_t k = PyTuple_GET_SIZE(suffixes);
+    if (k > SUFFIX_MAX) {
+        PyErr_Format(PyExc_ValueError, "pack_files: %zd suffixes, at most %d", k, SUFFIX_MAX);
+        return -1;
+    }
+    out->n = 0;
+    for (Py_ssize_t j = 0; j < k; j++) {
+        PyObject *u = PyTuple_GET_ITEM(suffixes, j);
+        Py_ssize_t ls;
+        const char *s = PyUnicode_Check(u) ? PyUnicode_AsUTF8AndSize(u, &ls) : NULL;
+        if (s == NULL) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError, "pack_files: suffix %zd is not a UTF-8 str", j);
+            return -1;
+        }
+        out->s[out->n] = s;
+        out->len[out->n++] = (size_t)ls;
+    }
+    return 0;
+}
+
 /* Whether name (UTF-8, n bytes, no '/') is an image file by its name for
  * trainers/scan.py not_an_image: not starting with '.', and its suffix
- * (os.path.splitext) in suffixes (a tuple of lower-case str) once ASCII letters are
- * lowered. 0 for a suffix with other bytes than ASCII: left to that function. */
-static int image_name(const char *name, size_t n, PyObject *suffixes) {
+ * (os.path.splitext) in suffixes once ASCII letters are lowered. 0 for a suffix with
+ * other bytes than ASCII: left to that function. */
+static int image_name(const char *name, size_t n, const suffix_set *suffixes) {
     if (n == 0 || name[0] == '.') return 0;
     const char *dot = memrchr(name, '.', n);
     if (dot == NULL) return 0;
@@ -623,11 +655,8 @@ static int image_name(const char *name, size_t n, PyObject *suffixes) {
         if (ch >= 0x80) return 0;
         low[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
     }
-    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(suffixes); j++) {
-        Py_ssize_t ls;
-        const char *s = PyUnicode_AsUTF8AndSize(PyTuple_GET_ITEM(suffixes, j), &ls);
-        if (s != NULL && (size_t)ls == m && memcmp(s, low, m) == 0) return 1;
-        PyErr_Clear();
+    for (int j = 0; j < suffixes->n; j++) {
+        if (suffixes->len[j] == m && memcmp(suffixes->s[j], low, m) == 0) return 1;
     }
     return 0;
 }
@@ -642,7 +671,8 @@ typedef struct {
     unsigned long long label;
 } member;
 
-static int get_member(PyObject *members, Py_ssize_t k, PyObject *suffixes, member *m) {
+static int get_member(PyObject *members, Py_ssize_t k, const suffix_set *suffixes,
+                      member *m) {
     PyObject *item = PyList_GET_ITEM(members, k);
     if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) return 0;
     PyObject *key = PyTuple_GET_ITEM(item, 0), *label = PyTuple_GET_ITEM(item, 1);
@@ -763,6 +793,8 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
                             "max_count %zd (need 0 <= start <= members, max_count >= 1)",
                             start, n, max_count);
     }
+    suffix_set sfx;
+    if (get_suffixes(suffixes, &sfx) < 0) return NULL;
     if (ahead < 0) ahead = 0;
     if (ahead > AHEAD_MAX - 1) ahead = AHEAD_MAX - 1;
     Py_ssize_t stop = n - start < max_count ? n : start + max_count;
@@ -779,7 +811,7 @@ static PyObject *pack_files(PyObject *self, PyObject *args) {
         /* Open the members up to ahead past this one, in order. */
         for (; opened < stop && opened <= k + ahead; opened++) {
             member a;
-            if (!get_member(members, opened, suffixes, &a)) continue;
+            if (!get_member(members, opened, &sfx, &a)) continue;
             int fd = open_ahead(a.path);
             if (fd < 0) continue;
             int slot = (int)(opened % AHEAD_MAX);
