@@ -102,6 +102,13 @@ def files_below(folder: str | os.PathLike, depth: int = 0) -> list[os.DirEntry]:
     return out
 
 
+def runs_of(entries: list[os.DirEntry]) -> list[tuple[str, list[str]]]:
+    """``entries`` (as :func:`files_below` lists them) as runs of names:
+    ``(parent + "/", names)`` for each run of consecutive entries in one folder."""
+    return [(parent, [e.name for e in run]) for parent, run in
+            itertools.groupby(entries, lambda e: e.path[:len(e.path) - len(e.name)])]
+
+
 def runs_below(folder: str, depth: int = 0) -> list[tuple[str, list[str]]]:
     """:func:`files_below` as runs of names: ``(parent + "/", names)`` for each run of
     consecutive entries in one folder, the same entries in the same order (so
@@ -116,9 +123,7 @@ def runs_below(folder: str, depth: int = 0) -> list[tuple[str, list[str]]]:
     """
     listed = None if _jpegcrop is None else _jpegcrop.list_folder(folder)
     if listed is None:
-        entries = files_below(folder, depth)
-        return [(parent, [e.name for e in run]) for parent, run in
-                itertools.groupby(entries, lambda e: e.path[:len(e.path) - len(e.name)])]
+        return runs_of(files_below(folder, depth))
     names, dirs = listed
     head = folder + "/"
     if not any(dirs):
@@ -205,9 +210,9 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
             entries = files_below(root / name)
             if not entries:
                 raise error(f"class folder {root / name} is empty (no file at any depth)")
-            entries = [e for e in entries if is_image_name(e.name) and e.is_file()]
-            for folder, run in itertools.groupby(entries, lambda e: e.path[:-len(e.name)]):
-                items.add_names(folder, [e.name for e in run], index[name])
+            for folder, run in runs_of([e for e in entries
+                                        if is_image_name(e.name) and e.is_file()]):
+                items.add_names(folder, run, index[name])
             continue
         runs = runs_below(str(root / name))  # one bulk add per run of one folder
         if not runs:
