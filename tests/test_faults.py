@@ -44,6 +44,7 @@ from PIL import Image
 from conftest import free_port, wait_for as _wait_for, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
+from trainers.example_wire import image_and_label
 from trainers.pack import PACK_SUMMARY, PackError, is_packed, load_pack_result, pack_folder, shard_paths
 from trainers.options import PackOptions
 from trainers.options import AugmentConfig
@@ -371,6 +372,7 @@ class _FullDiskWriter:
     fail_at = 10
     kind = "oserror"
     real_class = None
+    written: dict = {}  # path -> the records written to it, in order
 
     def __init__(self, path, options):
         self.path = path
@@ -384,6 +386,7 @@ class _FullDiskWriter:
             raise RuntimeError(f"write() failed: No space left on device; writing {self.path}; "
                                f"at byte 200704; Failed to close chunk_writer")
         self.real.write(record)
+        self.written.setdefault(str(self.path), []).append(record)
 
     def close(self):
         self.real.close()
@@ -400,6 +403,7 @@ def test_disk_full_while_packing_names_the_shard_and_bytes_and_resumes(kill_fold
     monkeypatch.setattr(_FullDiskWriter, "kind", kind)
     monkeypatch.setattr(_FullDiskWriter, "fail_at", 30)  # in the second shard (~15 each)
     monkeypatch.setattr(_FullDiskWriter, "real_class", arm.ArrayRecordWriter)
+    monkeypatch.setattr(_FullDiskWriter, "written", {})
     monkeypatch.setattr(arm, "ArrayRecordWriter", _FullDiskWriter)
     with pytest.raises(OSError) as info:  # one thread: the shards are written in order
         pack_folder(folder, out, PackOptions(num_shards=6, val_fraction=0.25, pack_threads=1))
@@ -408,7 +412,13 @@ def test_disk_full_while_packing_names_the_shard_and_bytes_and_resumes(kill_fold
     assert err.errno == errno.ENOSPC
     assert "autotune_images-train.array_record-00001-of-00006.tmp" in msg
     assert "No space left on device" in msg
-    assert "bytes of images written to it" in msg and "bytes still to write" in msg
+    # The figures count exactly what reached the failed shard (the C loop's batch
+    # included: the failure is in the middle of one).
+    (tmp,) = [p for p in _FullDiskWriter.written if p.endswith("00001-of-00006.tmp")]
+    done = _FullDiskWriter.written[tmp]
+    image_bytes = sum(len(image_and_label(r)[0]) for r in done)
+    assert f"{len(done)} records, {image_bytes:,} bytes of images written to it" in msg
+    assert "bytes still to write" in msg
     assert "bytes free there" in msg
     # The complete shards survive, the partial one is gone (its space freed), and the
     # data set is not taken for finished.

@@ -72,6 +72,7 @@ from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from trainers.example_wire import image_and_label
 from trainers.records import RecordError, write_text_atomic
 from trainers import preprocess, scan, sources
 from trainers.listing import Listing
@@ -1186,6 +1187,10 @@ def _write_members(sh: "_Shard", task: _ShardTask, tally) -> bool:
                 try:
                     write(record)
                 except (OSError, RuntimeError) as exc:
+                    # the batch's C-made records written before this one
+                    done = sum(len(image_and_label(r)[0]) for r in got[:i] if r is not None)
+                    bytes_in += done
+                    bytes_out += done
                     raise _ShardWriteFailed(sh, exc) from exc
                 records += 1
             bytes_in += image_bytes
