@@ -45,6 +45,7 @@ from conftest import free_port, wait_for as _wait_for, write_jpeg_folder
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
 from trainers.example_wire import image_and_label
+from trainers.distributed import EXIT_PEER_LOST
 from trainers.pack import PACK_SUMMARY, PackError, is_packed, load_pack_result, pack_folder, shard_paths
 from trainers.options import PackOptions
 from trainers.options import AugmentConfig
@@ -700,12 +701,13 @@ _PEER_CHILD = textwrap.dedent("""
     except Exception as exc:
         print(f"process {pid}: collective failed at step {i}: {exc}", flush=True)
         if mode == "wrapped":
-            # What trainers/loop.py does: a short barrier among the survivors; the
-            # coordination service names who did not come.
-            from trainers.distributed import lost_processes
+            # What trainers/loop.py does: a short barrier among the survivors (the
+            # coordination service names who did not come), then an exit at once (a
+            # normal exit would wait in JAX's shutdown barrier for the lost process).
+            from trainers.distributed import EXIT_PEER_LOST, exit_now, lost_processes
             lost = lost_processes(timeout_s=2.0)
-            print(f"process {pid}: lost process(es) "
-                  f"{', '.join(map(str, lost)) if lost else '?'}", flush=True)
+            exit_now(EXIT_PEER_LOST, f"process {pid}: lost process(es) "
+                                     f"{', '.join(map(str, lost)) if lost else '?'}")
         raise
 """)
 
@@ -748,6 +750,8 @@ def test_a_killed_process_ends_the_other_within_a_bound_naming_it(tmp_path, vict
                 p.wait()
     out = logs[1 - victim].read_text(errors="replace")
     assert rc != 0
+    if mode == "wrapped":
+        assert rc == EXIT_PEER_LOST, out[-3000:]
     assert f"process {1 - victim}: collective failed" in out or victim == 0
     for needle in needles:
         assert re.search(needle, out), (needle, out[-3000:])
