@@ -476,12 +476,12 @@ def test_train_auto_hosts_share_the_pack_on_a_shared_cache(images, tmp_path, for
     """Two jax.distributed processes seeing one cache folder pack disjoint shards (of
     a folder: 2 of 4 each; an archive this small is one group) and finish it once;
     the data set is byte-identical to a one-process pack."""
-    from conftest import free_port, run_children
+    from conftest import free_port, run_children, xla_flags
 
     tar = (train_tar(tmp_path / "train.tar", images, compress="gz") if form == "tar"
            else nested_tree(tmp_path / "tree", images))
     env = {**_env(), "AUTOTUNE_CACHE": str(tmp_path / "cache"), "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "XLA_FLAGS": xla_flags(1)}
     port = free_port()
     rcs, outs = run_children(
         [[sys.executable, "-c", _PACK_FOR_PLAN_CHILD, str(i), str(port), str(tar)]

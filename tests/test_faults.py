@@ -41,7 +41,7 @@ import pytest
 import simplejpeg
 from PIL import Image
 
-from conftest import free_port, wait_for as _wait_for, write_jpeg_folder
+from conftest import free_port, wait_for as _wait_for, write_jpeg_folder, xla_flags
 from trainers import input_pipeline as ip
 from trainers import pack as pack_mod
 from trainers.example_wire import image_and_label
@@ -682,7 +682,6 @@ def test_host_probe_says_nvml_is_missing_and_goes_on(tmp_path, monkeypatch):
 
 _PEER_CHILD = textwrap.dedent("""
     import os, re, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     pid, port, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     from trainers.distributed import initialize
     initialize(f"127.0.0.1:{port}", 2, pid, peer_timeout_s=5)
@@ -733,7 +732,8 @@ def test_a_killed_process_ends_the_other_within_a_bound_naming_it(tmp_path, vict
     for i in range(2):
         with open(logs[i], "wb") as f:
             procs.append(subprocess.Popen([sys.executable, "-c", _PEER_CHILD, str(i), str(port),
-                                           mode], env=_child_env(), stdout=f,
+                                           mode], env=_child_env(XLA_FLAGS=xla_flags(1)),
+                                          stdout=f,
                                           stderr=subprocess.STDOUT))
     try:
         _wait_for(lambda: all(f"process {i}: running" in logs[i].read_text(errors="replace")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import packed_jpeg_folder
+from conftest import packed_jpeg_folder, xla_flags
 from test_multihost_faults import start
 
 HERE = Path(__file__).parent
@@ -22,7 +22,7 @@ HERE = Path(__file__).parent
 
 def _env(devices: int, **extra) -> dict:
     env = dict(os.environ)
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = xla_flags(devices)
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

@@ -10,14 +10,14 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import free_port, run_children
+from conftest import free_port, run_children, xla_flags
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _env(**extra) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+           "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
     env.update({k: str(v) for k, v in extra.items()})
     return env
 

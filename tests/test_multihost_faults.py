@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import wait_for as _wait_for, packed_jpeg_folder
+from conftest import wait_for as _wait_for, packed_jpeg_folder, xla_flags
 from trainers.distributed import EXIT_PEER_LOST
 
 HERE = Path(__file__).parent
@@ -171,7 +171,7 @@ def _launch(packed: Path, workdir: Path, logdir: Path, tag: str, args: tuple,
     for i in range(2):
         out, err = logdir / f"{tag}-p{i}.out", logdir / f"{tag}-p{i}.err"
         env = dict(os.environ, JAX_PLATFORMS="cpu",
-                   XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+                   XLA_FLAGS=xla_flags(devices),
                    AUTOTUNE_COORDINATOR=f"127.0.0.1:{port}", AUTOTUNE_NUM_PROCESSES="2",
                    AUTOTUNE_PROCESS_ID=str(i))
         with open(out, "wb") as fo, open(err, "wb") as fe:

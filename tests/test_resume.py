@@ -13,7 +13,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import packed_jpeg_folder
+from conftest import packed_jpeg_folder, xla_flags
 from trainers import train as tr
 from trainers.checkpoint import Checkpointer
 from trainers.loop import train_and_evaluate
@@ -31,7 +31,7 @@ def packed(tmp_path_factory):
 
 def _run(packed, workdir, *extra):
     # 2 devices (not the session's 8): the same check, a smaller compilation.
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(2))
     return subprocess.Popen([sys.executable, str(HERE / "tiny_run.py"), str(packed), str(workdir),
                              "--epochs", "1", "--per-device-batch", "4", *extra],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
