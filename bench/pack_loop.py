@@ -8,6 +8,14 @@ without it (the general path: ``_read_image_file``, ``packed_bytes``,
     python bench/pack_loop.py                        # imagenet-samples + 6,000 small files
     python bench/pack_loop.py --json bench/results/pack_loop.json
 
+Beside the loop, its parts on the same files (best of ``--repeats`` too): ``check_us``,
+``trainers.pack.packed_bytes`` on the bytes already in memory (the check: the only
+per-image term of bench/pack_scale.py's bound, timed there the same way), and
+``write_us``, ``ArrayRecordWriter.write`` of the finished records with the pack's
+options (``group_size:1,uncompressed``: one Riegeli chunk per record, which the
+trainer's reader needs) and the writer's close. ``rest_us`` is the C loop less both:
+opening and reading each file, building its record, the loop itself.
+
 Sets: the 1,000 full-size ``imagenet-samples`` of ``../shared/data`` and the first
 ``--small`` files of bench/pack_scale.py's ``synthetic-100000`` set (made there once
 if missing). Both paths write the same shard (checked here, byte for byte). The shard
@@ -54,23 +62,55 @@ def loop_us(files: list[str], path: Path, fast: bool) -> tuple[float, bytes]:
         preprocess._jpegcrop = ext
 
 
+def check_us(data: list[bytes]) -> float:
+    """CPU us per image of ``packed_bytes`` (no resize) on ``data``, in memory."""
+    t = time.process_time()
+    for d in data:
+        pack.packed_bytes(d, None)
+    return (time.process_time() - t) / len(data) * 1e6
+
+
+def write_us(records: list[bytes], path: Path) -> float:
+    """CPU us per record of writing ``records`` to a new shard at ``path`` with the
+    pack's writer options, the close included."""
+    from array_record.python.array_record_module import ArrayRecordWriter
+
+    t = time.process_time()
+    writer = ArrayRecordWriter(str(path), "group_size:1,uncompressed")
+    for r in records:
+        writer.write(r)
+    writer.close()
+    return (time.process_time() - t) / len(records) * 1e6
+
+
 def measure(name: str, files: list[str], repeats: int, work: Path) -> dict:
-    for f in files:
-        Path(f).read_bytes()
-    best = {"fast": float("inf"), "general": float("inf")}
+    data = [Path(f).read_bytes() for f in files]
+    records = [pack.example_record(d, i % 1000, Path(f).name)
+               for i, (f, d) in enumerate(zip(files, data))]
+    best = {"fast": float("inf"), "general": float("inf"), "check": float("inf"),
+            "write": float("inf")}
     shards = {}
     for _ in range(repeats):
-        for mode in best:
+        for mode in ("fast", "general"):
             us, shards[mode] = loop_us(files, work / f"{name}-{mode}.array_record", mode == "fast")
             best[mode] = min(best[mode], us)
+        best["check"] = min(best["check"], check_us(data))
+        best["write"] = min(best["write"], write_us(records, work / f"{name}-write.array_record"))
     if shards["fast"] != shards["general"]:
         raise SystemExit(f"{name}: the two paths wrote different shards")
-    row = {"images": len(files), "mean_bytes": sum(os.path.getsize(f) for f in files) / len(files),
+    if (work / f"{name}-write.array_record").read_bytes() != shards["fast"]:
+        raise SystemExit(f"{name}: the writer alone wrote another shard than the loop")
+    row = {"images": len(files), "mean_bytes": sum(len(d) for d in data) / len(data),
            "fast_us": best["fast"], "general_us": best["general"],
-           "fast_over_general": best["fast"] / best["general"]}
+           "fast_over_general": best["fast"] / best["general"],
+           "check_us": best["check"], "write_us": best["write"],
+           "rest_us": best["fast"] - best["check"] - best["write"],
+           "check_over_fast": best["check"] / best["fast"]}
     print(f"{name:>24}: {len(files):6,} files of {row['mean_bytes'] / 1e3:6.1f} KB: fast "
           f"{row['fast_us']:8.1f} us, general {row['general_us']:8.1f} us per image "
-          f"({row['fast_over_general']:.2f}x)", flush=True)
+          f"({row['fast_over_general']:.2f}x); of the fast loop: check {row['check_us']:.1f} us "
+          f"({row['check_over_fast']:.2f}), writer {row['write_us']:.1f} us, the rest "
+          f"{row['rest_us']:.1f} us", flush=True)
     return row
 
 
