@@ -14,7 +14,9 @@ per-image term of bench/pack_scale.py's bound, timed there the same way), and
 ``write_us``, ``ArrayRecordWriter.write`` of the finished records with the pack's
 options (``group_size:1,uncompressed``: one Riegeli chunk per record, which the
 trainer's reader needs) and the writer's close. ``rest_us`` is the C loop less both:
-opening and reading each file, building its record, the loop itself.
+opening and reading each file, building its record, the loop itself. And the check
+in one forked process per core at once (``check_us_on_every_core_at_once``): the
+bound takes one core's check times the cores, which holds only if they scale.
 
 Sets: the 1,000 full-size ``imagenet-samples`` of ``../shared/data`` and the first
 ``--small`` files of bench/pack_scale.py's ``synthetic-100000`` set (made there once
@@ -74,6 +76,25 @@ def check_us(data: list[bytes]) -> float:
     return (time.process_time() - t) / len(data) * 1e6
 
 
+_DATA: list[bytes] = []
+
+
+def _best_check_us(repeats: int) -> float:
+    return min(check_us(_DATA) for _ in range(repeats))
+
+
+def check_us_at_once(data: list[bytes], processes: int, repeats: int) -> list[float]:
+    """:func:`check_us` (best of ``repeats``) in ``processes`` forked processes at
+    once, one figure each: whether the cores scale (the bound multiplies one core's
+    check by the core count)."""
+    import multiprocessing as mp
+
+    global _DATA
+    _DATA = data
+    with mp.get_context("fork").Pool(processes) as pool:
+        return pool.map(_best_check_us, [repeats] * processes)
+
+
 def write_us(records: list[bytes], path: Path) -> float:
     """CPU us per record of writing ``records`` to a new shard at ``path`` with the
     pack's writer options, the close included."""
@@ -103,6 +124,8 @@ def measure(name: str, files: list[str], repeats: int, work: Path) -> dict:
             best[mode] = min(best[mode], us)
         best["check"] = min(best["check"], check_us(data))
         best["write"] = min(best["write"], write_us(records, work / f"{name}-write.array_record"))
+    cores = len(os.sched_getaffinity(0))
+    at_once = check_us_at_once(data, cores, repeats) if cores > 1 else []
     if shards["fast"] != shards["general"]:
         raise SystemExit(f"{name}: the two paths wrote different shards")
     if (work / f"{name}-write.array_record").read_bytes() != shards["fast"]:
@@ -112,12 +135,14 @@ def measure(name: str, files: list[str], repeats: int, work: Path) -> dict:
            "fast_over_general": best["fast"] / best["general"],
            "check_us": best["check"], "write_us": best["write"],
            "rest_us": best["fast"] - best["check"] - best["write"],
-           "check_over_fast": best["check"] / best["fast"]}
+           "check_over_fast": best["check"] / best["fast"],
+           "check_us_on_every_core_at_once": at_once}
     print(f"{name:>24}: {len(files):6,} files of {row['mean_bytes'] / 1e3:6.1f} KB: fast "
           f"{row['fast_us']:8.1f} us, general {row['general_us']:8.1f} us per image "
           f"({row['fast_over_general']:.2f}x); of the fast loop: check {row['check_us']:.1f} us "
           f"({row['check_over_fast']:.2f}), writer {row['write_us']:.1f} us, the rest "
-          f"{row['rest_us']:.1f} us", flush=True)
+          f"{row['rest_us']:.1f} us; the check on {cores} cores at once: "
+          f"{', '.join(f'{u:.1f}' for u in at_once) or '-'} us", flush=True)
     return row
 
 
