@@ -41,21 +41,27 @@ def _write_cache_on_every_process() -> None:
     devices), so every launch of process 1 compiled everything again (about 15 s on 2
     cores, while process 0 waited in a barrier). Here each process writes its own
     entries. Leaves JAX as it is where its internals differ from these."""
+    import inspect
+
     try:
         from jax._src import compilation_cache, compiler, distributed
 
         write, put = compiler._cache_write, compilation_cache.put_executable_and_time
-    except (ImportError, AttributeError):
+        signature = inspect.signature(write)
+    except (ImportError, AttributeError, TypeError, ValueError):
         return
 
-    def write_too(cache_key, compile_time_secs, module_name, backend, executable,
-                  host_callbacks):
-        write(cache_key, compile_time_secs, module_name, backend, executable, host_callbacks)
-        if distributed.global_state.process_id != 0 and not host_callbacks:
-            try:
-                put(cache_key, module_name, executable, backend, int(compile_time_secs))
-            except Exception:  # noqa: BLE001 - a cache entry is never needed
-                pass
+    def write_too(*args, **kwargs):
+        write(*args, **kwargs)
+        if distributed.global_state.process_id == 0:
+            return
+        try:
+            a = signature.bind(*args, **kwargs).arguments
+            if not a["host_callbacks"]:
+                put(a["cache_key"], a["module_name"], a["executable"], a["backend"],
+                    int(a["compile_time_secs"]))
+        except Exception:  # noqa: BLE001 - other internals, or a failed write: no entry
+            pass
 
     compiler._cache_write = write_too
 
