@@ -208,16 +208,14 @@ def scan_class_folders(root: str | os.PathLike, class_names: Sequence[str] | Non
             raise error(f"class folder {root / name} is not a train class")
         if images_only:
             entries = files_below(root / name)
-            if not entries:
-                raise error(f"class folder {root / name} is empty (no file at any depth)")
-            for folder, run in runs_of([e for e in entries
-                                        if is_image_name(e.name) and e.is_file()]):
-                items.add_names(folder, run, index[name])
-            continue
-        runs = runs_below(str(root / name))  # one bulk add per run of one folder
-        if not runs:
+            empty = not entries
+            runs = runs_of([e for e in entries if is_image_name(e.name) and e.is_file()])
+        else:
+            runs = runs_below(str(root / name))
+            empty = not runs
+        if empty:
             raise error(f"class folder {root / name} is empty (no file at any depth)")
-        for folder, run in runs:
+        for folder, run in runs:  # one bulk add per run of one folder
             items.add_names(folder, run, index[name])
     return names, items.build()
 
