@@ -4,7 +4,6 @@ real-image folder, and builders of hand-made probe reports for the planner tests
 import os
 
 
-
 def xla_flags(devices: int) -> str:
     """``XLA_FLAGS`` for a test process with ``devices`` fake CPU devices. XLA's CPU
     backend compiles at LLVM -O0 here (``--xla_backend_optimization_level=0``): the

@@ -418,7 +418,7 @@ def test_a_lost_process_ends_the_other_with_exit_peer_lost_naming_it(packed, tmp
 
 def test_nan_on_one_device_of_one_process_is_skipped_on_both(packed, tmp_path):
     # The reference's schedule (its compiled step is in the cache), one epoch of it.
-    with start(packed, tmp_path / "work", tmp_path, "nan", *BASE_ARGS[:2], "--max-steps",
+    with start(packed, tmp_path / "work", tmp_path, "nan", "--epochs", str(EPOCHS), "--max-steps",
                str(TOTAL_STEPS // EPOCHS), "--nan-batch", "3", "--nan-process", "1") as pair:
         assert pair.finish() == [0, 0], pair.tails()
         a, b = pair.summary(0), pair.summary(1)
